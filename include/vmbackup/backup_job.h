@@ -1,0 +1,112 @@
+// BackupJob: backs up a VM's volumes and metadata to a BackupTarget.
+//
+// The pipeline reads each volume's snapshot block by block, skips holes and all-zero blocks, hashes
+// (SHA-256), deduplicates against the blocks the repository already holds (one index loaded per
+// job, never an existence request per block), compresses with LZ4 where that saves space, groups
+// blocks into pack objects and uploads them with a bounded number of bytes in flight. Blocks that
+// did not change since the parent backup are referenced, not rewritten; with a host-supplied dirty
+// map they are not even read. The backup record is published last: a backup is listed only when all
+// its data is stored.
+//
+// States: kPending -> kInProgress -> kReady | kError. A job killed mid-way leaves no record;
+// running it again reuses every pack that was completely uploaded.
+//
+// Thread-safety: all methods are thread-safe. Start() once; Wait() and Cancel() from any thread.
+// The progress callback runs on a library thread (see docs/threading.md).
+#ifndef VMBACKUP_BACKUP_JOB_H_
+#define VMBACKUP_BACKUP_JOB_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vmbackup/backup_target.h"
+#include "vmbackup/export.h"
+#include "vmbackup/options.h"
+#include "vmbackup/status.h"
+#include "vmbackup/volume_snapshotter.h"
+
+namespace vmbackup {
+
+enum class JobState : int { kPending = 0, kInProgress = 1, kReady = 2, kError = 3 };
+// "Pending", "InProgress", "Ready", "Error".
+VMBACKUP_EXPORT const char* JobStateName(JobState state);
+
+// One volume to back up.
+struct VolumeSource {
+  std::string name;  // unique inside the backup; [A-Za-z0-9._-], 1..128 chars
+  std::string path;  // regular file or block device
+  // Host-supplied changed-block information relative to BackupSpec::parent: when has_dirty_map is
+  // true, only these ranges are read; everything else is taken from the parent backup unchanged.
+  bool has_dirty_map = false;  // default false
+  std::vector<Extent> dirty_ranges;
+};
+
+struct BackupSpec {
+  // Backup name, unique on the target; [A-Za-z0-9._-], 1..200 chars.
+  // Default empty = "<vm name or 'backup'>-<UTC yyyymmdd-hhmmss>-<4 random hex>".
+  std::string name;
+  // The VM's metadata document (a JSON object), stored verbatim with the backup. Default "{}".
+  std::string vm_metadata_json;
+  std::vector<VolumeSource> volumes;  // at least one
+  // Base for the dirty maps, and the backup whose unchanged blocks a dirty-map backup copies.
+  // Default empty = none. Deduplication against every block on the target happens regardless.
+  std::string parent;
+  SnapshotOptions snapshot;   // how volumes are snapshotted; default kAuto without hooks
+  ProgressCallback progress;  // default none
+  // Minimum time between two progress reports. Default 200 ms.
+  int progress_interval_ms = 200;
+  // Cap on bytes held in memory by the pipeline (blocks being processed + packs uploading).
+  // Default 0 = 128 MiB.
+  uint64_t max_in_flight_bytes = 0;
+};
+
+class VMBACKUP_EXPORT BackupJob {
+ public:
+  // Validates `spec` and prepares a job. Returns kInvalidArgument naming the bad field (empty
+  // volume list, bad or duplicate names, metadata that is not a JSON object, dirty map without
+  // parent), kAlreadyExists if a backup of that name exists on the target. Nothing is read or
+  // written yet.
+  static StatusOr<std::unique_ptr<BackupJob>> Create(std::shared_ptr<BackupTarget> target,
+                                                     BackupSpec spec);
+
+  BackupJob(const BackupJob&) = delete;
+  BackupJob& operator=(const BackupJob&) = delete;
+  // Cancels a running job and waits for it to end.
+  ~BackupJob();
+
+  // Starts the job on the runtime's threads and returns at once. kFailedPrecondition if already
+  // started.
+  Status Start();
+  // Blocks until the job ends; returns its final status: OK (kReady), or the first error:
+  //   kNotFound / kPermissionDenied  a volume is missing or unreadable (the message names it);
+  //   kNotFound                      the parent backup does not exist;
+  //   kResourceExhausted             the target is full;
+  //   kUnavailable                   the target could not be reached;
+  //   kCancelled                     Cancel() or the progress callback asked to stop.
+  // Calling Wait() before Start() starts the job.
+  Status Wait();
+  // Start() + Wait().
+  Status Run();
+  // Asks the job to stop; Wait() then returns kCancelled (unless it already finished). No record is
+  // written for a cancelled job. Safe to call at any time, any number of times.
+  void Cancel();
+
+  JobState state() const;
+  // The latest progress snapshot.
+  Progress progress() const;
+  // The published record. kFailedPrecondition until the job is kReady.
+  StatusOr<BackupInfo> result() const;
+  // The backup's name (generated at Create() when the spec left it empty).
+  const std::string& name() const;
+
+  struct Impl;
+
+ private:
+  explicit BackupJob(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vmbackup
+
+#endif  // VMBACKUP_BACKUP_JOB_H_

@@ -1,0 +1,168 @@
+// BackupTarget: where backups live (a local directory, S3 bucket or NFS export) and the catalogue
+// of the backups stored there.
+//
+// A target is opened from Harvester's backup-target setting JSON:
+//   {"type": "file", "endpoint": "/var/lib/vmbackup"}                       (local directory)
+//   {"type": "s3", "endpoint": "https://s3.example", "bucketName": "b", "bucketRegion":
+//   "us-east-1",
+//    "accessKeyId": "...", "secretAccessKey": "...", "cert": "-----BEGIN...", "virtualHostedStyle":
+//    false}
+//   {"type": "nfs", "endpoint": "nfs://server:/export/path"}
+// plus the optional "refreshIntervalInSeconds". Unknown fields are rejected so that typos do not
+// pass silently. Opening a target that holds no repository yet initializes one (see TargetOptions).
+//
+// Thread-safety: all const methods may be called concurrently; DeleteBackup may run concurrently
+// with them. Several BackupJob and RestorePlan objects may use one target at once, also from other
+// processes and hosts: data objects are immutable and records are published atomically.
+#ifndef VMBACKUP_BACKUP_TARGET_H_
+#define VMBACKUP_BACKUP_TARGET_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vmbackup/export.h"
+#include "vmbackup/options.h"
+#include "vmbackup/status.h"
+
+namespace vmbackup {
+
+// The parsed backup-target setting. Secrets are kept here but never printed by the library.
+struct TargetConfig {
+  enum class Type : int { kFile = 0, kS3 = 1, kNfs = 2 };
+  Type type = Type::kFile;
+  std::string endpoint;           // file: directory path (or file:// URL); s3: URL; nfs: nfs:// URL
+  std::string bucket_name;        // s3 only
+  std::string bucket_region;      // s3 only; default "us-east-1"
+  std::string access_key_id;      // s3 only
+  std::string secret_access_key;  // s3 only
+  std::string cert;               // s3 only: PEM CA certificate(s) trusted besides the system CAs
+  bool virtual_hosted_style = false;  // s3 only
+  int refresh_interval_seconds =
+      60;              // how often a host should re-list the target; default 60, min 1
+  std::string prefix;  // optional key prefix inside the bucket / export ("prefix" field)
+
+  // The configuration as JSON with secrets replaced by "***" (safe to log).
+  std::string ToRedactedJson() const;
+};
+
+// Parses Harvester's backup-target setting JSON.
+// Returns kInvalidArgument whose message names the offending field for malformed JSON, a missing
+// required field, a field of the wrong type, an unknown field, or an unknown "type".
+VMBACKUP_EXPORT StatusOr<TargetConfig> ParseTargetConfig(std::string_view json);
+
+struct TargetOptions {
+  // Runtime whose threads do the work. Default null = Runtime::Default().
+  std::shared_ptr<Runtime> runtime;
+  // Initialize a repository when the target holds none. Default true. When false, opening an empty
+  // target returns kNotFound.
+  bool create_if_missing = true;
+  // Block size of a newly initialized repository, a power of two from 64 KiB to 16 MiB.
+  // Default 0 = 256 KiB (see docs/FORMAT.md for how it was chosen). Ignored for existing
+  // repositories.
+  uint32_t block_size = 0;
+  // Target size of a pack object. Default 0 = 32 MiB.
+  uint32_t pack_size = 0;
+};
+
+// One volume inside a backup.
+struct VolumeBackupInfo {
+  std::string name;           // volume name, unique inside the VM
+  uint64_t size = 0;          // logical size in bytes
+  uint32_t block_size = 0;    // block size of the repository when the backup was made
+  uint64_t data_blocks = 0;   // blocks holding data
+  uint64_t zero_blocks = 0;   // blocks that were all zeros
+  uint64_t hole_blocks = 0;   // blocks that were holes in the source
+  uint64_t bytes_new = 0;     // raw bytes this backup added to the target
+  uint64_t bytes_reused = 0;  // raw bytes found on the target already
+  uint64_t bytes_stored = 0;  // bytes this backup added to the target after compression
+  std::string index_key;      // object key of the volume's block index
+  std::string index_sha256;   // hex SHA-256 of that index object
+};
+
+// A backup as recorded on the target. A record exists on the target only when every byte it needs
+// is there, so every listed backup is restorable ("Ready").
+struct BackupInfo {
+  std::string name;
+  std::string vm_name;       // from the VM metadata's "name", if any
+  std::string vm_namespace;  // from the VM metadata's "namespace", if any
+  std::string created_at;    // RFC 3339 UTC, when the backup started
+  std::string completed_at;  // RFC 3339 UTC, when the record was published
+  std::string parent;        // backup used as the base of this incremental one, or empty
+  std::string state = "Ready";
+  std::string vm_metadata_json;  // the VM metadata document given at backup time, verbatim
+  std::vector<VolumeBackupInfo> volumes;
+  uint64_t bytes_total = 0;  // sum of volume sizes
+  uint64_t bytes_new = 0;
+  uint64_t bytes_reused = 0;
+  uint64_t bytes_stored = 0;
+  double seconds = 0;  // wall time of the backup
+};
+
+// The result of listing a target: the readable records, and one line per record that could not be
+// read
+// ("name: reason"), so one damaged record never hides the others.
+struct BackupList {
+  std::vector<BackupInfo> backups;  // sorted by created_at, oldest first
+  std::vector<std::string> damaged;
+};
+
+class VMBACKUP_EXPORT BackupTarget {
+ public:
+  // Opens (and, if allowed, initializes) the repository at the target described by `config_json`.
+  // Returns:
+  //   kInvalidArgument   bad configuration (the message names the field), or a bad TargetOptions
+  //   value; kNotFound          the directory / bucket / export does not exist, or no repository
+  //   and
+  //                      !create_if_missing;
+  //   kPermissionDenied  the target may not be read or written;
+  //   kUnavailable       the server could not be reached;
+  //   kFailedPrecondition the repository has a newer format version than this library reads;
+  //   kDataLoss          the repository descriptor is corrupt;
+  //   kUnimplemented     a target type this build does not support yet.
+  static StatusOr<std::shared_ptr<BackupTarget>> Open(std::string_view config_json,
+                                                      const TargetOptions& options = {});
+  // Same, from an already parsed configuration.
+  static StatusOr<std::shared_ptr<BackupTarget>> Open(const TargetConfig& config,
+                                                      const TargetOptions& options = {});
+
+  BackupTarget(const BackupTarget&) = delete;
+  BackupTarget& operator=(const BackupTarget&) = delete;
+  ~BackupTarget();
+
+  // Health check: writes, reads back and deletes a probe object. OK when the target is usable;
+  // otherwise the store's error (kPermissionDenied, kResourceExhausted, kUnavailable, ...).
+  Status Test() const;
+
+  // Lists every backup record. Records that cannot be parsed go to BackupList::damaged instead of
+  // failing the call. Returns the store's error when the listing itself fails.
+  StatusOr<BackupList> ListBackups() const;
+
+  // Returns the record of backup `name`; kNotFound if there is none; kDataLoss if it is damaged.
+  StatusOr<BackupInfo> GetBackup(std::string_view name) const;
+
+  // Deletes the record of backup `name` (and its volume indexes). Blocks that no other backup uses
+  // stay on the target until garbage collection. kNotFound if there is no such backup.
+  Status DeleteBackup(std::string_view name);
+
+  // The configuration the target was opened with.
+  const TargetConfig& config() const;
+  // The repository's block size in bytes.
+  uint32_t block_size() const;
+  // The repository's unique id (hex).
+  const std::string& repository_id() const;
+
+  struct Impl;
+  // Internal. Not part of the stable API.
+  Impl* impl() const { return impl_.get(); }
+
+ private:
+  explicit BackupTarget(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vmbackup
+
+#endif  // VMBACKUP_BACKUP_TARGET_H_

@@ -1,0 +1,14 @@
+// The one place that includes Boost.Asio. Boost 1.74's Asio misses <utility> under GCC 12 in C++20
+// ("'exchange' is not a member of 'std'"), so it is included first here.
+#ifndef VMBACKUP_CORE_ASIO_H_
+#define VMBACKUP_CORE_ASIO_H_
+
+#include <utility>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#endif  // VMBACKUP_CORE_ASIO_H_

@@ -1,0 +1,48 @@
+// Runtime: thread pools and the io_context of the async core.
+#include "core/runtime.h"
+
+#include <mutex>
+
+namespace vmbackup {
+namespace {
+int ResolveWorkers(const RuntimeOptions& o) {
+  if (o.worker_threads > 0) return o.worker_threads;
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc == 0 ? 2 : static_cast<int>(hc);
+}
+}  // namespace
+
+Runtime::Impl::Impl(const RuntimeOptions& options)
+    : worker_threads_(ResolveWorkers(options)),
+      workers_(static_cast<std::size_t>(worker_threads_)),
+      blocking_(
+          static_cast<std::size_t>(options.blocking_threads > 0 ? options.blocking_threads : 4)) {
+  guard_.emplace(io_.get_executor());
+  int n = options.io_threads > 0 ? options.io_threads : 1;
+  for (int i = 0; i < n; ++i) io_threads_.emplace_back([this] { io_.run(); });
+}
+
+Runtime::Impl::~Impl() {
+  workers_.join();
+  blocking_.join();
+  guard_.reset();
+  io_.stop();
+  for (auto& t : io_threads_) t.join();
+}
+
+Runtime::Runtime(const RuntimeOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+Runtime::~Runtime() = default;
+
+std::shared_ptr<Runtime> Runtime::Create(const RuntimeOptions& options) {
+  return std::shared_ptr<Runtime>(new Runtime(options));
+}
+
+std::shared_ptr<Runtime> Runtime::Default() {
+  // Leaked on purpose: joining threads from a static destructor at exit races with other statics.
+  static auto* rt = new std::shared_ptr<Runtime>(Create());
+  return *rt;
+}
+
+int Runtime::worker_threads() const { return impl_->worker_threads(); }
+
+}  // namespace vmbackup

@@ -1,0 +1,56 @@
+// Runtime::Impl: the async core behind the public Runtime.
+//
+//  - io():       a Boost.Asio io_context run by `io_threads` threads: network event loops (curl
+//  multi,
+//                libnfs) and timers. Handlers here must never block.
+//  - workers():  a thread pool for CPU work (hashing, compression) of job pipelines. Pipeline tasks
+//  may
+//                block waiting for store operations, which complete on io() or blocking() threads,
+//                so waiting here never deadlocks.
+//  - blocking(): a thread pool for blocking file I/O (local and NFS-backed stores: write, fsync,
+//  rename).
+//
+// Thread-safety: all members are thread-safe. Destruction joins all threads.
+#ifndef VMBACKUP_CORE_RUNTIME_H_
+#define VMBACKUP_CORE_RUNTIME_H_
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "core/asio.h"
+#include "vmbackup/options.h"
+
+namespace vmbackup {
+
+struct Runtime::Impl {
+  explicit Impl(const RuntimeOptions& options);
+  ~Impl();
+
+  boost::asio::io_context& io() { return io_; }
+  boost::asio::thread_pool& workers() { return workers_; }
+  boost::asio::thread_pool& blocking() { return blocking_; }
+  int worker_threads() const { return worker_threads_; }
+
+  void PostWork(std::function<void()> fn) { boost::asio::post(workers_, std::move(fn)); }
+  void PostBlocking(std::function<void()> fn) { boost::asio::post(blocking_, std::move(fn)); }
+  void PostIo(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
+
+ private:
+  int worker_threads_;
+  boost::asio::io_context io_;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard_;
+  std::vector<std::thread> io_threads_;
+  boost::asio::thread_pool workers_;
+  boost::asio::thread_pool blocking_;
+};
+
+namespace internal {
+inline Runtime::Impl& RuntimeOf(const std::shared_ptr<Runtime>& rt) { return *rt->impl(); }
+}  // namespace internal
+
+}  // namespace vmbackup
+
+#endif  // VMBACKUP_CORE_RUNTIME_H_

@@ -1,0 +1,168 @@
+// Shared helpers (see util.h).
+#include "core/util.h"
+
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+#include "core/errors.h"
+
+namespace vmbackup::internal {
+
+Digest Sha256(const void* data, size_t len) {
+  Digest d;
+  SHA256(static_cast<const unsigned char*>(data), len, d.data());
+  return d;
+}
+
+std::string ToHex(const void* data, size_t len) {
+  static const char* kHex = "0123456789abcdef";
+  const auto* p = static_cast<const uint8_t*>(data);
+  std::string s(len * 2, '0');
+  for (size_t i = 0; i < len; ++i) {
+    s[2 * i] = kHex[p[i] >> 4];
+    s[2 * i + 1] = kHex[p[i] & 15];
+  }
+  return s;
+}
+
+static int HexVal(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool DigestFromHex(std::string_view hex, Digest* out) {
+  if (hex.size() != 64) return false;
+  for (size_t i = 0; i < 32; ++i) {
+    int hi = HexVal(hex[2 * i]), lo = HexVal(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    (*out)[i] = static_cast<uint8_t>(hi * 16 + lo);
+  }
+  return true;
+}
+
+bool IsAllZero(const void* data, size_t len) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  if (len < 64) {
+    for (size_t i = 0; i < len; ++i)
+      if (p[i]) return false;
+    return true;
+  }
+  // Cheap early exit on the first 64 bytes, then compare the buffer with itself shifted by 64:
+  // memcmp is vectorized and stops at the first difference.
+  for (size_t i = 0; i < 64; ++i)
+    if (p[i]) return false;
+  return std::memcmp(p, p + 64, len - 64) == 0;
+}
+
+static std::string FormatNow(const char* fmt) {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof(buf), fmt, &tm);
+  return buf;
+}
+
+std::string NowRfc3339() { return FormatNow("%Y-%m-%dT%H:%M:%SZ"); }
+std::string NowCompact() { return FormatNow("%Y%m%d-%H%M%S"); }
+
+std::string RandomHex(size_t n) {
+  std::string b(n, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(b.data()), static_cast<int>(n)) != 1) {
+    // RAND_bytes only fails without an entropy source; fall back to the clock and address bits.
+    uint64_t x = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    for (size_t i = 0; i < n; ++i) b[i] = static_cast<char>((x >> ((i % 8) * 8)) ^ (i * 131));
+  }
+  return ToHex(b.data(), n);
+}
+
+double MonotonicSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+bool IsValidName(std::string_view name, size_t max_len) {
+  if (name.empty() || name.size() > max_len || name[0] == '.') return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string DirName(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  if (pos == std::string::npos) return ".";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+Status FsyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, "open directory " + dir);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return ErrnoToStatus(err, "fsync directory " + dir);
+  return Status::Ok();
+}
+
+static Status WriteAll(int fd, const char* p, size_t n, const std::string& what) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "write " + what);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+Status WriteFileAtomic(const std::string& path, std::string_view data) {
+  std::string tmp = path + ".tmp-" + RandomHex(6);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
+  Status st = WriteAll(fd, data.data(), data.size(), tmp);
+  if (st.ok() && ::fsync(fd) != 0) st = ErrnoToStatus(errno, "fsync " + tmp);
+  if (::close(fd) != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + tmp);
+  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)
+    st = ErrnoToStatus(errno, "rename to " + path);
+  if (!st.ok()) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  return FsyncDir(DirName(path));
+}
+
+StatusOr<std::string> ReadFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, "open " + path);
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t r = ::read(fd, buf, sizeof(buf));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      return ErrnoToStatus(err, "read " + path);
+    }
+    if (r == 0) break;
+    out.append(buf, static_cast<size_t>(r));
+  }
+  ::close(fd);
+  return out;
+}
+
+}  // namespace vmbackup::internal

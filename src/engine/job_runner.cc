@@ -1,0 +1,111 @@
+// JobRunner implementation (see job_runner.h).
+#include "engine/job_runner.h"
+
+#include "core/util.h"
+
+namespace vmbackup::internal {
+
+JobRunner::JobRunner(std::function<Status()> body, ProgressCallback callback, int interval_ms)
+    : body_(std::move(body)),
+      callback_(std::move(callback)),
+      interval_ns_(static_cast<int64_t>(interval_ms > 0 ? interval_ms : 200) * 1000000) {}
+
+JobRunner::~JobRunner() {
+  Cancel();
+  if (driver_.joinable()) driver_.join();
+}
+
+Status JobRunner::Start() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (started_) return FailedPreconditionError("job already started");
+  started_ = true;
+  state_ = JobState::kInProgress;
+  start_ = MonotonicSeconds();
+  driver_ = std::thread([this] {
+    Status st = cancelled() ? CancelledError("cancelled before it started") : body_();
+    if (st.ok() && cancelled()) st = CancelledError("cancelled");
+    SetPhase(Progress::Phase::kDone);
+    MaybeReport(/*force=*/true);
+    std::lock_guard<std::mutex> l2(mu_);
+    status_ = st;
+    state_ = st.ok() ? JobState::kReady : JobState::kError;
+    finished_ = true;
+    cv_.notify_all();
+  });
+  return Status::Ok();
+}
+
+Status JobRunner::Wait() {
+  bool need_start;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    need_start = !started_;
+  }
+  if (need_start) {
+    Status st = Start();
+    if (!st.ok() && st.code() != StatusCode::kFailedPrecondition) return st;
+  }
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [this] { return finished_; });
+  return status_;
+}
+
+JobState JobRunner::state() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return state_;
+}
+
+void JobRunner::SetPhase(Progress::Phase p) {
+  counters_.phase.store(static_cast<int>(p), std::memory_order_relaxed);
+}
+
+Progress JobRunner::Snapshot() const {
+  Progress p;
+  const auto& c = counters_;
+  p.phase = static_cast<Progress::Phase>(c.phase.load(std::memory_order_relaxed));
+  p.bytes_total = c.bytes_total.load(std::memory_order_relaxed);
+  p.bytes_scanned = c.bytes_scanned.load(std::memory_order_relaxed);
+  p.bytes_read = c.bytes_read.load(std::memory_order_relaxed);
+  p.bytes_new = c.bytes_new.load(std::memory_order_relaxed);
+  p.bytes_reused = c.bytes_reused.load(std::memory_order_relaxed);
+  p.bytes_written = c.bytes_written.load(std::memory_order_relaxed);
+  p.blocks_total = c.blocks_total.load(std::memory_order_relaxed);
+  p.blocks_done = c.blocks_done.load(std::memory_order_relaxed);
+  double start;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    start = start_;
+  }
+  p.elapsed_seconds = start > 0 ? MonotonicSeconds() - start : 0;
+  if (p.elapsed_seconds > 0)
+    p.bytes_per_second = static_cast<double>(p.bytes_scanned) / p.elapsed_seconds;
+  if (p.phase == Progress::Phase::kDone) {
+    p.eta_seconds = 0;
+  } else if (p.bytes_per_second > 0 && p.bytes_total >= p.bytes_scanned && p.bytes_scanned > 0) {
+    p.eta_seconds = static_cast<double>(p.bytes_total - p.bytes_scanned) / p.bytes_per_second;
+  }
+  return p;
+}
+
+void JobRunner::MaybeReport(bool force) {
+  if (!callback_) return;
+  int64_t now = static_cast<int64_t>(MonotonicSeconds() * 1e9);
+  int64_t next = next_report_ns_.load(std::memory_order_relaxed);
+  if (!force && now < next) return;
+  if (!force && !next_report_ns_.compare_exchange_strong(next, now + interval_ns_)) return;
+  std::unique_lock<std::mutex> l(report_mu_, std::defer_lock);
+  if (force) {
+    l.lock();
+  } else if (!l.try_lock()) {
+    return;
+  }
+  bool keep_going = true;
+  try {
+    keep_going = callback_(Snapshot());
+  } catch (...) {
+    keep_going = false;  // an exception in user code cancels the job; it never crosses our threads
+  }
+  if (!keep_going) Cancel();
+}
+
+}  // namespace vmbackup::internal

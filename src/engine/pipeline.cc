@@ -1,0 +1,94 @@
+// Pipeline building blocks (see pipeline.h).
+#include "engine/pipeline.h"
+
+#include "core/runtime.h"
+
+namespace vmbackup::internal {
+
+void RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int left = n;
+  for (int i = 0; i < n; ++i) {
+    rt.impl()->PostWork([&, i] {
+      fn(i);
+      std::lock_guard<std::mutex> l(mu);
+      if (--left == 0) cv.notify_all();
+    });
+  }
+  std::unique_lock<std::mutex> l(mu);
+  cv.wait(l, [&] { return left == 0; });
+}
+
+bool ClaimSet::TryClaim(const Digest& d) {
+  Shard& s = shards_[d[1] % kShards];
+  std::lock_guard<std::mutex> l(s.mu);
+  return s.set.insert(d).second;
+}
+
+void FirstError::Set(const Status& st) {
+  if (st.ok()) return;
+  std::lock_guard<std::mutex> l(mu_);
+  if (st_.ok()) st_ = st;
+}
+Status FirstError::Get() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return st_;
+}
+bool FirstError::has_error() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return !st_.ok();
+}
+
+PackUploader::PackUploader(ObjectStore& store, uint64_t max_in_flight,
+                           std::function<void(uint64_t)> on_written)
+    : store_(store), cap_(max_in_flight), on_written_(std::move(on_written)) {}
+
+PackUploader::~PackUploader() { Drain().IgnoreError(); }
+
+void PackUploader::Submit(PackBuilder::Sealed sealed) {
+  const uint64_t bytes = sealed.data.size() + sealed.index.size();
+  {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return in_flight_ == 0 || in_flight_ + bytes <= cap_; });
+    in_flight_ += bytes;
+    ++outstanding_;
+  }
+  auto data = std::make_shared<const std::string>(std::move(sealed.data));
+  auto index = std::make_shared<const std::string>(std::move(sealed.index));
+  const std::string id = sealed.id;
+  // Data before metadata: the index that makes the pack's blocks visible is written only after the
+  // pack itself is durable.
+  store_.PutAsync(PackKey(id), data, PutOptions{}, [this, id, index, bytes](Status st) {
+    if (!st.ok()) {
+      Done(bytes, st.WithContext("upload pack " + id));
+      return;
+    }
+    store_.PutAsync(PackIndexKey(id), index, PutOptions{}, [this, id, bytes](Status st2) {
+      Done(bytes, st2.WithContext("upload pack index " + id));
+    });
+  });
+}
+
+void PackUploader::Done(uint64_t bytes, const Status& st) {
+  error_.Set(st);
+  if (st.ok() && on_written_) on_written_(bytes);
+  std::lock_guard<std::mutex> l(mu_);
+  in_flight_ -= bytes;
+  --outstanding_;
+  if (st.ok()) ++packs_;
+  cv_.notify_all();
+}
+
+Status PackUploader::Drain() {
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [&] { return outstanding_ == 0; });
+  return error_.Get();
+}
+
+uint64_t PackUploader::packs() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return packs_;
+}
+
+}  // namespace vmbackup::internal

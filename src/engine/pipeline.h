@@ -1,0 +1,80 @@
+// Pipeline building blocks shared by backup and restore: running N tasks on the worker pool and
+// waiting for them, the job-local set of claimed block digests, and the pack uploader that bounds
+// the bytes in flight. Thread-safety: every class here is thread-safe.
+#ifndef VMBACKUP_ENGINE_PIPELINE_H_
+#define VMBACKUP_ENGINE_PIPELINE_H_
+
+#include <array>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include <absl/container/flat_hash_set.h>
+
+#include "repo/format.h"
+#include "store/object_store.h"
+#include "vmbackup/options.h"
+
+namespace vmbackup::internal {
+
+// Runs fn(0..n-1) on the runtime's worker pool and returns when all have returned.
+void RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn);
+
+// Digests of new blocks claimed by this job: the first claimant stores the block, others reference
+// it.
+class ClaimSet {
+ public:
+  // True when `d` was not claimed before (the caller must now store the block).
+  bool TryClaim(const Digest& d);
+
+ private:
+  static constexpr int kShards = 64;
+  struct Shard {
+    std::mutex mu;
+    absl::flat_hash_set<Digest, DigestHash> set;
+  };
+  std::array<Shard, kShards> shards_;
+};
+
+// First error wins; later ones are dropped.
+class FirstError {
+ public:
+  void Set(const Status& st);
+  Status Get() const;
+  bool has_error() const;
+
+ private:
+  mutable std::mutex mu_;
+  Status st_;
+};
+
+// Uploads sealed packs (pack object first, then its index) with at most `max_in_flight` bytes
+// outstanding. Submit blocks while the cap is reached.
+class PackUploader {
+ public:
+  PackUploader(ObjectStore& store, uint64_t max_in_flight,
+               std::function<void(uint64_t)> on_written);
+  ~PackUploader();  // waits for outstanding uploads
+  void Submit(PackBuilder::Sealed sealed);
+  // Waits for every upload; returns the first error.
+  Status Drain();
+  bool failed() const { return error_.has_error(); }
+  uint64_t packs() const;
+
+ private:
+  void Done(uint64_t bytes, const Status& st);
+  ObjectStore& store_;
+  uint64_t cap_;
+  std::function<void(uint64_t)> on_written_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t in_flight_ = 0;
+  int outstanding_ = 0;
+  uint64_t packs_ = 0;
+  FirstError error_;
+};
+
+}  // namespace vmbackup::internal
+
+#endif  // VMBACKUP_ENGINE_PIPELINE_H_

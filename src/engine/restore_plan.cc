@@ -1,0 +1,291 @@
+// RestorePlan: record → volume indexes → parallel fetch / decompress / verify / write into a
+// temporary file → fsync → rename → fsync dir; then vm.json. See restore_plan.h.
+#include "vmbackup/restore_plan.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "core/errors.h"
+#include "core/runtime.h"
+#include "core/util.h"
+#include "engine/job_runner.h"
+#include "engine/pipeline.h"
+#include "target/target_impl.h"
+
+namespace vmbackup {
+
+using namespace internal;  // NOLINT(build/namespaces)
+using nlohmann::json;
+
+namespace {
+
+bool Exists(const std::string& path, bool* is_block) {
+  struct stat sb;
+  if (::lstat(path.c_str(), &sb) != 0) return false;
+  *is_block = S_ISBLK(sb.st_mode);
+  return true;
+}
+
+Status PwriteAll(int fd, const char* p, size_t n, uint64_t off, const std::string& what) {
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "write " + what);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+    off += static_cast<uint64_t>(w);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+struct RestorePlan::Impl {
+  std::shared_ptr<BackupTarget> target;
+  RestoreSpec spec;
+  BackupInfo backup;
+  std::vector<VolumeDestination>
+      dests;  // one per backup volume, in backup order (empty path = skip)
+  std::unique_ptr<JobRunner> runner;
+
+  Status Execute();
+  Status RestoreVolume(const VolumeBackupInfo& v, const std::string& dest, const RepoIndex& index,
+                       const VolumeIndex& vidx);
+};
+
+RestorePlan::RestorePlan(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RestorePlan::~RestorePlan() = default;
+
+StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<BackupTarget> target,
+                                                           RestoreSpec spec) {
+  if (!target) return InvalidArgumentError("target is null");
+  if (spec.backup.empty()) return InvalidArgumentError("spec.backup: a backup name is required");
+  auto impl = std::make_unique<Impl>();
+  VMB_ASSIGN_OR_RETURN(impl->backup, target->GetBackup(spec.backup));
+  std::map<std::string, std::string> explicit_dest;
+  for (size_t i = 0; i < spec.volumes.size(); ++i) {
+    const auto& d = spec.volumes[i];
+    const std::string field = "spec.volumes[" + std::to_string(i) + "]";
+    auto it = std::find_if(impl->backup.volumes.begin(), impl->backup.volumes.end(),
+                           [&](const VolumeBackupInfo& v) { return v.name == d.volume; });
+    if (it == impl->backup.volumes.end())
+      return NotFoundError(field + ".volume: backup '" + spec.backup + "' has no volume '" +
+                           d.volume + "'");
+    if (d.path.empty()) return InvalidArgumentError(field + ".path is empty");
+    if (!explicit_dest.emplace(d.volume, d.path).second)
+      return InvalidArgumentError(field + ".volume '" + d.volume + "' is given twice");
+  }
+  if (!spec.new_vm_name.empty() && !IsValidName(spec.new_vm_name, 128))
+    return InvalidArgumentError("spec.new_vm_name must be 1-128 of [A-Za-z0-9._-]");
+  if (!spec.dest_dir.empty()) {
+    struct stat sb;
+    if (::stat(spec.dest_dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode))
+      return NotFoundError("spec.dest_dir: directory " + spec.dest_dir + " does not exist");
+  }
+  std::set<std::string> seen;
+  for (const auto& v : impl->backup.volumes) {
+    std::string path;
+    if (explicit_dest.count(v.name))
+      path = explicit_dest[v.name];
+    else if (!spec.dest_dir.empty())
+      path = spec.dest_dir + "/" + v.name + ".img";
+    else if (spec.volumes.empty())
+      return InvalidArgumentError("spec: give dest_dir or an explicit destination per volume");
+    if (path.empty()) continue;  // explicit list that leaves this volume out
+    if (!seen.insert(path).second)
+      return InvalidArgumentError("spec: two volumes restore to the same path " + path);
+    bool is_block = false;
+    if (Exists(path, &is_block) && !is_block && !spec.overwrite)
+      return AlreadyExistsError("destination " + path + " exists (set overwrite to replace it)");
+    impl->dests.push_back({v.name, path});
+  }
+  if (!spec.dest_dir.empty()) {
+    bool b;
+    if (Exists(spec.dest_dir + "/vm.json", &b) && !spec.overwrite)
+      return AlreadyExistsError("destination " + spec.dest_dir + "/vm.json exists (set overwrite)");
+  }
+  impl->target = std::move(target);
+  impl->spec = std::move(spec);
+  Impl* raw = impl.get();
+  impl->runner = std::make_unique<JobRunner>([raw] { return raw->Execute(); }, impl->spec.progress,
+                                             impl->spec.progress_interval_ms);
+  return std::unique_ptr<RestorePlan>(new RestorePlan(std::move(impl)));
+}
+
+Status RestorePlan::Start() { return impl_->runner->Start(); }
+Status RestorePlan::Wait() { return impl_->runner->Wait(); }
+Status RestorePlan::Run() {
+  VMB_RETURN_IF_ERROR(Start());
+  return Wait();
+}
+void RestorePlan::Cancel() { impl_->runner->Cancel(); }
+JobState RestorePlan::state() const { return impl_->runner->state(); }
+Progress RestorePlan::progress() const { return impl_->runner->Snapshot(); }
+const BackupInfo& RestorePlan::backup() const { return impl_->backup; }
+std::vector<VolumeDestination> RestorePlan::destinations() const { return impl_->dests; }
+
+Status RestorePlan::Impl::Execute() {
+  JobRunner& run = *runner;
+  Repository& repo = *target->impl()->repo;
+  run.SetPhase(Progress::Phase::kPreparing);
+  run.MaybeReport(true);
+  // Load and verify every volume index first: a damaged backup fails before anything is written.
+  std::vector<std::pair<const VolumeBackupInfo*, VolumeIndex>> vols;
+  for (const auto& d : dests) {
+    const VolumeBackupInfo* v = nullptr;
+    for (const auto& bv : backup.volumes)
+      if (bv.name == d.volume) v = &bv;
+    VMB_ASSIGN_OR_RETURN(VolumeIndex vidx, repo.LoadVolumeIndex(backup.name, *v));
+    run.counters().bytes_total += v->size;
+    run.counters().blocks_total += vidx.block_count();
+    vols.emplace_back(v, std::move(vidx));
+  }
+  VMB_ASSIGN_OR_RETURN(std::shared_ptr<const RepoIndex> index, repo.LoadIndex());
+  run.SetPhase(Progress::Phase::kTransferring);
+  for (size_t i = 0; i < vols.size(); ++i) {
+    VMB_RETURN_IF_ERROR(RestoreVolume(*vols[i].first, dests[i].path, *index, vols[i].second));
+    if (run.cancelled()) return CancelledError("restore of backup '" + backup.name + "' cancelled");
+  }
+  run.SetPhase(Progress::Phase::kFinalizing);
+  if (!spec.dest_dir.empty()) {
+    json meta = json::parse(backup.vm_metadata_json, nullptr, false);
+    if (meta.is_discarded() || !meta.is_object()) meta = json::object();
+    if (!spec.new_vm_name.empty()) meta["name"] = spec.new_vm_name;
+    json vols_json = json::array();
+    for (const auto& d : dests) {
+      json entry = {{"name", d.volume}, {"path", d.path}};
+      if (meta.contains("volumes") && meta["volumes"].is_array()) {
+        for (const auto& orig : meta["volumes"])
+          if (orig.is_object() && orig.value("name", "") == d.volume) {
+            entry = orig;
+            entry["path"] = d.path;
+          }
+      }
+      vols_json.push_back(entry);
+    }
+    meta["volumes"] = vols_json;
+    meta["restoredFrom"] = backup.name;
+    VMB_RETURN_IF_ERROR(WriteFileAtomic(spec.dest_dir + "/vm.json", meta.dump(2) + "\n"));
+  }
+  return Status::Ok();
+}
+
+Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::string& dest,
+                                        const RepoIndex& index, const VolumeIndex& vidx) {
+  JobRunner& run = *runner;
+  ProgressCounters& pc = run.counters();
+  Repository& repo = *target->impl()->repo;
+  Runtime& rt = *target->impl()->runtime;
+  bool is_block = false;
+  const bool exists = Exists(dest, &is_block);
+  if (exists && !is_block && !spec.overwrite)
+    return AlreadyExistsError("destination " + dest + " exists (set overwrite to replace it)");
+  // Regular files: write a temporary file beside the destination, rename when complete.
+  const std::string tmp = is_block ? dest : dest + ".vmbackup-partial-" + RandomHex(4);
+  int fd = is_block ? ::open(dest.c_str(), O_WRONLY | O_CLOEXEC)
+                    : ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
+  auto cleanup = [&] {
+    ::close(fd);
+    if (!is_block) ::unlink(tmp.c_str());
+  };
+  if (!is_block && ::ftruncate(fd, static_cast<off_t>(v.size)) != 0) {
+    Status st = ErrnoToStatus(errno, "size " + tmp);
+    cleanup();
+    return st;
+  }
+  const uint32_t bs = vidx.block_size;
+  const uint64_t nblocks = vidx.block_count();
+  std::atomic<uint64_t> next{0};
+  FirstError error;
+  // More tasks than cores: each waits on reads from the target part of the time.
+  const int ntasks = std::max(2, rt.worker_threads() * 2);
+  RunOnWorkers(rt, ntasks, [&](int) {
+    std::unique_ptr<char[]> raw(new char[bs]);
+    for (;;) {
+      if (run.cancelled() || error.has_error()) break;
+      const uint64_t b = next.fetch_add(1, std::memory_order_relaxed);
+      if (b >= nblocks) break;
+      const uint64_t off = b * bs;
+      const size_t len = static_cast<size_t>(std::min<uint64_t>(bs, v.size - off));
+      if (vidx.kinds[b] == BlockKind::kData) {
+        const Digest& d = vidx.digests[b];
+        const std::string where =
+            "backup '" + backup.name + "', volume '" + v.name + "', offset " + std::to_string(off);
+        const BlockLocation* loc = index.Find(d);
+        if (loc == nullptr) {
+          std::string msg = where + ": block " + ToHex(d) + " is in no pack index";
+          if (!index.damaged().empty()) msg += " (damaged: " + index.damaged().front() + ")";
+          error.Set(DataLossError(msg));
+          break;
+        }
+        const std::string key = PackKey(index.pack_id(loc->pack));
+        auto stored = repo.store().Get(key, loc->offset, loc->stored_len);
+        if (!stored.ok()) {
+          error.Set(stored.status().code() == StatusCode::kNotFound
+                        ? DataLossError(where + ": pack object " + key + " is missing")
+                        : stored.status().WithContext(where + ", object " + key));
+          break;
+        }
+        pc.bytes_read += stored->size();
+        Status st = loc->raw_len == len
+                        ? DecodeBlock(loc->codec, stored->data(), stored->size(), raw.get(), len)
+                        : DataLossError("stored block has the wrong length");
+        if (st.ok() && Sha256(raw.get(), len) != d)
+          st = DataLossError("digest mismatch (corrupt block)");
+        if (!st.ok()) {
+          error.Set(DataLossError(where + ", object " + key + " at " + std::to_string(loc->offset) +
+                                  ": " + st.message()));
+          break;
+        }
+        st = PwriteAll(fd, raw.get(), len, off, tmp);
+        if (!st.ok()) {
+          error.Set(st);
+          break;
+        }
+        pc.bytes_written += len;
+      } else if (is_block) {
+        // A block device keeps old contents: zero and hole blocks must be written as zeros.
+        std::memset(raw.get(), 0, len);
+        Status st = PwriteAll(fd, raw.get(), len, off, tmp);
+        if (!st.ok()) {
+          error.Set(st);
+          break;
+        }
+      }
+      pc.bytes_scanned += len;
+      pc.blocks_done += 1;
+      run.MaybeReport();
+    }
+  });
+  Status st = error.Get();
+  if (st.ok() && run.cancelled())
+    st = CancelledError("restore of backup '" + backup.name + "' cancelled");
+  if (st.ok() && ::fsync(fd) != 0) st = ErrnoToStatus(errno, "fsync " + tmp);
+  if (!st.ok()) {
+    cleanup();
+    return st;
+  }
+  if (::close(fd) != 0) {
+    st = ErrnoToStatus(errno, "close " + tmp);
+    if (!is_block) ::unlink(tmp.c_str());
+    return st;
+  }
+  if (!is_block) {
+    if (::rename(tmp.c_str(), dest.c_str()) != 0) {
+      st = ErrnoToStatus(errno, "rename " + tmp + " to " + dest);
+      ::unlink(tmp.c_str());
+      return st;
+    }
+    VMB_RETURN_IF_ERROR(FsyncDir(DirName(dest)));
+  }
+  return Status::Ok();
+}
+
+}  // namespace vmbackup

@@ -1,0 +1,144 @@
+// Repository implementation (see repository.h).
+#include "repo/repository.h"
+
+#include <algorithm>
+
+#include "core/errors.h"
+
+namespace vmbackup::internal {
+
+void RepoIndex::AddPack(const std::string& pack_id, const std::vector<PackEntry>& entries) {
+  uint32_t p = static_cast<uint32_t>(pack_ids_.size());
+  pack_ids_.push_back(pack_id);
+  map_.reserve(map_.size() + entries.size());
+  for (const auto& e : entries) {
+    map_.try_emplace(e.digest, BlockLocation{p, e.stored_len, e.offset, e.raw_len, e.codec});
+  }
+}
+
+StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore> store,
+                                                       bool create, uint32_t block_size,
+                                                       uint32_t pack_size) {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto bytes = store->Get(kDescriptorKey);
+    if (bytes.ok()) {
+      VMB_ASSIGN_OR_RETURN(RepoDescriptor d, DecodeDescriptor(*bytes));
+      return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
+    }
+    if (bytes.status().code() != StatusCode::kNotFound) return bytes.status();
+    if (!create) return NotFoundError("no vmbackup repository at " + store->Describe());
+    RepoDescriptor d;
+    d.id = RandomHex(16);
+    d.block_size = block_size;
+    d.pack_size = pack_size;
+    d.created_at = NowRfc3339();
+    Status st = store->Put(kDescriptorKey, EncodeDescriptor(d), PutOptions{.if_absent = true});
+    if (st.ok()) return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
+    if (st.code() != StatusCode::kAlreadyExists)
+      return st.WithContext("initializing repository at " + store->Describe());
+    // Another process initialized it first: read theirs.
+  }
+  return AbortedError("repository descriptor keeps changing at " + store->Describe());
+}
+
+StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {
+  std::lock_guard<std::mutex> l(index_mu_);
+  VMB_ASSIGN_OR_RETURN(auto keys, store_->ListAll(kIndexPrefix));
+  std::vector<std::string> fresh;
+  for (const auto& o : keys) {
+    std::string id = PackIdFromIndexKey(o.key);
+    if (!id.empty() && !loaded_.count(id)) fresh.push_back(id);
+  }
+  if (index_ && fresh.empty()) return index_;
+  auto next = std::make_shared<RepoIndex>(index_ ? *index_ : RepoIndex());
+  for (const auto& id : fresh) {
+    auto bytes = store_->Get(PackIndexKey(id));
+    if (!bytes.ok()) {
+      if (bytes.status().code() == StatusCode::kNotFound) continue;  // deleted meanwhile
+      return bytes.status();
+    }
+    auto entries = DecodePackIndex(*bytes, id, "pack index " + PackIndexKey(id));
+    loaded_.insert(id);
+    if (!entries.ok()) {
+      next->AddDamaged(entries.status().message());
+      continue;
+    }
+    next->AddPack(id, *entries);
+  }
+  index_ = std::move(next);
+  return index_;
+}
+
+StatusOr<BackupList> Repository::ListBackups() const {
+  VMB_ASSIGN_OR_RETURN(auto keys, store_->ListAll(kRecordPrefix));
+  BackupList out;
+  for (const auto& o : keys) {
+    std::string name = BackupNameFromRecordKey(o.key);
+    if (name.empty()) continue;
+    auto bytes = store_->Get(o.key);
+    if (!bytes.ok()) {
+      if (bytes.status().code() == StatusCode::kNotFound) continue;
+      if (bytes.status().code() == StatusCode::kDataLoss) {
+        out.damaged.push_back(name + ": " + bytes.status().message());
+        continue;
+      }
+      return bytes.status();
+    }
+    auto rec = DecodeRecord(*bytes, "backup record " + o.key);
+    if (!rec.ok()) {
+      out.damaged.push_back(name + ": " + rec.status().message());
+      continue;
+    }
+    out.backups.push_back(std::move(*rec));
+  }
+  std::sort(out.backups.begin(), out.backups.end(), [](const BackupInfo& a, const BackupInfo& b) {
+    return std::tie(a.created_at, a.name) < std::tie(b.created_at, b.name);
+  });
+  return out;
+}
+
+StatusOr<BackupInfo> Repository::GetBackup(const std::string& name) const {
+  if (!IsValidName(name, 200)) return InvalidArgumentError("bad backup name '" + name + "'");
+  auto bytes = store_->Get(RecordKey(name));
+  if (!bytes.ok()) {
+    if (bytes.status().code() == StatusCode::kNotFound)
+      return NotFoundError("backup '" + name + "' not found on " + store_->Describe());
+    return bytes.status();
+  }
+  return DecodeRecord(*bytes, "backup record " + RecordKey(name));
+}
+
+Status Repository::DeleteBackup(const std::string& name) {
+  if (!IsValidName(name, 200)) return InvalidArgumentError("bad backup name '" + name + "'");
+  auto head = store_->Head(RecordKey(name));
+  if (!head.ok()) {
+    if (head.status().code() == StatusCode::kNotFound)
+      return NotFoundError("backup '" + name + "' not found on " + store_->Describe());
+    return head.status();
+  }
+  // The record goes first: from then on the backup is not listed, and its indexes are garbage.
+  VMB_RETURN_IF_ERROR(store_->Delete({RecordKey(name)}));
+  VMB_ASSIGN_OR_RETURN(auto vidx, store_->ListAll("volumes/" + name + "/"));
+  std::vector<std::string> keys;
+  for (auto& o : vidx) keys.push_back(o.key);
+  if (!keys.empty()) VMB_RETURN_IF_ERROR(store_->Delete(keys));
+  return Status::Ok();
+}
+
+StatusOr<VolumeIndex> Repository::LoadVolumeIndex(const std::string& backup,
+                                                  const VolumeBackupInfo& v) const {
+  const std::string what =
+      "volume index " + v.index_key + " (backup '" + backup + "', volume '" + v.name + "')";
+  auto bytes = store_->Get(v.index_key);
+  if (!bytes.ok()) {
+    if (bytes.status().code() == StatusCode::kNotFound) return DataLossError(what + " is missing");
+    return bytes.status();
+  }
+  if (ToHex(Sha256(*bytes)) != v.index_sha256)
+    return DataLossError(what + " does not match the checksum in the backup record (corrupt)");
+  VMB_ASSIGN_OR_RETURN(VolumeIndex idx, DecodeVolumeIndex(*bytes, what));
+  if (idx.volume_size != v.size) return DataLossError(what + " disagrees with the record's size");
+  return idx;
+}
+
+}  // namespace vmbackup::internal

@@ -1,0 +1,87 @@
+// Repository: the on-target format v1 over an ObjectStore: descriptor, block index, records.
+//
+// The block index (digest → pack location) is built from every pack index object on the target and
+// cached: LoadIndex() fetches only the pack indexes that appeared since the previous call and
+// returns an immutable snapshot, so pipelines look blocks up without locks. Damaged pack indexes
+// are skipped and reported (their blocks count as absent: a backup stores them again; a restore
+// that needs them fails with kDataLoss naming the damaged index).
+//
+// Thread-safety: all methods are thread-safe.
+#ifndef VMBACKUP_REPO_REPOSITORY_H_
+#define VMBACKUP_REPO_REPOSITORY_H_
+
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <absl/container/flat_hash_map.h>
+
+#include "repo/format.h"
+#include "store/object_store.h"
+
+namespace vmbackup::internal {
+
+struct BlockLocation {
+  uint32_t pack = 0;  // index into RepoIndex::pack_ids
+  uint32_t stored_len = 0;
+  uint64_t offset = 0;
+  uint32_t raw_len = 0;
+  Codec codec = Codec::kNone;
+};
+
+class RepoIndex {
+ public:
+  const BlockLocation* Find(const Digest& d) const {
+    auto it = map_.find(d);
+    return it == map_.end() ? nullptr : &it->second;
+  }
+  const std::string& pack_id(uint32_t i) const { return pack_ids_[i]; }
+  size_t block_count() const { return map_.size(); }
+  size_t pack_count() const { return pack_ids_.size(); }
+  const std::vector<std::string>& damaged() const { return damaged_; }
+
+  // Building (Repository only).
+  void AddPack(const std::string& pack_id, const std::vector<PackEntry>& entries);
+  void AddDamaged(std::string what) { damaged_.push_back(std::move(what)); }
+
+ private:
+  absl::flat_hash_map<Digest, BlockLocation, DigestHash> map_;
+  std::vector<std::string> pack_ids_;
+  std::vector<std::string> damaged_;
+};
+
+class Repository {
+ public:
+  // Opens the repository in `store`, initializing it (create-if-absent of the descriptor) when
+  // there is none and `create` is true. See BackupTarget::Open for the errors.
+  static StatusOr<std::unique_ptr<Repository>> Open(std::unique_ptr<ObjectStore> store, bool create,
+                                                    uint32_t block_size, uint32_t pack_size);
+
+  ObjectStore& store() const { return *store_; }
+  const RepoDescriptor& descriptor() const { return desc_; }
+
+  // Loads pack indexes added since the last call; returns the current immutable snapshot.
+  StatusOr<std::shared_ptr<const RepoIndex>> LoadIndex();
+
+  StatusOr<BackupList> ListBackups() const;
+  StatusOr<BackupInfo> GetBackup(const std::string& name) const;
+  Status DeleteBackup(const std::string& name);
+  // Fetches and verifies a volume's index (checksum, and the record's index_sha256).
+  StatusOr<VolumeIndex> LoadVolumeIndex(const std::string& backup, const VolumeBackupInfo& v) const;
+
+ private:
+  Repository(std::unique_ptr<ObjectStore> store, RepoDescriptor desc)
+      : store_(std::move(store)), desc_(std::move(desc)) {}
+
+  std::unique_ptr<ObjectStore> store_;
+  RepoDescriptor desc_;
+  std::mutex index_mu_;  // serializes LoadIndex
+  std::shared_ptr<const RepoIndex> index_;
+  std::set<std::string> loaded_;  // pack ids whose index is in index_ (or known damaged)
+};
+
+}  // namespace vmbackup::internal
+
+#endif  // VMBACKUP_REPO_REPOSITORY_H_

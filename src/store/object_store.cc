@@ -1,0 +1,52 @@
+// Default async forms and shared helpers of ObjectStore.
+#include "store/object_store.h"
+
+#include "core/runtime.h"
+
+namespace vmbackup::internal {
+
+void ObjectStore::PutAsync(std::string key, std::shared_ptr<const std::string> data,
+                           PutOptions opts, std::function<void(Status)> done) {
+  runtime_->impl()->PostBlocking([this, key = std::move(key), data = std::move(data), opts,
+                                  done = std::move(done)] { done(Put(key, *data, opts)); });
+}
+
+void ObjectStore::GetAsync(std::string key, uint64_t offset, uint64_t length,
+                           std::function<void(StatusOr<std::string>)> done) {
+  runtime_->impl()->PostBlocking([this, key = std::move(key), offset, length,
+                                  done = std::move(done)] { done(Get(key, offset, length)); });
+}
+
+StatusOr<std::vector<ObjectInfo>> ObjectStore::ListAll(const std::string& prefix) {
+  std::vector<ObjectInfo> all;
+  std::string token;
+  do {
+    auto page = List(prefix, token, 1000);
+    if (!page.ok()) return page.status();
+    for (auto& o : page->objects) all.push_back(std::move(o));
+    token = page->next_token;
+  } while (!token.empty());
+  return all;
+}
+
+Status ValidateKey(const std::string& key) {
+  if (key.empty() || key.front() == '/' || key.back() == '/')
+    return InvalidArgumentError("bad object key '" + key + "'");
+  size_t start = 0;
+  while (start <= key.size()) {
+    size_t end = key.find('/', start);
+    if (end == std::string::npos) end = key.size();
+    std::string_view seg(key.data() + start, end - start);
+    if (seg.empty() || seg == "." || seg == "..")
+      return InvalidArgumentError("bad object key '" + key + "'");
+    for (char c : seg) {
+      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '.' || c == '_' || c == '-';
+      if (!ok) return InvalidArgumentError("bad character in object key '" + key + "'");
+    }
+    start = end + 1;
+  }
+  return Status::Ok();
+}
+
+}  // namespace vmbackup::internal

@@ -1,0 +1,87 @@
+// ObjectStore: the minimal object interface every backup target speaks (local directory, S3, NFS).
+//
+// Keys are '/'-separated relative paths of [A-Za-z0-9._/-]. Objects are written whole and
+// atomically (a reader sees the old object, the new one, or none: never a part), and are immutable
+// by convention. Every operation exists in an async form (the completion is called exactly once, on
+// a runtime thread or inline on the caller's thread for immediate errors) and a blocking form.
+// Blocking forms may be called from job and user threads, never from an io() handler.
+//
+// Errors: kNotFound (no such object), kAlreadyExists (PutOptions::if_absent and the key exists),
+// kPermissionDenied, kResourceExhausted (target full), kUnavailable (unreachable; retryable),
+// kDataLoss (short object / checksum problems the store itself detects), kInvalidArgument (bad
+// key).
+//
+// Thread-safety: implementations are thread-safe; any number of operations may run at once.
+#ifndef VMBACKUP_STORE_OBJECT_STORE_H_
+#define VMBACKUP_STORE_OBJECT_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vmbackup/status.h"
+
+namespace vmbackup {
+class Runtime;
+}
+
+namespace vmbackup::internal {
+
+struct ObjectInfo {
+  std::string key;
+  uint64_t size = 0;
+};
+
+struct ListPage {
+  std::vector<ObjectInfo> objects;  // sorted by key
+  std::string next_token;           // empty when this is the last page
+};
+
+struct PutOptions {
+  bool if_absent = false;  // fail with kAlreadyExists instead of replacing an existing object
+  bool durable = true;     // the object must survive a crash once the call returns (fsync / 200 OK)
+};
+
+class ObjectStore {
+ public:
+  virtual ~ObjectStore() = default;
+
+  // A description for messages, without secrets ("file:///srv/backups").
+  virtual std::string Describe() const = 0;
+
+  // Blocking forms.
+  virtual Status Put(const std::string& key, std::string_view data, const PutOptions& opts) = 0;
+  // Reads [offset, offset+length) of the object; length 0 = to the end. A range past the end is
+  // kOutOfRange; a short read (object shorter than asked) is kDataLoss.
+  virtual StatusOr<std::string> Get(const std::string& key, uint64_t offset = 0,
+                                    uint64_t length = 0) = 0;
+  virtual StatusOr<ObjectInfo> Head(const std::string& key) = 0;
+  // One page of the keys starting with `prefix`, after `token` (empty = first page).
+  virtual StatusOr<ListPage> List(const std::string& prefix, const std::string& token,
+                                  int max_keys = 1000) = 0;
+  // Deletes the keys; missing keys are not an error.
+  virtual Status Delete(const std::vector<std::string>& keys) = 0;
+
+  // Async forms. The default implementations run the blocking form on the runtime's blocking pool;
+  // network stores override them with real async I/O.
+  virtual void PutAsync(std::string key, std::shared_ptr<const std::string> data, PutOptions opts,
+                        std::function<void(Status)> done);
+  virtual void GetAsync(std::string key, uint64_t offset, uint64_t length,
+                        std::function<void(StatusOr<std::string>)> done);
+
+  // Every key under `prefix` (all pages).
+  StatusOr<std::vector<ObjectInfo>> ListAll(const std::string& prefix);
+
+ protected:
+  explicit ObjectStore(std::shared_ptr<Runtime> runtime) : runtime_(std::move(runtime)) {}
+  std::shared_ptr<Runtime> runtime_;
+};
+
+// Validates an object key: non-empty, relative, no "." or ".." segments, [A-Za-z0-9._/-] only.
+Status ValidateKey(const std::string& key);
+
+}  // namespace vmbackup::internal
+
+#endif  // VMBACKUP_STORE_OBJECT_STORE_H_

@@ -1,0 +1,151 @@
+// Backup and restore through the public API on a local-directory target.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "support/test_util.h"
+#include "vmbackup/vmbackup.h"
+
+namespace vmbackup {
+namespace {
+
+using ::vmbackup::testing::FileSha256;
+using ::vmbackup::testing::TempDir;
+
+class BackupRestoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::mkdir(dir_.Sub("target").c_str(), 0755), 0);
+    auto t = BackupTarget::Open(Config());
+    ASSERT_OK(t);
+    target_ = *t;
+  }
+  std::string Config() const {
+    return R"({"type":"file","endpoint":")" + dir_.Sub("target") + R"("})";
+  }
+  StatusOr<BackupInfo> Backup(const std::string& name, const std::string& vol,
+                              const std::string& parent = "") {
+    BackupSpec spec;
+    spec.name = name;
+    spec.parent = parent;
+    spec.vm_metadata_json = R"({"name":"vm1","namespace":"default"})";
+    spec.volumes.push_back({"disk0", vol, false, {}});
+    auto job = BackupJob::Create(target_, spec);
+    if (!job.ok()) return job.status();
+    Status st = (*job)->Run();
+    if (!st.ok()) return st;
+    return (*job)->result();
+  }
+  Status Restore(const std::string& name, const std::string& dest, bool overwrite = false) {
+    RestoreSpec spec;
+    spec.backup = name;
+    spec.volumes.push_back({"disk0", dest});
+    spec.overwrite = overwrite;
+    auto plan = RestorePlan::Create(target_, spec);
+    if (!plan.ok()) return plan.status();
+    return (*plan)->Run();
+  }
+
+  TempDir dir_;
+  std::shared_ptr<BackupTarget> target_;
+};
+
+TEST_F(BackupRestoreTest, FullBackupRestoresIdenticalBytesAndKeepsHoles) {
+  const std::string vol = dir_.Sub("disk0.img");
+  testing::MakeVolume(vol, 24 << 20, 1);
+  auto info = Backup("b1", vol);
+  ASSERT_OK(info);
+  EXPECT_EQ(info->state, "Ready");
+  EXPECT_EQ(info->vm_name, "vm1");
+  ASSERT_EQ(info->volumes.size(), 1u);
+  EXPECT_GT(info->volumes[0].hole_blocks, 0u);
+  EXPECT_GT(info->volumes[0].zero_blocks, 0u);
+  EXPECT_LT(info->bytes_stored, info->bytes_new);  // compressible regions shrank
+  ASSERT_OK(Restore("b1", dir_.Sub("restored.img")));
+  EXPECT_EQ(FileSha256(dir_.Sub("restored.img")), FileSha256(vol));
+  // Zero and hole regions (half of the volume) are not allocated in the restored file.
+  EXPECT_LT(testing::AllocatedBytes(dir_.Sub("restored.img")), (24u << 20) * 3 / 4);
+}
+
+TEST_F(BackupRestoreTest, IncrementalStoresOnlyChangedBlocks) {
+  const std::string vol = dir_.Sub("disk0.img");
+  testing::MakeVolume(vol, 32 << 20, 2);
+  const std::string before = FileSha256(vol);
+  auto b1 = Backup("b1", vol);
+  ASSERT_OK(b1);
+  testing::ScribbleVolume(vol, 4, 64 << 10, 9);
+  const std::string after = FileSha256(vol);
+  auto b2 = Backup("b2", vol);
+  ASSERT_OK(b2);
+  // At most 2 blocks per 64 KiB write are new.
+  EXPECT_LE(b2->bytes_new, 8ull * target_->block_size());
+  EXPECT_GT(b2->bytes_reused, 0u);
+  ASSERT_OK(Restore("b1", dir_.Sub("r1.img")));
+  ASSERT_OK(Restore("b2", dir_.Sub("r2.img")));
+  EXPECT_EQ(FileSha256(dir_.Sub("r1.img")), before);
+  EXPECT_EQ(FileSha256(dir_.Sub("r2.img")), after);
+}
+
+TEST_F(BackupRestoreTest, DirtyMapBackupReadsOnlyDirtyRanges) {
+  const std::string vol = dir_.Sub("disk0.img");
+  testing::MakeVolume(vol, 16 << 20, 3);
+  ASSERT_OK(Backup("b1", vol));
+  auto writes = testing::ScribbleVolume(vol, 3, 64 << 10, 5);
+  BackupSpec spec;
+  spec.name = "b2";
+  spec.parent = "b1";
+  VolumeSource src{"disk0", vol, true, {}};
+  for (auto& [off, len] : writes) src.dirty_ranges.push_back({off, len});
+  spec.volumes.push_back(src);
+  auto job = BackupJob::Create(target_, spec);
+  ASSERT_OK(job);
+  ASSERT_OK((*job)->Run());
+  EXPECT_LE((*job)->progress().bytes_read, 6ull * target_->block_size());
+  ASSERT_OK(Restore("b2", dir_.Sub("r2.img")));
+  EXPECT_EQ(FileSha256(dir_.Sub("r2.img")), FileSha256(vol));
+}
+
+TEST_F(BackupRestoreTest, RestoreRefusesToOverwriteUnlessAsked) {
+  const std::string vol = dir_.Sub("disk0.img");
+  testing::MakeVolume(vol, 4 << 20, 4);
+  ASSERT_OK(Backup("b1", vol));
+  testing::WriteAll(dir_.Sub("existing.img"), "keep me");
+  EXPECT_THAT(Restore("b1", dir_.Sub("existing.img")),
+              StatusIs(StatusCode::kAlreadyExists, "existing.img"));
+  EXPECT_EQ(testing::ReadAll(dir_.Sub("existing.img")), "keep me");
+  ASSERT_OK(Restore("b1", dir_.Sub("existing.img"), /*overwrite=*/true));
+  EXPECT_EQ(FileSha256(dir_.Sub("existing.img")), FileSha256(vol));
+}
+
+TEST_F(BackupRestoreTest, DuplicateNameIsRejected) {
+  const std::string vol = dir_.Sub("disk0.img");
+  testing::MakeVolume(vol, 1 << 20, 5);
+  ASSERT_OK(Backup("b1", vol));
+  EXPECT_THAT(Backup("b1", vol), StatusIs(StatusCode::kAlreadyExists, "b1"));
+}
+
+TEST_F(BackupRestoreTest, MissingVolumeIsNotFoundAndPublishesNothing) {
+  EXPECT_THAT(Backup("b1", dir_.Sub("nope.img")), StatusIs(StatusCode::kNotFound, "nope.img"));
+  auto list = target_->ListBackups();
+  ASSERT_OK(list);
+  EXPECT_TRUE(list->backups.empty());
+}
+
+TEST_F(BackupRestoreTest, ProgressCallbackCanCancel) {
+  const std::string vol = dir_.Sub("disk0.img");
+  testing::MakeVolume(vol, 8 << 20, 6);
+  BackupSpec spec;
+  spec.name = "b1";
+  spec.volumes.push_back({"disk0", vol, false, {}});
+  int calls = 0;
+  spec.progress = [&](const Progress&) { return ++calls < 1; };
+  auto job = BackupJob::Create(target_, spec);
+  ASSERT_OK(job);
+  EXPECT_THAT((*job)->Run(), StatusIs(StatusCode::kCancelled, ""));
+  EXPECT_EQ((*job)->state(), JobState::kError);
+  auto list = target_->ListBackups();
+  ASSERT_OK(list);
+  EXPECT_TRUE(list->backups.empty());
+}
+
+}  // namespace
+}  // namespace vmbackup
