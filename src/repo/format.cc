@@ -154,6 +154,11 @@ PackBuilder::Sealed PackBuilder::Seal() {
   s.data = std::move(data_);
   s.entries = std::move(entries_);
   s.index = EncodePackIndex(s.id, s.entries);
+  // Trailer: a copy of the index, so a damaged index object can be rebuilt from the pack alone.
+  const uint64_t index_offset = s.data.size();
+  s.data.append(s.index);
+  PutU64(&s.data, index_offset);
+  s.data.append(kPackTrailerMagic);
   data_ = std::string();
   data_.reserve(target_size_ + target_size_ / 8);
   data_.append(kPackMagic);

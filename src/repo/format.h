@@ -68,6 +68,7 @@ struct PackEntry {
 };
 
 inline constexpr std::string_view kPackMagic = "VMBPACK1";
+inline constexpr std::string_view kPackTrailerMagic = "VMBPEND1";
 
 // Accumulates blocks into one pack object. Not thread-safe.
 class PackBuilder {

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's test command (and what CI runs): installs what is missing, builds everything with
+# warnings as errors, runs every suite (unit, integration, C API, Python, header and packaging tests),
+# then the unit tests again under AddressSanitizer+UBSan and ThreadSanitizer.
+#   VMBACKUP_SKIP_SANITIZERS=1  skip the sanitizer builds (local iteration only; CI never sets it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash scripts/install-deps.sh
+
+echo "== build (default preset: RelWithDebInfo, -Werror)"
+cmake --preset default >/dev/null
+cmake --build --preset default
+echo "== tests"
+ctest --preset default -j2 --timeout 600
+
+if [ "${VMBACKUP_SKIP_SANITIZERS:-0}" != 1 ]; then
+  for san in asan tsan; do
+    echo "== $san: build and run the unit tests"
+    cmake --preset "$san" >/dev/null
+    cmake --build --preset "$san" --target vmbackup_unit_tests
+    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+      ctest --preset "$san" -j2 -L unit --timeout 600
+  done
+fi
+echo "== all suites passed in $(( $(date +%s) - start )) s"
