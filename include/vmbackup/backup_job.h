@@ -57,7 +57,7 @@ struct BackupSpec {
   // Minimum time between two progress reports. Default 200 ms.
   int progress_interval_ms = 200;
   // Cap on bytes held in memory by the pipeline (blocks being processed + packs uploading).
-  // Default 0 = 128 MiB.
+  // Default 0 = 96 MiB (three 32 MiB packs).
   uint64_t max_in_flight_bytes = 0;
 };
 

@@ -44,6 +44,13 @@ Status PwriteAll(int fd, const char* p, size_t n, uint64_t off, const std::strin
   return Status::Ok();
 }
 
+std::string AbsolutePath(const std::string& p) {
+  if (p.empty() || p[0] == '/') return p;
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return p;
+  return std::string(cwd) + "/" + p;
+}
+
 }  // namespace
 
 struct RestorePlan::Impl {
@@ -55,8 +62,11 @@ struct RestorePlan::Impl {
   std::unique_ptr<JobRunner> runner;
 
   Status Execute();
+  // Writes one volume. For a regular-file destination the data goes to a temporary file, whose
+  // path is appended to `pending` (renamed into place only when every volume succeeded).
   Status RestoreVolume(const VolumeBackupInfo& v, const std::string& dest, const RepoIndex& index,
-                       const VolumeIndex& vidx);
+                       const VolumeIndex& vidx,
+                       std::vector<std::pair<std::string, std::string>>* pending);
 };
 
 RestorePlan::RestorePlan(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -87,6 +97,8 @@ StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<Backu
     struct stat sb;
     if (::stat(spec.dest_dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode))
       return NotFoundError("spec.dest_dir: directory " + spec.dest_dir + " does not exist");
+    // vm.json records absolute volume paths, whatever the caller's working directory was.
+    spec.dest_dir = AbsolutePath(spec.dest_dir);
   }
   std::set<std::string> seen;
   for (const auto& v : impl->backup.volumes) {
@@ -148,11 +160,31 @@ Status RestorePlan::Impl::Execute() {
   }
   VMB_ASSIGN_OR_RETURN(std::shared_ptr<const RepoIndex> index, repo.LoadIndex());
   run.SetPhase(Progress::Phase::kTransferring);
+  // (temporary, final) paths of volumes written completely; renamed together at the end so that a
+  // failed restore creates or changes no destination file.
+  std::vector<std::pair<std::string, std::string>> pending;
+  auto discard = [&pending] {
+    for (const auto& p : pending) ::unlink(p.first.c_str());
+  };
   for (size_t i = 0; i < vols.size(); ++i) {
-    VMB_RETURN_IF_ERROR(RestoreVolume(*vols[i].first, dests[i].path, *index, vols[i].second));
-    if (run.cancelled()) return CancelledError("restore of backup '" + backup.name + "' cancelled");
+    Status st = RestoreVolume(*vols[i].first, dests[i].path, *index, vols[i].second, &pending);
+    if (st.ok() && run.cancelled())
+      st = CancelledError("restore of backup '" + backup.name + "' cancelled");
+    if (!st.ok()) {
+      discard();
+      return st;
+    }
   }
   run.SetPhase(Progress::Phase::kFinalizing);
+  for (size_t i = 0; i < pending.size(); ++i) {
+    const auto& [tmp, dest] = pending[i];
+    if (::rename(tmp.c_str(), dest.c_str()) != 0) {
+      Status st = ErrnoToStatus(errno, "rename " + tmp + " to " + dest);
+      for (size_t j = i; j < pending.size(); ++j) ::unlink(pending[j].first.c_str());
+      return st;
+    }
+    VMB_RETURN_IF_ERROR(FsyncDir(DirName(dest)));
+  }
   if (!spec.dest_dir.empty()) {
     json meta = json::parse(backup.vm_metadata_json, nullptr, false);
     if (meta.is_discarded() || !meta.is_object()) meta = json::object();
@@ -177,7 +209,8 @@ Status RestorePlan::Impl::Execute() {
 }
 
 Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::string& dest,
-                                        const RepoIndex& index, const VolumeIndex& vidx) {
+                                        const RepoIndex& index, const VolumeIndex& vidx,
+                                        std::vector<std::pair<std::string, std::string>>* pending) {
   JobRunner& run = *runner;
   ProgressCounters& pc = run.counters();
   Repository& repo = *target->impl()->repo;
@@ -277,14 +310,7 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
     if (!is_block) ::unlink(tmp.c_str());
     return st;
   }
-  if (!is_block) {
-    if (::rename(tmp.c_str(), dest.c_str()) != 0) {
-      st = ErrnoToStatus(errno, "rename " + tmp + " to " + dest);
-      ::unlink(tmp.c_str());
-      return st;
-    }
-    VMB_RETURN_IF_ERROR(FsyncDir(DirName(dest)));
-  }
+  if (!is_block) pending->emplace_back(tmp, dest);
   return Status::Ok();
 }
 

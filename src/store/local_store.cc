@@ -46,22 +46,32 @@ class LocalStore final : public ObjectStore {
     if (st.ok() && opts.durable && ::fdatasync(fd) != 0)
       st = ErrnoToStatus(errno, "fsync " + Describe() + "/" + key);
     if (::close(fd) != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + tmp);
-    if (st.ok()) {
-      if (opts.if_absent) {
-        if (::link(tmp.c_str(), path.c_str()) != 0) {
-          st = errno == EEXIST ? AlreadyExistsError("object " + key + " already exists")
-                               : ErrnoToStatus(errno, "link " + path);
-        }
-        ::unlink(tmp.c_str());
-      } else if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        st = ErrnoToStatus(errno, "rename to " + path);
-      }
+    if (st.ok()) st = Publish(tmp, path, key, opts);
+    if (st.code() == StatusCode::kNotFound) {
+      // A concurrent Delete removed the (then empty) parent directory: recreate it, try once more.
+      st = MakeDirs(DirName(path));
+      if (st.ok()) st = Publish(tmp, path, key, opts);
     }
     if (!st.ok()) {
       ::unlink(tmp.c_str());
       return st;
     }
     if (opts.durable) return FsyncDir(DirName(path));
+    return Status::Ok();
+  }
+
+  // Moves the complete temporary file to its final name (link + unlink for if_absent).
+  Status Publish(const std::string& tmp, const std::string& path, const std::string& key,
+                 const PutOptions& opts) {
+    if (opts.if_absent) {
+      if (::link(tmp.c_str(), path.c_str()) != 0) {
+        return errno == EEXIST ? AlreadyExistsError("object " + key + " already exists")
+                               : ErrnoToStatus(errno, "link " + path);
+      }
+      ::unlink(tmp.c_str());
+      return Status::Ok();
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoToStatus(errno, "rename to " + path);
     return Status::Ok();
   }
 
@@ -142,6 +152,11 @@ class LocalStore final : public ObjectStore {
       VMB_RETURN_IF_ERROR(ValidateKey(key));
       if (::unlink((root_ + "/" + key).c_str()) != 0 && errno != ENOENT)
         return ErrnoToStatus(errno, "delete " + Describe() + "/" + key);
+      // Remove parent directories left empty (fails harmlessly when they are not).
+      for (std::string dir = DirName(root_ + "/" + key); dir.size() > root_.size();
+           dir = DirName(dir)) {
+        if (::rmdir(dir.c_str()) != 0) break;
+      }
     }
     return Status::Ok();
   }

@@ -1,6 +1,7 @@
 // Backup and restore through the public API on a local-directory target.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "support/test_util.h"
 #include "vmbackup/vmbackup.h"
@@ -145,6 +146,74 @@ TEST_F(BackupRestoreTest, ProgressCallbackCanCancel) {
   auto list = target_->ListBackups();
   ASSERT_OK(list);
   EXPECT_TRUE(list->backups.empty());
+}
+
+}  // namespace
+}  // namespace vmbackup
+
+namespace vmbackup {
+namespace {
+
+// Regression: a restore whose second volume failed left the first volume under its final name.
+TEST(RestoreAtomicityTest, FailedVolumeLeavesNoDestinationForAnyVolume) {
+  testing::TempDir dir;
+  ASSERT_EQ(::mkdir(dir.Sub("target").c_str(), 0755), 0);
+  auto target = BackupTarget::Open(R"({"type":"file","endpoint":")" + dir.Sub("target") + R"("})");
+  ASSERT_OK(target);
+  // Volume "a" is one big hole (needs no pack); volume "b" holds data.
+  testing::WriteAll(dir.Sub("a.img"), "");
+  ASSERT_EQ(::truncate(dir.Sub("a.img").c_str(), 8 << 20), 0);
+  testing::MakeVolume(dir.Sub("b.img"), 4 << 20, 11);
+  BackupSpec spec;
+  spec.name = "two";
+  spec.volumes.push_back({"a", dir.Sub("a.img"), false, {}});
+  spec.volumes.push_back({"b", dir.Sub("b.img"), false, {}});
+  auto job = BackupJob::Create(*target, spec);
+  ASSERT_OK(job);
+  ASSERT_OK((*job)->Run());
+  for (const auto& f : testing::ListFiles(dir.Sub("target")))
+    if (f.size() > 5 && f.substr(f.size() - 5) == ".pack")
+      testing::FlipByte(dir.Sub("target/" + f), 100);
+  ASSERT_EQ(::mkdir(dir.Sub("out").c_str(), 0755), 0);
+  RestoreSpec r;
+  r.backup = "two";
+  r.dest_dir = dir.Sub("out");
+  auto plan = RestorePlan::Create(*target, r);
+  ASSERT_OK(plan);
+  EXPECT_THAT((*plan)->Run(), StatusIs(StatusCode::kDataLoss, "volume 'b'"));
+  EXPECT_EQ(testing::ListFiles(dir.Sub("out")), std::vector<std::string>{});
+}
+
+TEST(DeleteBackupTest, RemovesRecordAndIndexesAndLeavesOthersRestorable) {
+  testing::TempDir dir;
+  ASSERT_EQ(::mkdir(dir.Sub("target").c_str(), 0755), 0);
+  auto target = BackupTarget::Open(R"({"type":"file","endpoint":")" + dir.Sub("target") + R"("})");
+  ASSERT_OK(target);
+  testing::MakeVolume(dir.Sub("v.img"), 4 << 20, 12);
+  for (const char* name : {"keep", "drop"}) {
+    BackupSpec spec;
+    spec.name = name;
+    spec.volumes.push_back({"v", dir.Sub("v.img"), false, {}});
+    auto job = BackupJob::Create(*target, spec);
+    ASSERT_OK(job);
+    ASSERT_OK((*job)->Run());
+  }
+  ASSERT_OK((*target)->DeleteBackup("drop"));
+  EXPECT_THAT((*target)->DeleteBackup("drop"), StatusIs(StatusCode::kNotFound, "drop"));
+  for (const auto& f : testing::ListFiles(dir.Sub("target")))
+    EXPECT_EQ(f.find("drop"), std::string::npos) << f;
+  EXPECT_FALSE(testing::FileExists(dir.Sub("target/volumes/drop")));
+  auto list = (*target)->ListBackups();
+  ASSERT_OK(list);
+  ASSERT_EQ(list->backups.size(), 1u);
+  EXPECT_EQ(list->backups[0].name, "keep");
+  RestoreSpec r;
+  r.backup = "keep";
+  r.volumes.push_back({"v", dir.Sub("r.img")});
+  auto plan = RestorePlan::Create(*target, r);
+  ASSERT_OK(plan);
+  ASSERT_OK((*plan)->Run());
+  EXPECT_EQ(testing::FileSha256(dir.Sub("r.img")), testing::FileSha256(dir.Sub("v.img")));
 }
 
 }  // namespace

@@ -1,0 +1,463 @@
+#include "commands.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cancel.h"
+#include "progress.h"
+
+namespace vmbackupctl {
+namespace {
+
+using vmbackup::BackupInfo;
+using vmbackup::Status;
+using vmbackup::StatusOr;
+
+// `path` made absolute and normalized (the restored vm.json records destination paths, and a path
+// relative to the caller's working directory would mean nothing there). Empty stays empty.
+std::string AbsolutePath(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  return ec ? path : abs.lexically_normal().string();
+}
+
+std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+std::string Ratio(std::optional<double> r) {
+  if (!r) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2fx", *r);
+  return buf;
+}
+
+std::string VmLabel(const BackupInfo& info) {
+  if (info.vm_name.empty()) return "-";
+  return info.vm_namespace.empty() ? info.vm_name : info.vm_namespace + "/" + info.vm_name;
+}
+
+// The backup name argument of show/restore/delete.
+std::optional<std::string> OneName(Context& ctx, const ParsedArgs& args, const char* command,
+                                   int* exit_code) {
+  if (args.positionals().size() != 1) {
+    *exit_code =
+        ctx.UsageError(std::string(command) + ": expected exactly one backup name", command);
+    return std::nullopt;
+  }
+  return args.positionals()[0];
+}
+
+vmbackup::StatusOr<uint64_t> JsonU64(const nlohmann::json& v, const std::string& what) {
+  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) {
+    return vmbackup::InvalidArgumentError(what + " must be a non-negative integer");
+  }
+  return v.get<uint64_t>();
+}
+
+}  // namespace
+
+// ---- job runners
+// ---------------------------------------------------------------------------------
+
+StatusOr<BackupRun> RunBackupJob(Context& ctx,
+                                 const std::shared_ptr<vmbackup::BackupTarget>& target,
+                                 vmbackup::BackupSpec spec) {
+  ProgressReporter reporter(ctx.options.progress, ProgressReporter::Kind::kBackup, "backup");
+  if (reporter.enabled()) spec.progress = reporter.Callback();
+  StatusOr<std::unique_ptr<vmbackup::BackupJob>> job = vmbackup::BackupJob::Create(target, spec);
+  if (!job.ok()) return job.status();
+  vmbackup::BackupJob& j = **job;
+  reporter.set_label("backup " + j.name());
+  double start = MonotonicSeconds();
+  Status st;
+  {
+    CancelScope cancel([&j] { j.Cancel(); });
+    st = j.Run();
+  }
+  double seconds = MonotonicSeconds() - start;
+  reporter.Finish();
+  if (!st.ok()) return st.WithContext("backup " + j.name());
+  StatusOr<BackupInfo> info = j.result();
+  if (!info.ok()) return info.status();
+  BackupRun run;
+  run.info = *std::move(info);
+  run.seconds = seconds;
+  return run;
+}
+
+StatusOr<RestoreRun> RunRestorePlan(Context& ctx,
+                                    const std::shared_ptr<vmbackup::BackupTarget>& target,
+                                    vmbackup::RestoreSpec spec) {
+  ProgressReporter reporter(ctx.options.progress, ProgressReporter::Kind::kRestore,
+                            "restore " + spec.backup);
+  if (reporter.enabled()) spec.progress = reporter.Callback();
+  std::string dest_dir = spec.dest_dir;
+  StatusOr<std::unique_ptr<vmbackup::RestorePlan>> plan =
+      vmbackup::RestorePlan::Create(target, std::move(spec));
+  if (!plan.ok()) return plan.status();
+  vmbackup::RestorePlan& p = **plan;
+  double start = MonotonicSeconds();
+  Status st;
+  {
+    CancelScope cancel([&p] { p.Cancel(); });
+    st = p.Run();
+  }
+  double seconds = MonotonicSeconds() - start;
+  reporter.Finish();
+  if (!st.ok()) return st.WithContext("restore " + p.backup().name);
+  RestoreRun run;
+  run.backup = p.backup();
+  run.destinations = p.destinations();
+  run.dest_dir = dest_dir;
+  run.seconds = seconds;
+  run.bytes_written = p.progress().bytes_written;
+  return run;
+}
+
+Status ApplyDirtyMap(const std::string& file, vmbackup::BackupSpec* spec) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return vmbackup::NotFoundError("cannot read dirty map '" + file + "'");
+  nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) {
+    return vmbackup::InvalidArgumentError("dirty map '" + file +
+                                          "': expected a JSON object {volume: [[offset, length]]}");
+  }
+  for (auto it = doc.begin(); it != doc.end(); ++it) {
+    auto vol = std::find_if(spec->volumes.begin(), spec->volumes.end(),
+                            [&](const vmbackup::VolumeSource& v) { return v.name == it.key(); });
+    if (vol == spec->volumes.end()) {
+      return vmbackup::InvalidArgumentError("dirty map '" + file + "': unknown volume '" +
+                                            it.key() + "'");
+    }
+    if (!it.value().is_array()) {
+      return vmbackup::InvalidArgumentError("dirty map '" + file + "': volume '" + it.key() +
+                                            "' must map to an array of extents");
+    }
+    vol->has_dirty_map = true;
+    vol->dirty_ranges.clear();
+    for (const nlohmann::json& e : it.value()) {
+      std::string what = "dirty map '" + file + "' volume '" + it.key() + "': extent";
+      nlohmann::json off, len;
+      if (e.is_array() && e.size() == 2) {
+        off = e[0];
+        len = e[1];
+      } else if (e.is_object() && e.contains("offset") && e.contains("length")) {
+        off = e["offset"];
+        len = e["length"];
+      } else {
+        return vmbackup::InvalidArgumentError(what +
+                                              " must be [offset, length] or {offset, length}");
+      }
+      StatusOr<uint64_t> o = JsonU64(off, what + " offset");
+      if (!o.ok()) return o.status();
+      StatusOr<uint64_t> l = JsonU64(len, what + " length");
+      if (!l.ok()) return l.status();
+      vol->dirty_ranges.push_back(vmbackup::Extent{*o, *l});
+    }
+  }
+  return Status::Ok();
+}
+
+// ---- summaries
+// -----------------------------------------------------------------------------------
+
+std::string BackupSummary(const BackupRun& run) {
+  const BackupInfo& i = run.info;
+  std::vector<std::string> names;
+  for (const auto& v : i.volumes) names.push_back(v.name);
+  std::string vols;
+  for (size_t k = 0; k < names.size(); ++k) vols += (k ? ", " : "") + names[k];
+  std::ostringstream out;
+  out << "Backup " << i.name << " " << i.state << "\n"
+      << "  vm:            " << VmLabel(i) << "\n"
+      << "  parent:        " << OrDash(i.parent) << "\n"
+      << "  volumes:       " << i.volumes.size() << " (" << vols << ")\n"
+      << "  time:          " << FormatDuration(run.seconds) << "\n"
+      << "  bytes total:   " << FormatBytes(i.bytes_total) << " (logical)\n"
+      << "  new:           " << FormatBytes(i.bytes_new) << "\n"
+      << "  reused:        " << FormatBytes(i.bytes_reused) << "\n"
+      << "  stored:        " << FormatBytes(i.bytes_stored) << " (after compression)\n"
+      << "  dedup ratio:   "
+      << (i.bytes_new ? Ratio(DedupRatio(i)) + " ((new + reused) / new)" : "- (nothing new)")
+      << "\n"
+      << "  compression:   "
+      << (i.bytes_stored ? Ratio(CompressionRatio(i)) + " (new / stored)" : "- (nothing stored)")
+      << "\n"
+      << "  throughput:    "
+      << FormatRate(run.seconds > 0 ? static_cast<double>(i.bytes_total) / run.seconds : 0) << "\n";
+  return out.str();
+}
+
+nlohmann::json BackupRunJson(const BackupRun& run) {
+  return {{"backup", ToJson(run.info)},
+          {"seconds", run.seconds},
+          {"throughput_bytes_per_second",
+           run.seconds > 0 ? static_cast<double>(run.info.bytes_total) / run.seconds : 0.0}};
+}
+
+std::string RestoreSummary(const RestoreRun& run) {
+  std::ostringstream out;
+  out << "Restored backup " << run.backup.name << "\n"
+      << "  time:          " << FormatDuration(run.seconds) << "\n"
+      << "  bytes total:   " << FormatBytes(run.backup.bytes_total) << " (logical)\n"
+      << "  bytes written: " << FormatBytes(run.bytes_written) << "\n"
+      << "  throughput:    "
+      << FormatRate(run.seconds > 0 ? static_cast<double>(run.backup.bytes_total) / run.seconds : 0)
+      << "\n";
+  if (!run.dest_dir.empty()) {
+    out << "  vm metadata:   " << (std::filesystem::path(run.dest_dir) / "vm.json").string()
+        << "\n";
+  }
+  out << "  destinations:\n";
+  for (const auto& d : run.destinations) out << "    " << d.volume << " -> " << d.path << "\n";
+  return out.str();
+}
+
+nlohmann::json RestoreRunJson(const RestoreRun& run) {
+  nlohmann::json dests = nlohmann::json::array();
+  for (const auto& d : run.destinations) dests.push_back({{"volume", d.volume}, {"path", d.path}});
+  nlohmann::json vm_json = nullptr;
+  if (!run.dest_dir.empty()) vm_json = (std::filesystem::path(run.dest_dir) / "vm.json").string();
+  return {{"restore",
+           {{"backup", run.backup.name},
+            {"seconds", run.seconds},
+            {"bytes_total", run.backup.bytes_total},
+            {"bytes_written", run.bytes_written},
+            {"throughput_bytes_per_second",
+             run.seconds > 0 ? static_cast<double>(run.backup.bytes_total) / run.seconds : 0.0},
+            {"dest_dir", run.dest_dir},
+            {"vm_json", vm_json},
+            {"destinations", std::move(dests)}}}};
+}
+
+// ---- commands
+// ------------------------------------------------------------------------------------
+
+int CmdTargetTest(Context& ctx, const ParsedArgs& args) {
+  if (!args.positionals().empty()) {
+    return ctx.UsageError("target test: unexpected argument '" + args.positionals()[0] + "'",
+                          "target test");
+  }
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  Status st = (*target)->Test();
+  if (!st.ok()) return ctx.Fail(st, "target test");
+  const auto& t = **target;
+  if (ctx.options.json) {
+    nlohmann::json config = nlohmann::json::parse(t.config().ToRedactedJson(), nullptr, false);
+    ctx.PrintJson({{"ok", true},
+                   {"target", config.is_discarded() ? nlohmann::json(nullptr) : config},
+                   {"repository_id", t.repository_id()},
+                   {"block_size", t.block_size()}});
+  } else {
+    ctx.Info("Target OK: " + t.config().ToRedactedJson() + "\n  repository: " + t.repository_id() +
+             "\n  block size: " + FormatBytes(t.block_size()));
+  }
+  return kExitOk;
+}
+
+int CmdBackup(Context& ctx, const ParsedArgs& args) {
+  if (!args.positionals().empty()) {
+    return ctx.UsageError("backup: unexpected argument '" + args.positionals()[0] + "'", "backup");
+  }
+  std::optional<std::string> vm_dir = args.Get("vm-dir");
+  std::vector<std::string> volume_args = args.GetAll("volume");
+  if (vm_dir && !volume_args.empty()) {
+    return ctx.UsageError("backup: give either --vm-dir or --volume, not both", "backup");
+  }
+  if (!vm_dir && volume_args.empty()) {
+    return ctx.UsageError("backup: --vm-dir DIR or at least one --volume NAME=PATH is required",
+                          "backup");
+  }
+  vmbackup::BackupSpec spec;
+  if (vm_dir) {
+    StatusOr<vmbackup::BackupSpec> s = vmbackup::BackupSpecFromVmDirectory(*vm_dir);
+    if (!s.ok()) return ctx.Fail(s.status(), "VM directory '" + *vm_dir + "'");
+    spec = *std::move(s);
+  } else {
+    nlohmann::json volumes = nlohmann::json::array();
+    for (const std::string& a : volume_args) {
+      vmbackup::VolumeSource v;
+      if (!ParseNameEqPath(a, &v.name, &v.path)) {
+        return ctx.UsageError("backup: --volume expects NAME=PATH, got '" + a + "'", "backup");
+      }
+      v.path = AbsolutePath(v.path);
+      volumes.push_back({{"name", v.name}, {"path", v.path}});
+      spec.volumes.push_back(std::move(v));
+    }
+    spec.vm_metadata_json = nlohmann::json({{"volumes", std::move(volumes)}}).dump();
+  }
+  if (auto name = args.Get("name")) spec.name = *name;
+  if (auto parent = args.Get("parent")) spec.parent = *parent;
+  if (auto dirty = args.Get("dirty-map")) {
+    Status st = ApplyDirtyMap(*dirty, &spec);
+    if (!st.ok()) return ctx.Fail(st);
+  }
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  StatusOr<BackupRun> run = RunBackupJob(ctx, *target, std::move(spec));
+  if (!run.ok()) return ctx.Fail(run.status());
+  if (ctx.options.json) {
+    ctx.PrintJson(BackupRunJson(*run));
+  } else if (ctx.options.quiet) {
+    std::cout << run->info.name << std::endl;
+  } else {
+    std::cout << BackupSummary(*run);
+  }
+  return kExitOk;
+}
+
+int CmdList(Context& ctx, const ParsedArgs& args) {
+  if (!args.positionals().empty()) {
+    return ctx.UsageError("list: unexpected argument '" + args.positionals()[0] + "'", "list");
+  }
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  StatusOr<vmbackup::BackupList> list = (*target)->ListBackups();
+  if (!list.ok()) return ctx.Fail(list.status(), "list backups");
+  for (const std::string& d : list->damaged) ctx.Warn("damaged backup record: " + d);
+  if (ctx.options.json) {
+    nlohmann::json backups = nlohmann::json::array();
+    for (const BackupInfo& b : list->backups) {
+      nlohmann::json j = ToJson(b);
+      j.erase("vm_metadata");  // `show` has it; keeps listings of many backups small
+      backups.push_back(std::move(j));
+    }
+    ctx.PrintJson({{"backups", std::move(backups)}, {"damaged", list->damaged}});
+    return kExitOk;
+  }
+  if (ctx.options.quiet) {
+    for (const BackupInfo& b : list->backups) std::cout << b.name << "\n";
+    std::cout.flush();
+    return kExitOk;
+  }
+  if (list->backups.empty()) {
+    std::cout << "No backups." << std::endl;
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "VM", "CREATED", "STATE", "SIZE", "NEW", "REUSED", "STORED", "PARENT"}};
+  for (const BackupInfo& b : list->backups) {
+    rows.push_back({b.name, VmLabel(b), b.created_at, b.state, FormatBytes(b.bytes_total),
+                    FormatBytes(b.bytes_new), FormatBytes(b.bytes_reused),
+                    FormatBytes(b.bytes_stored), OrDash(b.parent)});
+  }
+  std::cout << FormatTable(rows) << std::flush;
+  return kExitOk;
+}
+
+int CmdShow(Context& ctx, const ParsedArgs& args) {
+  int code = 0;
+  std::optional<std::string> name = OneName(ctx, args, "show", &code);
+  if (!name) return code;
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  StatusOr<BackupInfo> info = (*target)->GetBackup(*name);
+  if (!info.ok()) return ctx.Fail(info.status());
+  if (ctx.options.json) {
+    ctx.PrintJson({{"backup", ToJson(*info)}});
+    return kExitOk;
+  }
+  const BackupInfo& i = *info;
+  std::ostringstream out;
+  out << "Backup:       " << i.name << "\n"
+      << "State:        " << i.state << "\n"
+      << "VM:           " << VmLabel(i) << "\n"
+      << "Created:      " << i.created_at << "\n"
+      << "Completed:    " << i.completed_at << "\n"
+      << "Parent:       " << OrDash(i.parent) << "\n"
+      << "Duration:     " << FormatDuration(i.seconds) << "\n"
+      << "Size:         " << FormatBytes(i.bytes_total) << " (logical)\n"
+      << "New:          " << FormatBytes(i.bytes_new) << "\n"
+      << "Reused:       " << FormatBytes(i.bytes_reused) << "\n"
+      << "Stored:       " << FormatBytes(i.bytes_stored) << " (after compression)\n"
+      << "Dedup ratio:  " << Ratio(DedupRatio(i)) << "\n"
+      << "Compression:  " << Ratio(CompressionRatio(i)) << "\n"
+      << "Volumes:\n";
+  std::vector<std::vector<std::string>> rows = {
+      {"  NAME", "SIZE", "BLOCK", "DATA", "ZERO", "HOLE", "NEW", "REUSED", "STORED"}};
+  for (const auto& v : i.volumes) {
+    rows.push_back({"  " + v.name, FormatBytes(v.size), FormatBytes(v.block_size),
+                    std::to_string(v.data_blocks), std::to_string(v.zero_blocks),
+                    std::to_string(v.hole_blocks), FormatBytes(v.bytes_new),
+                    FormatBytes(v.bytes_reused), FormatBytes(v.bytes_stored)});
+  }
+  out << FormatTable(rows);
+  out << "VM metadata:  " << i.vm_metadata_json << "\n";
+  std::cout << out.str() << std::flush;
+  return kExitOk;
+}
+
+int CmdRestore(Context& ctx, const ParsedArgs& args) {
+  int code = 0;
+  std::optional<std::string> name = OneName(ctx, args, "restore", &code);
+  if (!name) return code;
+  vmbackup::RestoreSpec spec;
+  spec.backup = *name;
+  spec.dest_dir = AbsolutePath(args.Get("dest-dir").value_or(""));
+  spec.new_vm_name = args.Get("new-name").value_or("");
+  spec.overwrite = args.Has("overwrite");
+  for (const std::string& a : args.GetAll("volume")) {
+    vmbackup::VolumeDestination d;
+    if (!ParseNameEqPath(a, &d.volume, &d.path)) {
+      return ctx.UsageError("restore: --volume expects NAME=PATH, got '" + a + "'", "restore");
+    }
+    d.path = AbsolutePath(d.path);
+    spec.volumes.push_back(std::move(d));
+  }
+  if (spec.dest_dir.empty() && spec.volumes.empty()) {
+    return ctx.UsageError("restore: --dest-dir DIR or --volume NAME=PATH is required", "restore");
+  }
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  // Create the destination directory; remove it again (only if still empty) when the restore fails.
+  std::string created_dir;
+  if (!spec.dest_dir.empty()) {
+    std::error_code ec;
+    if (!std::filesystem::exists(spec.dest_dir, ec)) {
+      std::filesystem::create_directories(spec.dest_dir, ec);
+      if (ec) {
+        return ctx.Fail(vmbackup::PermissionDeniedError("cannot create destination directory '" +
+                                                        spec.dest_dir + "': " + ec.message()));
+      }
+      created_dir = spec.dest_dir;
+    }
+  }
+  StatusOr<RestoreRun> run = RunRestorePlan(ctx, *target, std::move(spec));
+  if (!run.ok()) {
+    if (!created_dir.empty()) {
+      std::error_code ec;
+      std::filesystem::remove(created_dir, ec);  // fails harmlessly when not empty
+    }
+    return ctx.Fail(run.status());
+  }
+  if (ctx.options.json) {
+    ctx.PrintJson(RestoreRunJson(*run));
+  } else if (!ctx.options.quiet) {
+    std::cout << RestoreSummary(*run);
+  }
+  return kExitOk;
+}
+
+int CmdDelete(Context& ctx, const ParsedArgs& args) {
+  int code = 0;
+  std::optional<std::string> name = OneName(ctx, args, "delete", &code);
+  if (!name) return code;
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  Status st = (*target)->DeleteBackup(*name);
+  if (!st.ok()) return ctx.Fail(st);
+  if (ctx.options.json) {
+    ctx.PrintJson({{"deleted", *name}});
+  } else {
+    ctx.Info("Deleted backup " + *name +
+             " (blocks no other backup uses stay until garbage collection)");
+  }
+  return kExitOk;
+}
+
+}  // namespace vmbackupctl

@@ -1,0 +1,301 @@
+// vmbackupctl: command-line front end of the vmbackup library (public C++ API only).
+//
+// Parses the command line, sets up SIGINT/SIGTERM cancellation and dispatches to the commands in
+// commands.cc and demo.cc. See docs/vmbackupctl.md.
+#include <algorithm>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "args.h"
+#include "cancel.h"
+#include "cli.h"
+#include "commands.h"
+#include "demo.h"
+#include "progress.h"
+#include "vmbackup/vmbackup.h"
+
+namespace vmbackupctl {
+namespace {
+
+struct CommandDef {
+  std::string name;   // "backup", "target test"
+  std::string usage;  // after "vmbackupctl "
+  std::string summary;
+  std::string details;
+  std::vector<FlagDef> flags;
+  int (*run)(Context&, const ParsedArgs&) = nullptr;
+};
+
+const FlagDef kTargetFlag{"target", true, false, "CONFIG",
+                          "backup target: JSON, @FILE or a directory (default $VMBACKUP_TARGET)"};
+
+std::vector<FlagDef> GlobalFlags() {
+  return {
+      {"json", false, false, "", "machine-readable output: one JSON document on stdout"},
+      {"quiet", false, false, "", "no progress, warnings or summaries (errors still print)"},
+      {"threads", true, false, "N", "worker threads of the runtime (default: one per core)"},
+      {"progress", true, false, "MODE", "auto (bar on a terminal), bar, plain or none"},
+      {"help", false, false, "", "show help"},
+  };
+}
+
+const std::vector<CommandDef>& Commands() {
+  static const std::vector<CommandDef> commands = {
+      {"target test",
+       "target test [--target CONFIG]",
+       "check that the backup target is usable",
+       "Opens the target (initializing a repository if it holds none) and writes, reads back\n"
+       "and deletes a probe object.\n",
+       {kTargetFlag},
+       CmdTargetTest},
+      {"backup",
+       "backup [--target CONFIG] (--vm-dir DIR | --volume NAME=PATH...) [--name N] [--parent P]\n"
+       "                   [--dirty-map FILE]",
+       "back up a VM's volumes and metadata",
+       "--vm-dir reads DIR/vm.json ({\"name\":..., \"volumes\":[{\"name\":..., \"path\":...}]}).\n"
+       "--volume backs up the given files or block devices instead.\n"
+       "--dirty-map FILE lists changed ranges per volume relative to --parent:\n"
+       "  {\"datadisk\": [[offset, length], ...]}; volumes not listed are read in full.\n",
+       {kTargetFlag,
+        {"vm-dir", true, false, "DIR", "VM directory holding vm.json"},
+        {"volume", true, true, "NAME=PATH", "volume to back up (instead of --vm-dir)"},
+        {"name", true, false, "NAME", "backup name (default <vm>-<UTC time>-<random>)"},
+        {"parent", true, false, "BACKUP", "base backup of this incremental backup"},
+        {"dirty-map", true, false, "FILE", "changed ranges since --parent (JSON)"}},
+       CmdBackup},
+      {"list",
+       "list [--target CONFIG]",
+       "list the backups on the target",
+       "Damaged backup records are reported as warnings on stderr (and under \"damaged\" with\n"
+       "--json); they never hide the readable ones.\n",
+       {kTargetFlag},
+       CmdList},
+      {"show",
+       "show BACKUP [--target CONFIG]",
+       "show one backup in detail",
+       "",
+       {kTargetFlag},
+       CmdShow},
+      {"restore",
+       "restore BACKUP [--target CONFIG] --dest-dir DIR [--new-name NAME] [--volume NAME=PATH...]\n"
+       "                   [--overwrite]",
+       "restore a backup as a new VM",
+       "Volumes go to DIR/<volume>.img unless --volume names another destination; DIR/vm.json\n"
+       "receives the VM metadata with the new name and the restored paths. Without --overwrite\n"
+       "an existing destination fails the restore before anything is written.\n",
+       {kTargetFlag,
+        {"dest-dir", true, false, "DIR", "directory for volumes and vm.json (created)"},
+        {"new-name", true, false, "NAME", "name of the restored VM (default: the original)"},
+        {"volume", true, true, "NAME=PATH", "explicit destination of one volume"},
+        {"overwrite", false, false, "", "replace existing destination files"}},
+       CmdRestore},
+      {"delete",
+       "delete BACKUP [--target CONFIG]",
+       "delete a backup record",
+       "Blocks that no other backup uses stay on the target until garbage collection.\n",
+       {kTargetFlag},
+       CmdDelete},
+      {"demo",
+       "demo [--work-dir DIR] [--size-mib N] [--keep] [--with-dirty-map]",
+       "end-to-end proof on a local target",
+       "Creates a demo VM (an ext4 root disk and a data disk with random, compressible, zero and\n"
+       "hole regions), backs it up, changes ~1% of the data disk, takes an incremental backup,\n"
+       "restores both as new VMs and verifies SHA-256 of every volume and e2fsck of the root\n"
+       "disk. Needs mke2fs, e2fsck and debugfs (e2fsprogs). Exits 1 if a check fails.\n",
+       {{"work-dir", true, false, "DIR", "where to work (must be empty; default a new temp dir)"},
+        {"size-mib", true, false, "N", "size of each disk in MiB (default 512)"},
+        {"keep", false, false, "", "keep the work directory afterwards"},
+        {"with-dirty-map", false, false, "",
+         "pass the data disk's changed ranges as a dirty map to the incremental backup"}},
+       CmdDemo},
+      {"version", "version", "print the library version", "", {}, nullptr},
+  };
+  return commands;
+}
+
+const CommandDef* FindCommand(const std::string& name) {
+  for (const CommandDef& c : Commands()) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+std::string MainHelp() {
+  std::string out =
+      "vmbackupctl - back up and restore VM volumes with the vmbackup library\n\n"
+      "Usage: vmbackupctl [global options] COMMAND [options] [arguments]\n\nCommands:\n";
+  for (const CommandDef& c : Commands()) {
+    std::string n = "  " + c.name;
+    n.append(n.size() < 18 ? 18 - n.size() : 1, ' ');
+    out += n + c.summary + "\n";
+  }
+  out += "  help [COMMAND]   show help for a command\n\nGlobal options:\n";
+  out += FormatFlagHelp(GlobalFlags());
+  out +=
+      "\nBackup target CONFIG (--target or $VMBACKUP_TARGET):\n"
+      "  '{\"type\":\"file\",\"endpoint\":\"/backups\"}'   Harvester backup-target setting JSON\n"
+      "  @target.json                             the same JSON read from a file\n"
+      "  /backups                                 a directory (a local file target)\n\n";
+  out += ExitCodeHelp();
+  return out;
+}
+
+std::string CommandHelp(const CommandDef& c) {
+  std::string out = "Usage: vmbackupctl " + c.usage + "\n\n" + c.summary + ".\n";
+  if (!c.details.empty()) out += "\n" + c.details;
+  if (!c.flags.empty()) out += "\nOptions:\n" + FormatFlagHelp(c.flags);
+  out += "\nGlobal options:\n" + FormatFlagHelp(GlobalFlags());
+  out += "\nExit codes: 0 ok, 2 usage; errors as listed by 'vmbackupctl --help'.\n";
+  return out;
+}
+
+bool StartsFlag(const std::string& s) { return s.size() >= 2 && s[0] == '-'; }
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  Context ctx;
+
+  // Every flag any command knows: used to skip flag values while looking for the command words, so
+  // that "vmbackupctl --target /b list" works too.
+  std::vector<FlagDef> all = GlobalFlags();
+  for (const CommandDef& c : Commands()) all.insert(all.end(), c.flags.begin(), c.flags.end());
+  auto takes_value = [&](const std::string& token) {
+    if (token.rfind("--", 0) != 0 || token.find('=') != std::string::npos) return false;
+    for (const FlagDef& f : all) {
+      if ("--" + f.name == token) return f.has_value;
+    }
+    return false;
+  };
+
+  // Find and remove the command words.
+  std::vector<std::string> words;
+  std::vector<std::string> rest;
+  bool ended = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (ended || !StartsFlag(a)) {
+      bool want_word = words.empty() || (words.size() == 1 && words[0] == "target") ||
+                       (words.size() == 1 && words[0] == "help");
+      if (!ended && want_word) {
+        words.push_back(a);
+      } else {
+        rest.push_back(a);
+      }
+      continue;
+    }
+    if (a == "--") ended = true;
+    rest.push_back(a);
+    if (takes_value(a) && i + 1 < args.size()) rest.push_back(args[++i]);
+  }
+
+  std::string name;
+  for (const std::string& w : words) name += (name.empty() ? "" : " ") + w;
+  bool help_cmd = !words.empty() && words[0] == "help";
+  const CommandDef* cmd = nullptr;
+  if (help_cmd) {
+    std::string topic = name.size() > 5 ? name.substr(5) : "";
+    if (topic == "target") topic = "target test";
+    if (topic.empty()) {
+      std::cout << MainHelp();
+      return kExitOk;
+    }
+    cmd = FindCommand(topic);
+    if (cmd == nullptr) return ctx.UsageError("unknown command '" + topic + "'");
+    std::cout << CommandHelp(*cmd);
+    return kExitOk;
+  }
+  if (!words.empty()) {
+    cmd = FindCommand(name);
+    if (cmd == nullptr) {
+      if (words[0] == "target") {
+        if (words.size() == 1) {
+          bool help = false;
+          for (const auto& r : rest) help |= (r == "--help" || r == "-h");
+          if (help) {
+            std::cout << CommandHelp(*FindCommand("target test"));
+            return kExitOk;
+          }
+          return ctx.UsageError("target: missing subcommand (available: test)");
+        }
+        return ctx.UsageError("target: unknown subcommand '" + words[1] + "' (available: test)");
+      }
+      return ctx.UsageError("unknown command '" + name + "'");
+    }
+  }
+
+  std::vector<FlagDef> flags = GlobalFlags();
+  if (cmd != nullptr) flags.insert(flags.end(), cmd->flags.begin(), cmd->flags.end());
+  ParsedArgs parsed;
+  std::optional<std::string> error = ParseFlags(rest, flags, &parsed);
+  ctx.options.json = parsed.Has("json");
+  ctx.options.quiet = parsed.Has("quiet");
+  if (error) return ctx.UsageError(*error, cmd ? cmd->name : "");
+  if (parsed.Has("help")) {
+    std::cout << (cmd ? CommandHelp(*cmd) : MainHelp());
+    return kExitOk;
+  }
+  if (cmd == nullptr) {
+    if (!parsed.positionals().empty()) {
+      return ctx.UsageError("unknown command '" + parsed.positionals()[0] + "'");
+    }
+    return ctx.UsageError("missing command");
+  }
+  if (auto t = parsed.Get("threads")) {
+    char* end = nullptr;
+    long n = std::strtol(t->c_str(), &end, 10);
+    if (t->empty() || *end != '\0' || n < 1 || n > 1024) {
+      return ctx.UsageError("--threads expects a number from 1 to 1024, got '" + *t + "'",
+                            cmd->name);
+    }
+    ctx.options.threads = static_cast<int>(n);
+  }
+  bool explicit_progress = false;
+  if (auto p = parsed.Get("progress")) {
+    explicit_progress = true;
+    if (*p == "auto") {
+      ctx.options.progress = ProgressMode::kAuto;
+    } else if (*p == "bar") {
+      ctx.options.progress = ProgressMode::kBar;
+    } else if (*p == "plain") {
+      ctx.options.progress = ProgressMode::kPlain;
+    } else if (*p == "none") {
+      ctx.options.progress = ProgressMode::kNone;
+    } else {
+      return ctx.UsageError("--progress expects auto, bar, plain or none, got '" + *p + "'",
+                            cmd->name);
+    }
+  }
+  ctx.options.progress = EffectiveProgressMode(ctx.options, explicit_progress);
+
+  bool needs_target = std::any_of(cmd->flags.begin(), cmd->flags.end(),
+                                  [](const FlagDef& f) { return f.name == "target"; });
+  const char* env_target = std::getenv("VMBACKUP_TARGET");
+  if (needs_target && !parsed.Has("target") && (env_target == nullptr || *env_target == '\0')) {
+    return ctx.UsageError(
+        cmd->name + ": no backup target: pass --target CONFIG or set VMBACKUP_TARGET", cmd->name);
+  }
+  if (cmd->name == "version") {
+    if (ctx.options.json) {
+      ctx.PrintJson(
+          {{"version", vmbackup::VersionString()}, {"header_version", VMBACKUP_VERSION_STRING}});
+    } else {
+      std::cout << "vmbackupctl " << VMBACKUP_VERSION_STRING << " (library "
+                << vmbackup::VersionString() << ")" << std::endl;
+    }
+    return kExitOk;
+  }
+  return cmd->run(ctx, parsed);
+}
+
+}  // namespace
+}  // namespace vmbackupctl
+
+int main(int argc, char** argv) {
+  // First, before any thread exists: every thread inherits the blocked SIGINT/SIGTERM mask.
+  vmbackupctl::InstallSignalHandling();
+  int code = vmbackupctl::Main(argc, argv);
+  std::cout.flush();
+  return code;
+}
