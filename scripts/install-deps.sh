@@ -7,7 +7,7 @@ PKGS=(
   build-essential cmake ninja-build pkg-config git
   libboost-dev libssl-dev libcurl4-openssl-dev libnfs-dev liblz4-dev libabsl-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev pybind11-dev python3-dev python3-pytest
-  e2fsprogs util-linux
+  e2fsprogs util-linux python3-botocore
 )
 # Extra packages a caller may ask for (e.g. servers for integration tests): install-deps.sh pkg...
 PKGS+=("$@")

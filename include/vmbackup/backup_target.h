@@ -65,6 +65,14 @@ struct TargetOptions {
   uint32_t block_size = 0;
   // Target size of a pack object. Default 0 = 32 MiB.
   uint32_t pack_size = 0;
+  // Network targets (S3, NFS): how long one operation may keep retrying transient failures
+  // (timeouts, resets, 5xx, SlowDown) before it fails with kUnavailable. Default 0 = 120 s.
+  int retry_timeout_seconds = 0;
+  // Network targets: requests in flight at once (and connections kept). Default 0 = 16.
+  int max_requests_in_flight = 0;
+  // S3 only, FOR TESTS AGAINST THROWAWAY SERVERS: skip TLS certificate verification. Default false.
+  // Never set this in production; give the server's CA in the "cert" field instead.
+  bool insecure_skip_tls_verify_for_tests_only = false;
 };
 
 // One volume inside a backup.

@@ -69,6 +69,17 @@ StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {
   return index_;
 }
 
+// Decodes records/<name>.json and checks that the record inside is backup `name` (a record copied
+// or renamed to another key would otherwise impersonate a backup whose indexes it does not own).
+static StatusOr<BackupInfo> DecodeRecordNamed(std::string_view bytes, const std::string& name) {
+  const std::string what = "backup record " + RecordKey(name);
+  VMB_ASSIGN_OR_RETURN(BackupInfo rec, DecodeRecord(bytes, what));
+  if (rec.name != name)
+    return DataLossError(what + " holds the record of backup '" + rec.name +
+                         "' (misplaced or copied)");
+  return rec;
+}
+
 StatusOr<BackupList> Repository::ListBackups() const {
   VMB_ASSIGN_OR_RETURN(auto keys, store_->ListAll(kRecordPrefix));
   BackupList out;
@@ -84,7 +95,7 @@ StatusOr<BackupList> Repository::ListBackups() const {
       }
       return bytes.status();
     }
-    auto rec = DecodeRecord(*bytes, "backup record " + o.key);
+    auto rec = DecodeRecordNamed(*bytes, name);
     if (!rec.ok()) {
       out.damaged.push_back(name + ": " + rec.status().message());
       continue;
@@ -105,7 +116,7 @@ StatusOr<BackupInfo> Repository::GetBackup(const std::string& name) const {
       return NotFoundError("backup '" + name + "' not found on " + store_->Describe());
     return bytes.status();
   }
-  return DecodeRecord(*bytes, "backup record " + RecordKey(name));
+  return DecodeRecordNamed(*bytes, name);
 }
 
 Status Repository::DeleteBackup(const std::string& name) {

@@ -6,6 +6,7 @@
 #include "core/errors.h"
 #include "core/runtime.h"
 #include "store/local_store.h"
+#include "store/s3/s3_store.h"
 #include "target/target_impl.h"
 
 namespace vmbackup {
@@ -151,8 +152,10 @@ StatusOr<std::shared_ptr<BackupTarget>> BackupTarget::Open(const TargetConfig& c
       VMB_ASSIGN_OR_RETURN(store, internal::OpenLocalStore(root, impl->runtime));
       break;
     }
-    case TargetConfig::Type::kS3:
-      return UnimplementedError("s3 backup targets are not implemented in this build yet");
+    case TargetConfig::Type::kS3: {
+      VMB_ASSIGN_OR_RETURN(store, internal::OpenS3Store(config, options, impl->runtime));
+      break;
+    }
     case TargetConfig::Type::kNfs:
       return UnimplementedError("nfs backup targets are not implemented in this build yet");
   }

@@ -1,0 +1,507 @@
+// S3Store implementation (see s3_store.h).
+#include "store/s3/s3_store.h"
+
+#include <curl/curl.h>
+#include <openssl/evp.h>
+
+#include <chrono>
+#include <future>
+#include <random>
+
+#include "core/asio.h"
+#include "core/errors.h"
+#include "core/runtime.h"
+#include "core/util.h"
+#include "store/s3/http.h"
+#include "store/s3/sigv4.h"
+
+namespace vmbackup::internal {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr size_t kMultipartThreshold = 64u << 20;
+constexpr size_t kPartSize = 16u << 20;
+
+std::string XmlUnescape(std::string s) {
+  static const std::pair<const char*, const char*> kEnt[] = {
+      {"&lt;", "<"}, {"&gt;", ">"}, {"&quot;", "\""}, {"&apos;", "'"}, {"&amp;", "&"}};
+  for (const auto& [from, to] : kEnt) {
+    size_t pos = 0;
+    while ((pos = s.find(from, pos)) != std::string::npos) {
+      s.replace(pos, std::strlen(from), to);
+      pos += std::strlen(to);
+    }
+  }
+  return s;
+}
+
+std::string XmlEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+// Contents of every <tag>…</tag> in `xml`, in order (flat scan; S3 responses are simple).
+std::vector<std::string> XmlAll(const std::string& xml, const std::string& tag) {
+  std::vector<std::string> out;
+  const std::string open = "<" + tag + ">", close = "</" + tag + ">";
+  size_t pos = 0;
+  while ((pos = xml.find(open, pos)) != std::string::npos) {
+    size_t b = pos + open.size();
+    size_t e = xml.find(close, b);
+    if (e == std::string::npos) break;
+    out.push_back(XmlUnescape(xml.substr(b, e - b)));
+    pos = e + close.size();
+  }
+  return out;
+}
+
+std::string XmlFirst(const std::string& xml, const std::string& tag) {
+  auto all = XmlAll(xml, tag);
+  return all.empty() ? "" : all.front();
+}
+
+std::string Base64(const unsigned char* p, size_t n) {
+  std::string out(4 * ((n + 2) / 3) + 1, '\0');
+  int len = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), p, static_cast<int>(n));
+  out.resize(static_cast<size_t>(len));
+  return out;
+}
+
+std::string Md5Base64(const std::string& data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_md5(), nullptr);
+  return Base64(md, len);
+}
+
+bool IsTlsError(int code) {
+  return code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CONNECT_ERROR ||
+         code == CURLE_SSL_CERTPROBLEM || code == CURLE_SSL_CACERT_BADFILE ||
+         code == CURLE_SSL_ISSUER_ERROR || code == CURLE_SSL_PINNEDPUBKEYNOTMATCH;
+}
+
+struct S3Settings {
+  std::string scheme;  // http or https
+  std::string host;    // host[:port] as sent (default port stripped)
+  std::string bucket;
+  std::string region;
+  std::string prefix;  // "" or "dir/sub/" (ends with '/')
+  bool virtual_hosted = false;
+  s3::Credentials creds;
+  double retry_seconds = 120;
+};
+
+class S3Store final : public ObjectStore {
+ public:
+  S3Store(std::shared_ptr<Runtime> rt, S3Settings s, http::EngineOptions eo)
+      : ObjectStore(rt), s_(std::move(s)), engine_(rt, std::move(eo)) {}
+
+  std::string Describe() const override {
+    return "s3://" + s_.bucket +
+           (s_.prefix.empty() ? "" : "/" + s_.prefix.substr(0, s_.prefix.size() - 1)) + " at " +
+           s_.scheme + "://" + s_.host;
+  }
+
+  // ---- the request machinery -------------------------------------------------------------------
+  struct Call {
+    std::string method;
+    std::string key;  // object key below the bucket (prefix applied), "" = the bucket itself
+    std::vector<std::pair<std::string, std::string>> query;
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::shared_ptr<const std::string> body;
+    size_t body_offset = 0, body_length = 0;
+    std::string payload_sha256;  // computed once, reused by retries
+    Clock::time_point deadline;
+    int attempt = 0;
+    std::string last_error;
+    std::function<void(http::Response, Status)> done;
+  };
+
+  // Runs `c` with retries; `done` gets the final response and OK, or the mapped error.
+  void Run(std::shared_ptr<Call> c) {
+    if (c->payload_sha256.empty()) {
+      c->payload_sha256 = c->body ? ToHex(Sha256(c->body->data() + c->body_offset, c->body_length))
+                                  : std::string(s3::kEmptyPayloadSha256);
+    }
+    c->deadline =
+        Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s_.retry_seconds * 1000));
+    Attempt(std::move(c));
+  }
+
+  void Attempt(std::shared_ptr<Call> c) {
+    s3::Request r;
+    r.method = c->method;
+    r.host = s_.virtual_hosted ? s_.bucket + "." + s_.host : s_.host;
+    std::string path = s_.virtual_hosted ? "/" : "/" + s_.bucket;
+    if (!c->key.empty()) path += (s_.virtual_hosted ? "" : "/") + c->key;
+    r.path = path;
+    r.query = c->query;
+    r.headers = c->headers;
+    r.payload_sha256_hex = c->payload_sha256;
+    s3::HeaderList signed_headers =
+        s3::Sign(r, s_.creds, s_.region, "s3", s3::FormatAmzDate(std::chrono::system_clock::now()));
+    http::Request h;
+    h.method = c->method;
+    std::string q = s3::CanonicalQueryString(r);
+    h.url = s_.scheme + "://" + r.host + s3::CanonicalUri(r) + (q.empty() ? "" : "?" + q);
+    for (const auto& [n, v] : signed_headers) h.headers.push_back(n + ": " + v);
+    h.body = c->body;
+    h.body_offset = c->body_offset;
+    h.body_length = c->body_length;
+    ++c->attempt;
+    engine_.Submit(std::move(h),
+                   [this, c](http::Response resp) { OnResponse(c, std::move(resp)); });
+  }
+
+  void OnResponse(std::shared_ptr<Call> c, http::Response resp) {
+    std::string why;
+    bool transient = false;
+    if (resp.curl_code != 0) {
+      if (IsTlsError(resp.curl_code)) {
+        c->done(std::move(resp),
+                FailedPreconditionError(
+                    "TLS verification of " + s_.scheme + "://" + s_.host +
+                    " failed: " + resp.curl_error +
+                    " (give the server's CA certificate in the target's \"cert\" field)"));
+        return;
+      }
+      transient = resp.curl_code != CURLE_ABORTED_BY_CALLBACK;
+      why = resp.curl_error;
+    } else if (resp.status >= 500 || resp.status == 429) {
+      transient = true;
+      why = "HTTP " + std::to_string(resp.status) + " " + XmlFirst(resp.body, "Code");
+    } else if (resp.status == 400 && XmlFirst(resp.body, "Code") == "RequestTimeout") {
+      transient = true;
+      why = "RequestTimeout";
+    } else if (resp.status == 503 || XmlFirst(resp.body, "Code") == "SlowDown") {
+      transient = true;
+      why = "SlowDown";
+    }
+    if (transient) {
+      c->last_error = why;
+      // Exponential backoff with full jitter: up to 100 ms × 2^attempt, at most 5 s.
+      double cap = std::min(5.0, 0.1 * static_cast<double>(1u << std::min(c->attempt, 6)));
+      thread_local std::mt19937_64 rng(std::random_device{}());
+      double wait = std::uniform_real_distribution<double>(0.25 * cap, cap)(rng);
+      auto when = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(wait * 1000));
+      if (when < c->deadline) {
+        auto timer = std::make_shared<boost::asio::steady_timer>(runtime_->impl()->io(), when);
+        timer->async_wait([this, c, timer](const boost::system::error_code&) { Attempt(c); });
+        return;
+      }
+      c->done(
+          std::move(resp),
+          UnavailableError(Describe() + " did not answer " + c->method + " " + KeyForMessage(*c) +
+                           " after " + std::to_string(c->attempt) + " attempts over " +
+                           std::to_string(static_cast<int>(s_.retry_seconds)) + " s: " + why));
+      return;
+    }
+    c->done(std::move(resp), Status::Ok());
+  }
+
+  std::string KeyForMessage(const Call& c) const { return c.key.empty() ? "(bucket)" : c.key; }
+
+  // Maps a completed non-2xx response to a Status naming the S3 error code and request id.
+  Status HttpError(const Call& c, const http::Response& r) const {
+    std::string code = XmlFirst(r.body, "Code");
+    std::string msg = XmlFirst(r.body, "Message");
+    std::string rid = XmlFirst(r.body, "RequestId");
+    if (rid.empty() && r.headers.count("x-amz-request-id")) rid = r.headers.at("x-amz-request-id");
+    std::string what = "S3 " + c.method + " " + KeyForMessage(c) + " on " + Describe() + ": HTTP " +
+                       std::to_string(r.status) + (code.empty() ? "" : " " + code) +
+                       (msg.empty() ? "" : " (" + msg + ")") +
+                       (rid.empty() ? "" : ", request id " + rid);
+    if (r.status == 403 || code == "SignatureDoesNotMatch" || code == "InvalidAccessKeyId" ||
+        code == "AccessDenied") {
+      std::string hint = code == "SignatureDoesNotMatch" ? "check secretAccessKey"
+                         : code == "InvalidAccessKeyId"
+                             ? "check accessKeyId"
+                             : "check the credentials and the bucket policy";
+      return PermissionDeniedError(what + "; " + hint);
+    }
+    if (code == "NoSuchBucket")
+      return NotFoundError(what + "; bucket '" + s_.bucket + "' does not exist (check bucketName)");
+    if (r.status == 404) return NotFoundError(what);
+    if (r.status == 412) return AlreadyExistsError(what);
+    if (r.status == 416) return OutOfRangeError(what);
+    if (code == "BadDigest" || code == "XAmzContentSHA256Mismatch") return DataLossError(what);
+    if (code == "EntityTooLarge" || code == "QuotaExceeded" || r.status == 507)
+      return ResourceExhaustedError(what);
+    if (r.status == 400) return InvalidArgumentError(what);
+    return UnknownError(what);
+  }
+
+  // Runs a call synchronously; returns the 2xx response or the error.
+  StatusOr<http::Response> Sync(std::shared_ptr<Call> c) {
+    std::promise<std::pair<http::Response, Status>> p;
+    auto f = p.get_future();
+    c->done = [&p](http::Response r, Status st) { p.set_value({std::move(r), std::move(st)}); };
+    auto keep = c;
+    Run(std::move(c));
+    auto [resp, st] = f.get();
+    if (!st.ok()) return st;
+    if (resp.status < 200 || resp.status >= 300) return HttpError(*keep, resp);
+    return resp;
+  }
+
+  std::shared_ptr<Call> NewCall(std::string method, const std::string& key) {
+    auto c = std::make_shared<Call>();
+    c->method = std::move(method);
+    c->key = key.empty() ? "" : s_.prefix + key;
+    return c;
+  }
+
+  // ---- ObjectStore ------------------------------------------------------------------------------
+  Status Put(const std::string& key, std::string_view data, const PutOptions& opts) override {
+    VMB_RETURN_IF_ERROR(ValidateKey(key));
+    auto body = std::make_shared<const std::string>(data);
+    return PutShared(key, body, opts);
+  }
+
+  Status PutShared(const std::string& key, std::shared_ptr<const std::string> body,
+                   const PutOptions& opts) {
+    if (opts.if_absent) {
+      auto head = Head(key);
+      if (head.ok())
+        return AlreadyExistsError("object " + key + " already exists on " + Describe());
+      if (head.status().code() != StatusCode::kNotFound) return head.status();
+    }
+    if (body->size() > kMultipartThreshold) return PutMultipart(key, body);
+    auto c = NewCall("PUT", key);
+    c->body = body;
+    c->body_length = body->size();
+    if (opts.if_absent) c->headers.push_back({"If-None-Match", "*"});
+    auto r = Sync(c);
+    if (r.status().code() == StatusCode::kAlreadyExists)
+      return AlreadyExistsError("object " + key + " already exists on " + Describe());
+    return r.status();
+  }
+
+  void PutAsync(std::string key, std::shared_ptr<const std::string> data, PutOptions opts,
+                std::function<void(Status)> done) override {
+    Status v = ValidateKey(key);
+    if (!v.ok()) return done(v);
+    if (opts.if_absent || data->size() > kMultipartThreshold) {
+      return ObjectStore::PutAsync(std::move(key), std::move(data), opts, std::move(done));
+    }
+    auto c = NewCall("PUT", key);
+    c->body = data;
+    c->body_length = data->size();
+    c->done = [this, c, done = std::move(done)](http::Response r, Status st) {
+      if (st.ok() && (r.status < 200 || r.status >= 300)) st = HttpError(*c, r);
+      done(st);
+    };
+    // Hashing a 32 MiB pack takes ~25 ms: do it on the caller's (worker) thread, not the io loop.
+    Run(c);
+  }
+
+  Status PutMultipart(const std::string& key, std::shared_ptr<const std::string> body) {
+    auto create = NewCall("POST", key);
+    create->query = {{"uploads", ""}};
+    VMB_ASSIGN_OR_RETURN(http::Response cr, Sync(create));
+    const std::string upload_id = XmlFirst(cr.body, "UploadId");
+    if (upload_id.empty()) return UnknownError("S3 CreateMultipartUpload returned no UploadId");
+    auto abort = [&](Status st) {
+      auto a = NewCall("DELETE", key);
+      a->query = {{"uploadId", upload_id}};
+      Sync(a).status().IgnoreError();  // best effort: leave no parts behind
+      return st;
+    };
+    std::string complete = "<CompleteMultipartUpload>";
+    int part = 1;
+    for (size_t off = 0; off < body->size(); off += kPartSize, ++part) {
+      auto c = NewCall("PUT", key);
+      c->query = {{"partNumber", std::to_string(part)}, {"uploadId", upload_id}};
+      c->body = body;
+      c->body_offset = off;
+      c->body_length = std::min(kPartSize, body->size() - off);
+      auto r = Sync(c);
+      if (!r.ok()) return abort(r.status().WithContext("upload part " + std::to_string(part)));
+      std::string etag = r->headers.count("etag") ? r->headers.at("etag") : "";
+      complete += "<Part><PartNumber>" + std::to_string(part) + "</PartNumber><ETag>" +
+                  XmlEscape(etag) + "</ETag></Part>";
+    }
+    complete += "</CompleteMultipartUpload>";
+    auto done = NewCall("POST", key);
+    done->query = {{"uploadId", upload_id}};
+    done->body = std::make_shared<const std::string>(complete);
+    done->body_length = complete.size();
+    auto r = Sync(done);
+    if (!r.ok()) return abort(r.status().WithContext("complete multipart upload"));
+    // CompleteMultipartUpload may answer 200 with an <Error> body.
+    if (r->body.find("<Error>") != std::string::npos) {
+      http::Response fake = *r;
+      fake.status = 500;
+      return abort(HttpError(*done, fake));
+    }
+    return Status::Ok();
+  }
+
+  StatusOr<std::string> Get(const std::string& key, uint64_t offset, uint64_t length) override {
+    VMB_RETURN_IF_ERROR(ValidateKey(key));
+    auto c = NewCall("GET", key);
+    if (offset > 0 || length > 0) {
+      std::string range = "bytes=" + std::to_string(offset) + "-" +
+                          (length > 0 ? std::to_string(offset + length - 1) : "");
+      c->headers.push_back({"Range", range});
+    }
+    auto r = Sync(c);
+    if (!r.ok()) {
+      if (r.status().code() == StatusCode::kNotFound)
+        return NotFoundError("object " + key + " not found on " + Describe());
+      return r.status();
+    }
+    if (length > 0 && r->body.size() != length) {
+      if (r->status == 200 && r->body.size() >= offset + length)
+        return r->body.substr(offset, length);
+      return DataLossError("object " + key + " is shorter than expected (wanted " +
+                           std::to_string(length) + " bytes at " + std::to_string(offset) +
+                           ", got " + std::to_string(r->body.size()) + ")");
+    }
+    if (length == 0 && offset > 0 && r->status == 200)
+      return r->body.substr(std::min<size_t>(offset, r->body.size()));
+    return std::move(r->body);
+  }
+
+  StatusOr<ObjectInfo> Head(const std::string& key) override {
+    VMB_RETURN_IF_ERROR(ValidateKey(key));
+    auto c = NewCall("HEAD", key);
+    auto r = Sync(c);
+    if (!r.ok()) {
+      if (r.status().code() == StatusCode::kNotFound)
+        return NotFoundError("object " + key + " not found on " + Describe());
+      return r.status();
+    }
+    uint64_t size =
+        r->headers.count("content-length") ? std::stoull(r->headers.at("content-length")) : 0;
+    return ObjectInfo{key, size};
+  }
+
+  StatusOr<ListPage> List(const std::string& prefix, const std::string& token,
+                          int max_keys) override {
+    auto c = NewCall("GET", "");
+    c->query = {
+        {"list-type", "2"}, {"prefix", s_.prefix + prefix}, {"max-keys", std::to_string(max_keys)}};
+    if (!token.empty()) c->query.push_back({"continuation-token", token});
+    VMB_ASSIGN_OR_RETURN(http::Response r, Sync(c));
+    ListPage page;
+    for (const auto& contents : XmlAll(r.body, "Contents")) {
+      std::string k = XmlFirst(contents, "Key");
+      if (k.compare(0, s_.prefix.size(), s_.prefix) != 0) continue;
+      std::string size = XmlFirst(contents, "Size");
+      page.objects.push_back({k.substr(s_.prefix.size()), size.empty() ? 0 : std::stoull(size)});
+    }
+    if (XmlFirst(r.body, "IsTruncated") == "true")
+      page.next_token = XmlFirst(r.body, "NextContinuationToken");
+    return page;
+  }
+
+  Status Delete(const std::vector<std::string>& keys) override {
+    for (size_t i = 0; i < keys.size(); i += 1000) {
+      std::string xml = "<Delete><Quiet>true</Quiet>";
+      for (size_t j = i; j < std::min(keys.size(), i + 1000); ++j) {
+        VMB_RETURN_IF_ERROR(ValidateKey(keys[j]));
+        xml += "<Object><Key>" + XmlEscape(s_.prefix + keys[j]) + "</Key></Object>";
+      }
+      xml += "</Delete>";
+      auto c = NewCall("POST", "");
+      c->query = {{"delete", ""}};
+      c->headers = {{"Content-MD5", Md5Base64(xml)}, {"Content-Type", "application/xml"}};
+      c->body = std::make_shared<const std::string>(xml);
+      c->body_length = xml.size();
+      VMB_ASSIGN_OR_RETURN(http::Response r, Sync(c));
+      auto errors = XmlAll(r.body, "Error");
+      if (!errors.empty()) {
+        return UnknownError("S3 DeleteObjects on " + Describe() + " failed for " +
+                            XmlFirst(errors[0], "Key") + ": " + XmlFirst(errors[0], "Code") + " " +
+                            XmlFirst(errors[0], "Message"));
+      }
+    }
+    return Status::Ok();
+  }
+
+  // A one-key listing: proves the endpoint, credentials and bucket.
+  Status Check() { return List("", "", 1).status(); }
+
+ private:
+  S3Settings s_;
+  http::Engine engine_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
+                                                   const TargetOptions& options,
+                                                   std::shared_ptr<Runtime> runtime) {
+  S3Settings s;
+  std::string ep = config.endpoint;
+  if (ep.empty()) ep = "https://s3." + config.bucket_region + ".amazonaws.com";
+  auto sep = ep.find("://");
+  if (sep == std::string::npos)
+    return InvalidArgumentError("backup-target setting: field 'endpoint' has no scheme");
+  s.scheme = ep.substr(0, sep);
+  std::string rest = ep.substr(sep + 3);
+  auto slash = rest.find('/');
+  std::string host = rest.substr(0, slash);
+  if (slash != std::string::npos && rest.substr(slash) != "/")
+    return InvalidArgumentError(
+        "backup-target setting: field 'endpoint' must not contain a path; use 'prefix'");
+  if (host.empty())
+    return InvalidArgumentError("backup-target setting: field 'endpoint' has no host");
+  const std::string default_port = s.scheme == "https" ? ":443" : ":80";
+  if (host.size() > default_port.size() &&
+      host.compare(host.size() - default_port.size(), default_port.size(), default_port) == 0)
+    host.resize(host.size() - default_port.size());
+  s.host = host;
+  s.bucket = config.bucket_name;
+  s.region = config.bucket_region.empty() ? "us-east-1" : config.bucket_region;
+  s.virtual_hosted = config.virtual_hosted_style;
+  s.prefix = config.prefix.empty() ? "" : config.prefix + "/";
+  s.creds.access_key_id = config.access_key_id;
+  s.creds.secret_access_key = config.secret_access_key;
+  auto env = [](const char* n) {
+    const char* v = std::getenv(n);
+    return std::string(v ? v : "");
+  };
+  if (s.creds.access_key_id.empty() && s.creds.secret_access_key.empty()) {
+    s.creds.access_key_id = env("AWS_ACCESS_KEY_ID");
+    s.creds.secret_access_key = env("AWS_SECRET_ACCESS_KEY");
+    s.creds.session_token = env("AWS_SESSION_TOKEN");
+  }
+  if (s.creds.access_key_id.empty() || s.creds.secret_access_key.empty())
+    return InvalidArgumentError(
+        "backup-target setting: fields 'accessKeyId' and 'secretAccessKey' are required for an s3 "
+        "target "
+        "(or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment)");
+  s.retry_seconds = options.retry_timeout_seconds > 0 ? options.retry_timeout_seconds : 120;
+  http::EngineOptions eo;
+  eo.max_connections = options.max_requests_in_flight > 0 ? options.max_requests_in_flight : 16;
+  eo.ca_pem = config.cert;
+  eo.verify_tls = !options.insecure_skip_tls_verify_for_tests_only;
+  auto store = std::make_unique<S3Store>(std::move(runtime), std::move(s), std::move(eo));
+  VMB_RETURN_IF_ERROR(store->Check());
+  return std::unique_ptr<ObjectStore>(std::move(store));
+}
+
+}  // namespace vmbackup::internal
