@@ -183,7 +183,7 @@ do_start() {
 
   rm -rf "$STATE"
   mkdir -p "$D/mon" "$D/osd" "$D/log" "$D/run" "$D/data"
-  local port=${VMBACKUP_S3_PORT:-$(free_port)} mon_port scheme=http fe
+  local port=${VMBACKUP_S3_PORT:-$(free_port)} mon_port scheme=http fe hport
   mon_port=$(free_port)
   [ "$mon_port" = "$port" ] && mon_port=$(free_port)
   fe="beast endpoint=127.0.0.1:$port"
@@ -191,10 +191,13 @@ do_start() {
   if [ "$tls" = 1 ]; then
     make_cert
     scheme=https
-    fe="beast ssl_endpoint=127.0.0.1:$port ssl_certificate=$STATE/tls/cert.pem ssl_private_key=$STATE/tls/key.pem"
+    # TLS on $port, and plain HTTP on $hport too, so one server serves both kinds of test.
+    hport=$(free_port)
+    fe="beast endpoint=127.0.0.1:$hport ssl_endpoint=127.0.0.1:$port ssl_certificate=$STATE/tls/cert.pem ssl_private_key=$STATE/tls/key.pem"
     CURL_TLS=(--cacert "$STATE/tls/cert.pem")
   fi
   EP=$scheme://127.0.0.1:$port
+  HTTP_EP=http://127.0.0.1:${hport:-$port}
 
   cat >"$CONF" <<CONF
 [global]
@@ -266,6 +269,7 @@ CONF
 
   {
     echo "export S3_ENDPOINT=$EP"
+    echo "export S3_HTTP_ENDPOINT=$HTTP_EP"
     echo "export AWS_ENDPOINT_URL=$EP"
     echo "export AWS_ACCESS_KEY_ID=$AK"
     echo "export AWS_SECRET_ACCESS_KEY=$SK"

@@ -30,7 +30,7 @@
 namespace vmbackup {
 
 // The parsed backup-target setting. Secrets are kept here but never printed by the library.
-struct TargetConfig {
+struct VMBACKUP_EXPORT TargetConfig {
   enum class Type : int { kFile = 0, kS3 = 1, kNfs = 2 };
   Type type = Type::kFile;
   std::string endpoint;           // file: directory path (or file:// URL); s3: URL; nfs: nfs:// URL

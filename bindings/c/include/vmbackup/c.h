@@ -1,0 +1,440 @@
+/* The C ABI of vmbackup: back up VM volumes to a target (local directory, S3 bucket, NFS export),
+ * list the backups stored there and restore them.
+ *
+ * This header is plain C (C99 or later) and also compiles as C++. It wraps the C++ API in
+ * <vmbackup/vmbackup.h>; see docs/c_api.md for a tutorial and the JSON schemas.
+ *
+ * Conventions
+ *   - Every function that can fail returns an int: 0 (VMB_OK) on success or one of the stable
+ * negative codes of vmb_code. The codes mirror vmbackup::StatusCode: VMB_EX ==
+ * -(int)StatusCode::kX. Numbers never change within a major version.
+ *   - Every such function takes an optional trailing `vmb_error** error`. When `error` is not NULL,
+ *     *error is set to NULL on success and to a new vmb_error (code, message, retryable flag) on
+ *     failure; release it with vmb_error_free(). Passing NULL is always allowed. There is no
+ *     thread-local "last error".
+ *   - Out-parameters come first. Objects returned through an out-parameter belong to the caller:
+ *     handles are released with their vmb_*_free() function (which accepts NULL), strings with
+ *     vmb_free(). On failure out-parameters are set to NULL. Pointers returned directly (const
+ * char* results) are borrowed and stay valid as long as the object they came from.
+ *   - Option structs start with `unsigned int version`. Initialize them with the VMB_*_OPTIONS_INIT
+ *     macro or vmb_*_options_init(); structs only ever grow at the end, and a version this library
+ *     does not know is rejected with VMB_EINVAL. Passing NULL options means "all defaults".
+ *   - Strings are NUL-terminated UTF-8. Large, evolving records (backup records, listings) cross
+ * the ABI as JSON documents whose schema docs/c_api.md describes.
+ *
+ * Threads
+ *   All functions may be called from any thread. A vmb_target may be used by several threads and
+ *   several jobs at once. A vmb_backup / vmb_restore handle may be waited on and cancelled from any
+ *   thread, but must be freed exactly once, after every other call on it has returned. Progress
+ *   callbacks run on a library thread, never concurrently with themselves for one job, and never
+ *   while the library holds an internal lock.
+ */
+#ifndef VMBACKUP_C_H_
+#define VMBACKUP_C_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32) && !defined(VMB_STATIC)
+#if defined(VMB_BUILDING_C)
+#define VMB_EXTERN __declspec(dllexport)
+#else
+#define VMB_EXTERN __declspec(dllimport)
+#endif
+#elif defined(__GNUC__)
+#define VMB_EXTERN __attribute__((visibility("default")))
+#else
+#define VMB_EXTERN
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Versions -------------------------------------------------------------------------------- */
+
+/* Compile-time version of this header. Compare with vmb_version() for the library actually loaded.
+ */
+#define VMB_VERSION_MAJOR 0
+#define VMB_VERSION_MINOR 1
+#define VMB_VERSION_PATCH 0
+#define VMB_VERSION_NUMBER (VMB_VERSION_MAJOR * 10000 + VMB_VERSION_MINOR * 100 + VMB_VERSION_PATCH)
+
+/* Returns the version of the loaded library as major * 10000 + minor * 100 + patch. Never fails. */
+VMB_EXTERN int vmb_version(void);
+
+/* Returns the version of the loaded library as "major.minor.patch". The string is static (borrowed,
+ * never freed). Never fails. */
+VMB_EXTERN const char* vmb_version_string(void);
+
+/* ---- Errors ---------------------------------------------------------------------------------- */
+
+/* Return codes. 0 is success; the negative values are -(vmbackup::StatusCode). Retry advice:
+ * VMB_EUNAVAILABLE, VMB_EDEADLINE, VMB_EABORTED and VMB_ERESOURCE may succeed when retried
+ * unchanged after a delay (vmb_error_retryable() says so); VMB_EPRECONDITION needs the system fixed
+ * first; VMB_EDATALOSS means stored data is corrupt and must not be retried. */
+typedef enum vmb_code {
+  VMB_OK = 0,
+  VMB_ECANCELLED = -1,        /* the caller cancelled (progress callback, vmb_*_cancel()) */
+  VMB_EUNKNOWN = -2,          /* an error without a better code */
+  VMB_EINVAL = -3,            /* invalid argument; the message names the field */
+  VMB_EDEADLINE = -4,         /* a deadline expired */
+  VMB_ENOTFOUND = -5,         /* backup, volume, file, bucket or export not found */
+  VMB_EEXISTS = -6,           /* backup name or destination file already exists */
+  VMB_EPERM = -7,             /* permission denied */
+  VMB_ERESOURCE = -8,         /* resource exhausted: target or disk full, out of memory */
+  VMB_EPRECONDITION = -9,     /* failed precondition: the system is not in a state for the call */
+  VMB_EABORTED = -10,         /* a concurrency conflict; retry the whole sequence */
+  VMB_ERANGE = -11,           /* out of range */
+  VMB_EUNIMPLEMENTED = -12,   /* not supported by this build */
+  VMB_EINTERNAL = -13,        /* a bug in the library */
+  VMB_EUNAVAILABLE = -14,     /* transient: target unreachable or busy; retry */
+  VMB_EDATALOSS = -15,        /* stored data is corrupt (digest or checksum mismatch) */
+  VMB_EUNAUTHENTICATED = -16, /* the credentials were rejected */
+  VMB_PENDING = 1             /* not an error: vmb_*_wait_timeout() timed out, the job still runs */
+} vmb_code;
+
+/* A detailed error: code, message and retryable flag. Owned by the caller. */
+typedef struct vmb_error vmb_error;
+
+/* Returns the error's code (a negative vmb_code). REQUIRES: error != NULL. */
+VMB_EXTERN int vmb_error_code(const vmb_error* error);
+
+/* Returns the human-readable message (never NULL, never contains secrets). Borrowed: valid until
+ * vmb_error_free(error). REQUIRES: error != NULL. */
+VMB_EXTERN const char* vmb_error_message(const vmb_error* error);
+
+/* Returns 1 if the failed call may succeed when retried unchanged after a delay, else 0.
+ * REQUIRES: error != NULL. */
+VMB_EXTERN int vmb_error_retryable(const vmb_error* error);
+
+/* Releases an error. Accepts NULL. */
+VMB_EXTERN void vmb_error_free(vmb_error* error);
+
+/* Returns the upper-case name of a return code ("NOT_FOUND", "OK", "PENDING"), or "UNKNOWN_CODE".
+ * Static string (borrowed). */
+VMB_EXTERN const char* vmb_error_code_name(int code);
+
+/* Releases memory the library returned through an out-parameter (strings, JSON documents).
+ * Accepts NULL. Do not use free() for it. */
+VMB_EXTERN void vmb_free(void* ptr);
+
+/* ---- Progress -------------------------------------------------------------------------------- */
+
+typedef enum vmb_phase {
+  VMB_PHASE_PREPARING = 0,    /* opening the target, loading indexes, snapshotting volumes */
+  VMB_PHASE_TRANSFERRING = 1, /* reading / hashing / uploading, or fetching / writing */
+  VMB_PHASE_FINALIZING = 2,   /* flushing packs, publishing the record, fsync + rename */
+  VMB_PHASE_DONE = 3          /* finished (successfully or not) */
+} vmb_phase;
+
+/* A snapshot of a job's progress. Byte counts are cumulative since the job started. The library
+ * allocates it; fields are only ever added at the end. */
+typedef struct vmb_progress {
+  int phase;              /* a vmb_phase */
+  uint64_t bytes_total;   /* logical bytes of all volumes involved */
+  uint64_t bytes_scanned; /* logical bytes dealt with so far (read, skipped as hole, unchanged) */
+  uint64_t bytes_read;    /* bytes read from the source volume (backup) or target (restore) */
+  uint64_t bytes_new;     /* backup: raw bytes of blocks not yet on the target */
+  uint64_t bytes_reused;  /* backup: raw bytes of blocks already on the target */
+  uint64_t bytes_written; /* bytes written to the target (backup, compressed) or volume (restore) */
+  uint64_t blocks_total;  /* blocks of all volumes */
+  uint64_t blocks_done;   /* blocks dealt with so far */
+  double elapsed_seconds; /* since the job started */
+  double bytes_per_second; /* bytes_scanned / elapsed_seconds */
+  double eta_seconds;      /* estimated time to completion; -1 while unknown */
+} vmb_progress;
+
+/* Progress callback. `progress` is borrowed for the duration of the call. Return 0 to continue, any
+ * other value to cancel the job (it then ends with VMB_ECANCELLED and, for a backup, writes no
+ * record). Runs on a library thread; must not free, wait on or cancel-and-free the job it reports
+ * on. */
+typedef int (*vmb_progress_cb)(const vmb_progress* progress, void* payload);
+
+/* ---- Job states ------------------------------------------------------------------------------ */
+
+typedef enum vmb_job_state {
+  VMB_JOB_PENDING = 0,
+  VMB_JOB_IN_PROGRESS = 1,
+  VMB_JOB_READY = 2, /* finished successfully */
+  VMB_JOB_ERROR = 3  /* finished with an error (including cancellation) */
+} vmb_job_state;
+
+/* ---- Targets --------------------------------------------------------------------------------- */
+
+/* An open backup target. Thread-safe; see the file comment. */
+typedef struct vmb_target vmb_target;
+
+typedef struct vmb_target_options {
+  unsigned int version; /* VMB_TARGET_OPTIONS_VERSION */
+  /* Initialize a repository when the target holds none. Default 1. When 0, opening an empty target
+   * fails with VMB_ENOTFOUND. */
+  int create_if_missing;
+  /* Block size of a newly initialized repository: a power of two from 64 KiB to 16 MiB.
+   * Default 0 = 256 KiB. Ignored for existing repositories. */
+  uint32_t block_size;
+  /* Target size of a pack object. Default 0 = 32 MiB. */
+  uint32_t pack_size;
+} vmb_target_options;
+
+#define VMB_TARGET_OPTIONS_VERSION 1
+#define VMB_TARGET_OPTIONS_INIT \
+  { VMB_TARGET_OPTIONS_VERSION, 1, 0, 0 }
+
+/* Sets *opts to the defaults of `version` (VMB_TARGET_OPTIONS_INIT).
+ * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
+VMB_EXTERN int vmb_target_options_init(vmb_target_options* opts, unsigned int version,
+                                       vmb_error** error);
+
+/* Opens (and, with create_if_missing, initializes) the repository at the target described by
+ * `config_json`, Harvester's backup-target setting, e.g.
+ *   {"type": "file", "endpoint": "/var/lib/vmbackup"}
+ *   {"type": "s3", "endpoint": "https://s3.example", "bucketName": "b", "bucketRegion":
+ * "us-east-1", "accessKeyId": "...", "secretAccessKey": "..."}
+ *   {"type": "nfs", "endpoint": "nfs://server:/export/path"}
+ * `opts` may be NULL (defaults). On success *out is a new handle, released with vmb_target_free().
+ * Returns 0, or:
+ *   VMB_EINVAL         malformed JSON, missing/unknown/mistyped field (the message names it),
+ * unknown "type", bad options, or out / config_json NULL; VMB_ENOTFOUND      the directory / bucket
+ * / export does not exist, or no repository and !create_if_missing; VMB_EPERM          the target
+ * may not be read or written; VMB_EUNAVAILABLE   the server could not be reached; VMB_EPRECONDITION
+ * the repository has a newer format than this library reads; VMB_EDATALOSS      the repository
+ * descriptor is corrupt; VMB_EUNIMPLEMENTED a target type this build does not support. */
+VMB_EXTERN int vmb_target_open(vmb_target** out, const char* config_json,
+                               const vmb_target_options* opts, vmb_error** error);
+
+/* Releases a target handle. Accepts NULL. Jobs started on the target keep it alive until they are
+ * freed, so this may be called while they run. */
+VMB_EXTERN void vmb_target_free(vmb_target* target);
+
+/* Health check: writes, reads back and deletes a probe object.
+ * Returns 0 when the target is usable; VMB_EINVAL if target is NULL; otherwise the store's error
+ * (VMB_EPERM, VMB_ERESOURCE, VMB_EUNAVAILABLE, ...). */
+VMB_EXTERN int vmb_target_test(const vmb_target* target, vmb_error** error);
+
+/* Lists every backup on the target. On success *out is a caller-owned JSON document (vmb_free)
+ *   {"backups": [<backup record>, ...], "damaged": ["name: reason", ...]}
+ * with backups sorted by created_at, oldest first, and one "damaged" line per record that could not
+ * be read (one damaged record never hides the others). See docs/c_api.md for the record schema.
+ * Returns 0; VMB_EINVAL for NULL arguments; otherwise the store's error (VMB_EUNAVAILABLE, ...). */
+VMB_EXTERN int vmb_target_list_backups(char** out, const vmb_target* target, vmb_error** error);
+
+/* Reads the record of backup `name`. On success *out is a caller-owned JSON backup record
+ * (vmb_free; schema in docs/c_api.md).
+ * Returns 0; VMB_ENOTFOUND if there is no such backup; VMB_EDATALOSS if the record is damaged;
+ * VMB_EINVAL for NULL arguments; otherwise the store's error. */
+VMB_EXTERN int vmb_target_get_backup(char** out, const vmb_target* target, const char* name,
+                                     vmb_error** error);
+
+/* Deletes the record of backup `name` and its volume indexes. Blocks no other backup uses stay on
+ * the target until garbage collection. Returns 0; VMB_ENOTFOUND if there is no such backup;
+ * VMB_EINVAL for NULL arguments; otherwise the store's error. */
+VMB_EXTERN int vmb_target_delete_backup(vmb_target* target, const char* name, vmb_error** error);
+
+/* Returns the repository's block size in bytes, or 0 if target is NULL. */
+VMB_EXTERN uint32_t vmb_target_block_size(const vmb_target* target);
+
+/* ---- Backups --------------------------------------------------------------------------------- */
+
+/* A volume: backup source (name, path of a file or block device) or restore destination (name of
+ * the volume in the backup, destination path). The strings are borrowed for the duration of the
+ * call. */
+typedef struct vmb_volume {
+  const char* name;
+  const char* path;
+} vmb_volume;
+
+typedef enum vmb_snapshot_mode {
+  VMB_SNAPSHOT_AUTO = 0,    /* reflink clone if the filesystem supports it, else direct read */
+  VMB_SNAPSHOT_REFLINK = 1, /* reflink clone or fail with VMB_EPRECONDITION */
+  VMB_SNAPSHOT_DIRECT = 2   /* always read the volume itself (the host keeps it quiet) */
+} vmb_snapshot_mode;
+
+/* What to back up. All pointers are borrowed for the duration of the call that takes the options
+ * (vmb_backup_run / vmb_backup_start); the library copies what it keeps. */
+typedef struct vmb_backup_options {
+  unsigned int version; /* VMB_BACKUP_OPTIONS_VERSION */
+  /* Backup name, unique on the target; [A-Za-z0-9._-], 1..200 chars. Default NULL = generated
+   * ("<vm name or 'backup'>-<UTC yyyymmdd-hhmmss>-<4 hex>"; see vmb_backup_name()). */
+  const char* name;
+  /* Parent backup (base of host dirty maps). Default NULL = none. Deduplication against every block
+   * on the target happens regardless. */
+  const char* parent;
+  /* The VM's metadata, a JSON object stored verbatim with the backup. Default NULL = "{}".
+   * Must be NULL when vm_dir is set. */
+  const char* vm_metadata_json;
+  /* The volumes to back up. Default NULL / 0. Must be empty when vm_dir is set, else non-empty. */
+  const vmb_volume* volumes;
+  size_t volume_count;
+  /* A VM directory holding "vm.json" ({"name": ..., "volumes": [{"name", "path"}, ...]}) that gives
+   * both the metadata and the volumes (relative paths are relative to the directory).
+   * Default NULL = use vm_metadata_json and volumes. */
+  const char* vm_dir;
+  /* Progress callback and its payload. Default NULL = none. */
+  vmb_progress_cb progress;
+  void* progress_payload;
+  /* Minimum time between two progress reports, in ms. Default 200; 0 = report as often as possible.
+   */
+  int progress_interval_ms;
+  /* How volumes are snapshotted (a vmb_snapshot_mode). Default VMB_SNAPSHOT_AUTO. */
+  int snapshot_mode;
+  /* Cap on bytes held in memory by the pipeline. Default 0 = 128 MiB. */
+  uint64_t max_in_flight_bytes;
+} vmb_backup_options;
+
+#define VMB_BACKUP_OPTIONS_VERSION 1
+#define VMB_BACKUP_OPTIONS_INIT \
+  { VMB_BACKUP_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, 200, 0, 0 }
+
+/* Sets *opts to the defaults of `version` (VMB_BACKUP_OPTIONS_INIT).
+ * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
+VMB_EXTERN int vmb_backup_options_init(vmb_backup_options* opts, unsigned int version,
+                                       vmb_error** error);
+
+/* A running or finished backup job. */
+typedef struct vmb_backup vmb_backup;
+
+/* Backs up and blocks until done. On success, if out is not NULL, *out is the caller-owned JSON
+ * record of the new backup (vmb_free; schema in docs/c_api.md).
+ * Returns 0, or:
+ *   VMB_EINVAL        bad options (the message names the field: empty or duplicate volume names,
+ *                     metadata not a JSON object, vm_dir together with volumes, unknown
+ * version...); VMB_EEXISTS       a backup of that name exists on the target; VMB_ENOTFOUND     a
+ * volume, the vm_dir's vm.json or the parent backup does not exist; VMB_EPERM         a volume is
+ * unreadable; VMB_ERESOURCE     the target is full; VMB_EUNAVAILABLE  the target could not be
+ * reached; VMB_ECANCELLED    the progress callback returned non-zero. A backup that fails leaves no
+ * record on the target. */
+VMB_EXTERN int vmb_backup_run(char** out, vmb_target* target, const vmb_backup_options* opts,
+                              vmb_error** error);
+
+/* Validates the options and starts the backup on the library's threads; returns at once.
+ * On success *out is a new handle (vmb_backup_free) whose job runs until it ends or is cancelled.
+ * Returns 0, or the validation errors of vmb_backup_run (VMB_EINVAL, VMB_EEXISTS, VMB_ENOTFOUND for
+ * a missing vm.json). Errors found while running are reported by vmb_backup_wait(). */
+VMB_EXTERN int vmb_backup_start(vmb_backup** out, vmb_target* target,
+                                const vmb_backup_options* opts, vmb_error** error);
+
+/* Blocks until the job ends and returns its final status: 0, or the codes of vmb_backup_run
+ * (VMB_ECANCELLED after vmb_backup_cancel()). The status is kept on the handle: every later call
+ * returns it again (with a new *error each time). VMB_EINVAL if job is NULL.
+ * REQUIRES: not called from the job's own progress callback. */
+VMB_EXTERN int vmb_backup_wait(vmb_backup* job, vmb_error** error);
+
+/* Like vmb_backup_wait(), but gives up after timeout_ms milliseconds: returns VMB_PENDING (1, not
+ * an error; *error set to NULL) if the job is still running then. */
+VMB_EXTERN int vmb_backup_wait_timeout(vmb_backup* job, uint32_t timeout_ms, vmb_error** error);
+
+/* Asks the job to stop and returns at once; vmb_backup_wait() then returns VMB_ECANCELLED unless
+ * the job had already finished. Safe at any time, any number of times, from any thread (including
+ * the progress callback). Accepts NULL. */
+VMB_EXTERN void vmb_backup_cancel(vmb_backup* job);
+
+/* Returns the job's state (a vmb_job_state), or -1 if job is NULL. */
+VMB_EXTERN int vmb_backup_state(const vmb_backup* job);
+
+/* Copies the latest progress snapshot into *out. Returns 0; VMB_EINVAL for NULL arguments. */
+VMB_EXTERN int vmb_backup_progress(vmb_progress* out, const vmb_backup* job, vmb_error** error);
+
+/* Returns the backup's name (generated at start when the options left it NULL). Borrowed: valid
+ * until vmb_backup_free(job). NULL if job is NULL. */
+VMB_EXTERN const char* vmb_backup_name(const vmb_backup* job);
+
+/* The JSON record of the finished backup (caller-owned, vmb_free).
+ * Returns 0; VMB_EPRECONDITION until the job has ended successfully; VMB_EINVAL for NULL arguments.
+ */
+VMB_EXTERN int vmb_backup_result(char** out, const vmb_backup* job, vmb_error** error);
+
+/* Releases a job handle. A job still running is cancelled and waited for first. Accepts NULL.
+ * REQUIRES: not called from the job's own progress callback. */
+VMB_EXTERN void vmb_backup_free(vmb_backup* job);
+
+/* ---- Restores -------------------------------------------------------------------------------- */
+
+/* What to restore. All pointers are borrowed for the duration of the call that takes the options.
+ */
+typedef struct vmb_restore_options {
+  unsigned int version; /* VMB_RESTORE_OPTIONS_VERSION */
+  const char* backup;   /* name of the backup to restore (required) */
+  /* Directory for volumes without an explicit destination ("<dest_dir>/<volume>.img") and for the
+   * VM metadata file "vm.json" (rewritten with new_vm_name and the restored paths). Default NULL =
+   * no vm.json; then every volume needs an explicit destination. */
+  const char* dest_dir;
+  /* New name for the restored VM's metadata. Default NULL = keep the original. */
+  const char* new_vm_name;
+  /* Non-zero: replace existing destination files. Default 0: an existing destination fails the
+   * restore with VMB_EEXISTS before anything is written. */
+  int overwrite;
+  /* Explicit destinations: {volume name in the backup, destination path}. Default NULL / 0 = every
+   * volume of the backup goes to dest_dir. */
+  const vmb_volume* volumes;
+  size_t volume_count;
+  /* Progress callback and its payload. Default NULL = none. */
+  vmb_progress_cb progress;
+  void* progress_payload;
+  /* Minimum time between two progress reports, in ms. Default 200; 0 = as often as possible. */
+  int progress_interval_ms;
+} vmb_restore_options;
+
+#define VMB_RESTORE_OPTIONS_VERSION 1
+#define VMB_RESTORE_OPTIONS_INIT \
+  { VMB_RESTORE_OPTIONS_VERSION, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, 200 }
+
+/* Sets *opts to the defaults of `version` (VMB_RESTORE_OPTIONS_INIT).
+ * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
+VMB_EXTERN int vmb_restore_options_init(vmb_restore_options* opts, unsigned int version,
+                                        vmb_error** error);
+
+/* A running or finished restore. */
+typedef struct vmb_restore vmb_restore;
+
+/* Restores and blocks until done. Each volume is written under a temporary name and renamed into
+ * place when complete, so on any failure no destination path is created or changed.
+ * Returns 0, or:
+ *   VMB_EINVAL        bad options (the message names the field; backup NULL, no dest_dir and no
+ *                     explicit destinations, unknown version...);
+ *   VMB_ENOTFOUND     unknown backup or volume name, or a missing pack object;
+ *   VMB_EEXISTS       a destination exists and overwrite is 0;
+ *   VMB_EDATALOSS     a block or index is corrupt (the message names backup, volume, offset,
+ * object); VMB_ERESOURCE     the destination is full; VMB_EUNAVAILABLE  the target could not be
+ * reached; VMB_ECANCELLED    the progress callback returned non-zero. */
+VMB_EXTERN int vmb_restore_run(vmb_target* target, const vmb_restore_options* opts,
+                               vmb_error** error);
+
+/* Checks the options, reads the backup record and starts restoring; returns at once.
+ * On success *out is a new handle (vmb_restore_free).
+ * Returns 0, or the checks' errors of vmb_restore_run (VMB_EINVAL, VMB_ENOTFOUND, VMB_EEXISTS,
+ * VMB_EDATALOSS for a damaged record). Errors found while running are reported by
+ * vmb_restore_wait(). */
+VMB_EXTERN int vmb_restore_start(vmb_restore** out, vmb_target* target,
+                                 const vmb_restore_options* opts, vmb_error** error);
+
+/* Blocks until the restore ends and returns its final status (kept on the handle; see
+ * vmb_backup_wait()). REQUIRES: not called from the job's own progress callback. */
+VMB_EXTERN int vmb_restore_wait(vmb_restore* job, vmb_error** error);
+
+/* Like vmb_restore_wait() but returns VMB_PENDING (1) if still running after timeout_ms. */
+VMB_EXTERN int vmb_restore_wait_timeout(vmb_restore* job, uint32_t timeout_ms, vmb_error** error);
+
+/* Asks the restore to stop; see vmb_backup_cancel(). Accepts NULL. */
+VMB_EXTERN void vmb_restore_cancel(vmb_restore* job);
+
+/* Returns the restore's state (a vmb_job_state), or -1 if job is NULL. */
+VMB_EXTERN int vmb_restore_state(const vmb_restore* job);
+
+/* Copies the latest progress snapshot into *out. Returns 0; VMB_EINVAL for NULL arguments. */
+VMB_EXTERN int vmb_restore_progress(vmb_progress* out, const vmb_restore* job, vmb_error** error);
+
+/* The destination chosen for each volume, in backup order, as a caller-owned JSON array (vmb_free):
+ *   [{"volume": "rootdisk", "path": "/restore/rootdisk.img"}, ...]
+ * Returns 0; VMB_EINVAL for NULL arguments. */
+VMB_EXTERN int vmb_restore_destinations(char** out, const vmb_restore* job, vmb_error** error);
+
+/* Releases a restore handle; a restore still running is cancelled and waited for first (leaving no
+ * destination changed). Accepts NULL. REQUIRES: not called from the job's own progress callback. */
+VMB_EXTERN void vmb_restore_free(vmb_restore* job);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* VMBACKUP_C_H_ */

@@ -1,0 +1,824 @@
+// vmbackup._vmbackup: the pybind11 extension behind the `vmbackup` Python package.
+//
+// It wraps the C++ API (not the C ABI). Rules that keep it safe across threads:
+//   - Every call that may block (target I/O, job creation, waiting) releases the GIL.
+//   - Waiting for a job happens in slices of kWaitSlice with the GIL released; between slices the
+//     main thread runs PyErr_CheckSignals(), so Ctrl-C cancels the job and raises
+//     KeyboardInterrupt.
+//   - Progress callbacks run on library threads and take the GIL before touching Python. An
+//   exception
+//     raised by a callback cancels the job and is re-raised by wait() instead of CancelledError.
+//   - C++ jobs are destroyed with the GIL released (their destructors wait for library threads that
+//   may
+//     need the GIL for a callback); Python objects held by C++ (callbacks) are released with the
+//     GIL.
+//   - At interpreter exit an atexit hook cancels every live job and waits for it, and callbacks
+//   stop
+//     touching Python once shutdown has begun.
+// Statuses become the vmbackup.Error hierarchy defined in vmbackup/_errors.py.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <Python.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "vmbackup/vmbackup.h"
+
+namespace py = pybind11;
+using namespace pybind11::literals;  // NOLINT(build/namespaces)
+
+namespace vmbackup {
+namespace python {
+namespace {
+
+constexpr std::chrono::milliseconds kWaitSlice(100);
+
+// ---- interpreter state --------------------------------------------------------------------------
+
+// Set by the atexit hook: from then on callbacks no longer touch Python.
+std::atomic<bool> g_shutting_down{false};
+
+bool Finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
+bool PythonUnusable() { return g_shutting_down.load() || Finalizing() || !Py_IsInitialized(); }
+
+// Takes the GIL back after WithoutGil. Once the interpreter is finalizing, CPython ends any thread
+// that asks for the GIL with pthread_exit (a forced unwind); only daemon threads can get here then,
+// and the process is about to exit, so the thread parks instead of taking part in the shutdown.
+void Reacquire(PyThreadState* state) {
+  while (Finalizing()) std::this_thread::sleep_for(std::chrono::hours(1));
+  PyEval_RestoreThread(state);
+}
+
+// Runs `fn` with the GIL released and returns its result. Unlike py::gil_scoped_release, the GIL is
+// taken back by a plain call rather than a destructor, so a forced unwind (see Reacquire) never
+// leaves a noexcept destructor (which would std::terminate). REQUIRES: GIL held.
+template <typename F>
+auto WithoutGil(F&& fn) -> decltype(fn()) {
+  PyThreadState* state = PyEval_SaveThread();
+  if constexpr (std::is_void_v<decltype(fn())>) {
+    try {
+      fn();
+    } catch (...) {
+      Reacquire(state);
+      throw;
+    }
+    Reacquire(state);
+  } else {
+    std::optional<decltype(fn())> result;
+    try {
+      result.emplace(fn());
+    } catch (...) {
+      Reacquire(state);
+      throw;
+    }
+    Reacquire(state);
+    return std::move(*result);
+  }
+}
+
+// ---- errors -------------------------------------------------------------------------------------
+
+// code -> exception class, from vmbackup._errors._BY_CODE. Leaked on purpose: never destroyed after
+// the interpreter.
+py::dict* g_error_classes = nullptr;
+py::object* g_error_base = nullptr;
+
+// Raises the Python exception for a non-OK `status`. REQUIRES: GIL held.
+[[noreturn]] void Raise(const Status& status) {
+  py::object cls = *g_error_base;
+  py::int_ code(static_cast<int>(status.code()));
+  if (g_error_classes->contains(code)) cls = (*g_error_classes)[code];
+  py::object exc = cls(status.message(), code);
+  PyErr_SetObject(cls.ptr(), exc.ptr());
+  throw py::error_already_set();
+}
+
+void Check(const Status& status) {
+  if (!status.ok()) Raise(status);
+}
+
+template <typename T>
+T Check(StatusOr<T> value) {
+  if (!value.ok()) Raise(value.status());
+  return std::move(value).value();
+}
+
+// ---- conversions --------------------------------------------------------------------------------
+
+// str or os.PathLike -> std::string.
+std::string FsPath(py::handle path) {
+  return py::str(py::module_::import("os").attr("fsdecode")(path)).cast<std::string>();
+}
+
+// A JSON document given as str, or any JSON-serializable object (dict, list) -> JSON text.
+std::string ToJsonText(py::handle value) {
+  if (py::isinstance<py::str>(value)) return value.cast<std::string>();
+  return py::module_::import("json").attr("dumps")(value).cast<std::string>();
+}
+
+// Volumes as a mapping {name: path} or an iterable of (name, path) pairs.
+std::vector<std::pair<std::string, std::string>> ToPairs(py::handle volumes, const char* field) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (volumes.is_none()) return out;
+  py::object items = py::reinterpret_borrow<py::object>(volumes);
+  if (py::isinstance<py::dict>(volumes) || py::hasattr(volumes, "items")) {
+    items = volumes.attr("items")();
+  }
+  size_t i = 0;
+  for (py::handle item : py::iter(items)) {
+    py::tuple pair;
+    if (py::isinstance<py::tuple>(item) || py::isinstance<py::list>(item)) {
+      pair = py::tuple(py::reinterpret_borrow<py::object>(item));
+    }
+    if (pair.size() != 2) {
+      Raise(InvalidArgumentError(std::string(field) + "[" + std::to_string(i) +
+                                 "]: expected a (name, path) pair"));
+    }
+    out.emplace_back(py::str(pair[0]).cast<std::string>(), FsPath(pair[1]));
+    ++i;
+  }
+  return out;
+}
+
+// ---- progress callbacks -------------------------------------------------------------------------
+
+// A Python progress callable and the exception it raised, shared by the job's C++ callback.
+class PyProgress {
+ public:
+  explicit PyProgress(py::object fn) : fn_(std::move(fn)) {}
+  PyProgress(const PyProgress&) = delete;
+  PyProgress& operator=(const PyProgress&) = delete;
+
+  // May run on any thread: takes the GIL to drop the Python references (leaks them after shutdown).
+  ~PyProgress() {
+    if (PythonUnusable()) {
+      fn_.release();
+      error_.release();
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    fn_ = py::object();
+    error_ = py::object();
+  }
+
+  // Runs on a library thread. Returns false (cancel) when the callable returns False or raises.
+  bool Call(const Progress& progress) noexcept {
+    if (PythonUnusable()) return false;
+    try {
+      py::gil_scoped_acquire gil;
+      if (PythonUnusable()) return false;
+      if (error_) return false;
+      try {
+        py::object result = fn_(progress);
+        return !(result.ptr() == Py_False);
+      } catch (py::error_already_set& e) {
+        error_ = e.value();
+        // Keep the callback's frames: wait() re-raises this instance in another thread.
+        if (e.trace()) PyException_SetTraceback(error_.ptr(), e.trace().ptr());
+        return false;
+      } catch (const std::exception& e) {
+        error_ = py::module_::import("builtins").attr("RuntimeError")(e.what());
+        return false;
+      }
+    } catch (...) {
+      return false;
+    }
+  }
+
+  // The exception the callback raised, or None. REQUIRES: GIL held.
+  py::object error() const { return error_ ? error_ : py::none(); }
+
+ private:
+  py::object fn_;
+  py::object error_;  // the exception instance raised by fn_, once
+};
+
+ProgressCallback MakeCallback(const std::shared_ptr<PyProgress>& state) {
+  if (!state) return nullptr;
+  return [state](const Progress& p) { return state->Call(p); };
+}
+
+// ---- jobs ---------------------------------------------------------------------------------------
+
+class JobBase;
+
+// Live jobs, so that the atexit hook can cancel them and wait.
+std::mutex g_jobs_mu;
+std::set<JobBase*> g_jobs;  // guarded by g_jobs_mu
+
+// Registration locks g_jobs_mu only with the GIL released: the atexit hook holds g_jobs_mu while it
+// waits for jobs whose callbacks may need the GIL.
+class JobBase {
+ public:
+  JobBase() {
+    if (PyGILState_Check()) {
+      WithoutGil([this] { Register(); });
+    } else {
+      Register();
+    }
+  }
+  virtual ~JobBase() = default;
+  virtual void CancelJob() = 0;
+  // Blocks (GIL released by the caller) until the job has ended, if it was started.
+  virtual void WaitEnded() = 0;
+
+ protected:
+  // REQUIRES: GIL not held.
+  void Unregister() {
+    std::lock_guard<std::mutex> lock(g_jobs_mu);
+    g_jobs.erase(this);
+  }
+
+ private:
+  void Register() {
+    std::lock_guard<std::mutex> lock(g_jobs_mu);
+    g_jobs.insert(this);
+  }
+};
+
+// A BackupJob or RestorePlan plus a waiter thread that records its final status, so that Python can
+// wait in slices and several threads can wait at once.
+template <typename Job>
+class PyJob : public JobBase {
+ public:
+  PyJob(std::unique_ptr<Job> job, std::shared_ptr<PyProgress> progress)
+      : job_(std::move(job)), progress_(std::move(progress)) {}
+  PyJob(const PyJob&) = delete;
+  PyJob& operator=(const PyJob&) = delete;
+
+  // Runs with the GIL held (Python object deallocation). Cancels a running job and waits for it
+  // with the GIL released, because the job's threads may need the GIL to finish a callback.
+  ~PyJob() override {
+    if (PythonUnusable() || !PyGILState_Check()) {
+      Unregister();
+      Destroy();
+    } else {
+      WithoutGil([this] {
+        Unregister();
+        Destroy();
+      });
+    }
+    // progress_ (Python references) is released here, with the GIL held.
+  }
+
+  // Starts the job; FailedPreconditionError if it was started before. REQUIRES: GIL held.
+  void Start() { EnsureStarted(/*fail_if_started=*/true); }
+
+  // Waits for the job (starting it if needed). Returns false if `timeout` (seconds) elapsed first.
+  // Raises the job's error, the callback's exception, or KeyboardInterrupt (after cancelling the
+  // job). REQUIRES: GIL held.
+  bool Wait(std::optional<double> timeout) {
+    EnsureStarted(/*fail_if_started=*/false);
+    using Clock = std::chrono::steady_clock;
+    const bool has_deadline = timeout.has_value();
+    Clock::time_point deadline = Clock::now();
+    if (has_deadline) {
+      deadline += std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(std::max(0.0, *timeout)));
+    }
+    for (;;) {
+      Clock::duration slice = std::chrono::duration_cast<Clock::duration>(kWaitSlice);
+      if (has_deadline) {
+        slice = std::max(Clock::duration::zero(), std::min(slice, deadline - Clock::now()));
+      }
+      std::optional<Status> status;
+      status = WithoutGil([&] { return WaitFor(slice); });
+      if (status) {
+        py::object callback_error = progress_ ? progress_->error() : py::none();
+        if (!callback_error.is_none()) {
+          // PyErr_Restore steals the three references.
+          PyObject* value = callback_error.inc_ref().ptr();
+          PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(value));
+          Py_INCREF(type);
+          PyErr_Restore(type, value, PyException_GetTraceback(value));
+          throw py::error_already_set();
+        }
+        Check(*status);
+        return true;
+      }
+      if (PyErr_CheckSignals() != 0) {
+        py::error_already_set interrupt;  // fetches (and clears) KeyboardInterrupt
+        WithoutGil([this] {
+          job_->Cancel();
+          WaitFor(std::nullopt);
+        });
+        throw interrupt;
+      }
+      if (has_deadline && Clock::now() >= deadline) return false;
+    }
+  }
+
+  void CancelJob() override { job_->Cancel(); }
+
+  void WaitEnded() override {
+    bool started;
+    {
+      std::lock_guard<std::mutex> lock(start_mu_);
+      started = started_;
+    }
+    if (started) WaitFor(std::nullopt);
+  }
+
+  bool done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+
+  Job& job() { return *job_; }
+
+ private:
+  // Starts the job and the waiter thread unless already started. start_mu_ is only taken with the
+  // GIL released (another thread may hold it while it starts the job). REQUIRES: GIL held.
+  void EnsureStarted(bool fail_if_started) {
+    Status s;
+    bool already = false;
+    WithoutGil([&] {
+      std::lock_guard<std::mutex> lock(start_mu_);
+      already = started_;
+      if (!already) {
+        s = job_->Start();
+        if (s.ok()) {
+          try {
+            waiter_ = std::thread([this] {
+              Status final_status = job_->Wait();
+              {
+                std::lock_guard<std::mutex> lock(mu_);
+                status_ = std::move(final_status);
+                done_ = true;
+              }
+              cv_.notify_all();
+            });
+          } catch (...) {
+            job_->Cancel();
+            throw;
+          }
+          started_ = true;
+        }
+      }
+    });
+    if (already && fail_if_started) Raise(FailedPreconditionError("the job was already started"));
+    Check(s);
+  }
+
+  // Waits for the waiter thread's result. REQUIRES: started; GIL not held.
+  std::optional<Status> WaitFor(std::optional<std::chrono::steady_clock::duration> timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (timeout) {
+      if (!cv_.wait_for(lock, *timeout, [this] { return done_; })) return std::nullopt;
+    } else {
+      cv_.wait(lock, [this] { return done_; });
+    }
+    return status_;
+  }
+
+  void Destroy() {
+    job_->Cancel();
+    if (waiter_.joinable()) waiter_.join();
+    job_.reset();
+  }
+
+  std::unique_ptr<Job> job_;
+  std::shared_ptr<PyProgress> progress_;
+  std::mutex start_mu_;
+  bool started_ = false;  // guarded by start_mu_
+  std::thread waiter_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;  // guarded by mu_
+  Status status_;      // guarded by mu_
+};
+
+using PyBackupJob = PyJob<BackupJob>;
+using PyRestorePlan = PyJob<RestorePlan>;
+
+void CancelAllJobsAtExit() {
+  g_shutting_down = true;
+  py::gil_scoped_release release;
+  std::lock_guard<std::mutex> lock(g_jobs_mu);
+  for (JobBase* job : g_jobs) job->CancelJob();
+  for (JobBase* job : g_jobs) job->WaitEnded();
+}
+
+std::shared_ptr<PyProgress> MakeProgress(const py::object& progress) {
+  if (progress.is_none()) return nullptr;
+  if (!PyCallable_Check(progress.ptr())) {
+    Raise(InvalidArgumentError("progress: must be callable or None"));
+  }
+  return std::make_shared<PyProgress>(progress);
+}
+
+// REQUIRES: GIL held.
+std::unique_ptr<PyBackupJob> MakeBackupJob(std::shared_ptr<BackupTarget> target,
+                                           const std::optional<std::string>& name,
+                                           const py::object& vm_dir, const py::object& volumes,
+                                           const py::object& vm_metadata,
+                                           const std::optional<std::string>& parent,
+                                           const py::object& progress, int progress_interval_ms) {
+  if (!target) Raise(InvalidArgumentError("target: must not be None"));
+  if (progress_interval_ms < 0) {
+    Raise(InvalidArgumentError("progress_interval_ms: must not be negative"));
+  }
+  BackupSpec spec;
+  if (!vm_dir.is_none()) {
+    if (!volumes.is_none()) Raise(InvalidArgumentError("volumes: cannot be combined with vm_dir"));
+    if (!vm_metadata.is_none()) {
+      Raise(InvalidArgumentError("vm_metadata: cannot be combined with vm_dir"));
+    }
+    std::string dir = FsPath(vm_dir);
+    StatusOr<BackupSpec> from_dir = WithoutGil([&] { return BackupSpecFromVmDirectory(dir); });
+    spec = Check(std::move(from_dir));
+  } else {
+    for (auto& [volume_name, path] : ToPairs(volumes, "volumes")) {
+      VolumeSource v;
+      v.name = std::move(volume_name);
+      v.path = std::move(path);
+      spec.volumes.push_back(std::move(v));
+    }
+    if (!vm_metadata.is_none()) spec.vm_metadata_json = ToJsonText(vm_metadata);
+  }
+  if (name) spec.name = *name;
+  if (parent) spec.parent = *parent;
+  spec.progress_interval_ms = progress_interval_ms;
+  std::shared_ptr<PyProgress> state = MakeProgress(progress);
+  spec.progress = MakeCallback(state);
+
+  StatusOr<std::unique_ptr<BackupJob>> job =
+      WithoutGil([&] { return BackupJob::Create(std::move(target), std::move(spec)); });
+  return std::make_unique<PyBackupJob>(Check(std::move(job)), std::move(state));
+}
+
+// REQUIRES: GIL held.
+std::unique_ptr<PyRestorePlan> MakeRestorePlan(
+    std::shared_ptr<BackupTarget> target, const std::string& backup, const py::object& dest_dir,
+    const py::object& volumes, const std::optional<std::string>& new_vm_name, bool overwrite,
+    const py::object& progress, int progress_interval_ms) {
+  if (!target) Raise(InvalidArgumentError("target: must not be None"));
+  if (progress_interval_ms < 0) {
+    Raise(InvalidArgumentError("progress_interval_ms: must not be negative"));
+  }
+  RestoreSpec spec;
+  spec.backup = backup;
+  if (!dest_dir.is_none()) spec.dest_dir = FsPath(dest_dir);
+  for (auto& [volume, path] : ToPairs(volumes, "volumes")) {
+    VolumeDestination d;
+    d.volume = std::move(volume);
+    d.path = std::move(path);
+    spec.volumes.push_back(std::move(d));
+  }
+  if (new_vm_name) spec.new_vm_name = *new_vm_name;
+  spec.overwrite = overwrite;
+  spec.progress_interval_ms = progress_interval_ms;
+  std::shared_ptr<PyProgress> state = MakeProgress(progress);
+  spec.progress = MakeCallback(state);
+
+  StatusOr<std::unique_ptr<RestorePlan>> plan =
+      WithoutGil([&] { return RestorePlan::Create(std::move(target), std::move(spec)); });
+  return std::make_unique<PyRestorePlan>(Check(std::move(plan)), std::move(state));
+}
+
+py::dict Destinations(RestorePlan& plan) {
+  py::dict out;
+  for (const VolumeDestination& d : plan.destinations()) out[py::str(d.volume)] = d.path;
+  return out;
+}
+
+// ---- repr helpers -------------------------------------------------------------------------------
+
+std::string Quote(const std::string& s) { return py::repr(py::str(s)).cast<std::string>(); }
+
+const char* PhaseName(Progress::Phase phase) {
+  switch (phase) {
+    case Progress::Phase::kPreparing:
+      return "PREPARING";
+    case Progress::Phase::kTransferring:
+      return "TRANSFERRING";
+    case Progress::Phase::kFinalizing:
+      return "FINALIZING";
+    case Progress::Phase::kDone:
+      return "DONE";
+  }
+  return "UNKNOWN";
+}
+
+py::object ParseMetadata(const std::string& json) {
+  if (json.empty()) return py::dict();
+  return py::module_::import("json").attr("loads")(json);
+}
+
+}  // namespace
+
+void Bind(py::module_& m) {
+  py::module_ errors = py::module_::import("vmbackup._errors");
+  g_error_classes = new py::dict(errors.attr("_BY_CODE"));
+  g_error_base = new py::object(errors.attr("Error"));
+
+  m.attr("__version__") = VersionString();
+  m.attr("version_info") =
+      py::make_tuple(VMBACKUP_VERSION_MAJOR, VMBACKUP_VERSION_MINOR, VMBACKUP_VERSION_PATCH);
+
+  // -- enums and records --
+  py::enum_<Progress::Phase>(m, "Phase", "Phase of a running job.")
+      .value("PREPARING", Progress::Phase::kPreparing)
+      .value("TRANSFERRING", Progress::Phase::kTransferring)
+      .value("FINALIZING", Progress::Phase::kFinalizing)
+      .value("DONE", Progress::Phase::kDone);
+
+  py::enum_<JobState>(m, "JobState", "State of a BackupJob or RestorePlan.")
+      .value("PENDING", JobState::kPending)
+      .value("IN_PROGRESS", JobState::kInProgress)
+      .value("READY", JobState::kReady)
+      .value("ERROR", JobState::kError);
+
+  py::class_<Progress>(
+      m, "Progress", "A snapshot of a job's progress; byte counts are cumulative since the start.")
+      .def_readonly("phase", &Progress::phase)
+      .def_readonly("bytes_total", &Progress::bytes_total)
+      .def_readonly("bytes_scanned", &Progress::bytes_scanned)
+      .def_readonly("bytes_read", &Progress::bytes_read)
+      .def_readonly("bytes_new", &Progress::bytes_new)
+      .def_readonly("bytes_reused", &Progress::bytes_reused)
+      .def_readonly("bytes_written", &Progress::bytes_written)
+      .def_readonly("blocks_total", &Progress::blocks_total)
+      .def_readonly("blocks_done", &Progress::blocks_done)
+      .def_readonly("elapsed_seconds", &Progress::elapsed_seconds)
+      .def_readonly("bytes_per_second", &Progress::bytes_per_second)
+      .def_readonly("eta_seconds", &Progress::eta_seconds)
+      .def("__repr__", [](const Progress& p) {
+        return std::string("<vmbackup.Progress ") + PhaseName(p.phase) + " " +
+               std::to_string(p.bytes_scanned) + "/" + std::to_string(p.bytes_total) + " bytes>";
+      });
+
+  py::class_<VolumeBackupInfo>(m, "VolumeBackupInfo", "One volume inside a backup.")
+      .def_readonly("name", &VolumeBackupInfo::name)
+      .def_readonly("size", &VolumeBackupInfo::size)
+      .def_readonly("block_size", &VolumeBackupInfo::block_size)
+      .def_readonly("data_blocks", &VolumeBackupInfo::data_blocks)
+      .def_readonly("zero_blocks", &VolumeBackupInfo::zero_blocks)
+      .def_readonly("hole_blocks", &VolumeBackupInfo::hole_blocks)
+      .def_readonly("bytes_new", &VolumeBackupInfo::bytes_new)
+      .def_readonly("bytes_reused", &VolumeBackupInfo::bytes_reused)
+      .def_readonly("bytes_stored", &VolumeBackupInfo::bytes_stored)
+      .def_readonly("index_key", &VolumeBackupInfo::index_key)
+      .def_readonly("index_sha256", &VolumeBackupInfo::index_sha256)
+      .def("__repr__", [](const VolumeBackupInfo& v) {
+        return "<vmbackup.VolumeBackupInfo " + Quote(v.name) + " " + std::to_string(v.size) +
+               " bytes>";
+      });
+
+  py::class_<BackupInfo>(m, "BackupInfo",
+                         "A backup as recorded on the target. Every listed backup is restorable.")
+      .def_readonly("name", &BackupInfo::name)
+      .def_readonly("vm_name", &BackupInfo::vm_name)
+      .def_readonly("vm_namespace", &BackupInfo::vm_namespace)
+      .def_readonly("created_at", &BackupInfo::created_at)
+      .def_readonly("completed_at", &BackupInfo::completed_at)
+      .def_readonly("parent", &BackupInfo::parent)
+      .def_readonly("state", &BackupInfo::state)
+      .def_readonly("vm_metadata_json", &BackupInfo::vm_metadata_json)
+      .def_property_readonly(
+          "vm_metadata", [](const BackupInfo& b) { return ParseMetadata(b.vm_metadata_json); },
+          "The VM metadata document, parsed (a dict).")
+      .def_readonly("volumes", &BackupInfo::volumes)
+      .def_readonly("bytes_total", &BackupInfo::bytes_total)
+      .def_readonly("bytes_new", &BackupInfo::bytes_new)
+      .def_readonly("bytes_reused", &BackupInfo::bytes_reused)
+      .def_readonly("bytes_stored", &BackupInfo::bytes_stored)
+      .def_readonly("seconds", &BackupInfo::seconds)
+      .def("__repr__", [](const BackupInfo& b) {
+        return "<vmbackup.BackupInfo " + Quote(b.name) + " vm=" + Quote(b.vm_name) + " " +
+               std::to_string(b.volumes.size()) + " volume(s) " + b.created_at + ">";
+      });
+
+  // -- runtime and targets --
+  py::class_<Runtime, std::shared_ptr<Runtime>>(m, "Runtime",
+                                                "Threads shared by targets and jobs. Optional: "
+                                                "targets use Runtime.default() unless given one.")
+      .def(py::init([](int worker_threads, int blocking_threads, int io_threads) {
+             RuntimeOptions o;
+             o.worker_threads = worker_threads;
+             o.blocking_threads = blocking_threads;
+             o.io_threads = io_threads;
+             return Runtime::Create(o);
+           }),
+           py::kw_only(), "worker_threads"_a = 0, "blocking_threads"_a = 0, "io_threads"_a = 0)
+      .def_static("default", &Runtime::Default, "The process-wide runtime.")
+      .def_property_readonly("worker_threads", &Runtime::worker_threads);
+
+  py::class_<BackupTarget, std::shared_ptr<BackupTarget>>(
+      m, "BackupTarget",
+      "Where backups live (local directory, S3 bucket, NFS export). Thread-safe.")
+      .def_static(
+          "open",
+          [](const py::object& config, std::shared_ptr<Runtime> runtime, bool create_if_missing,
+             uint32_t block_size, uint32_t pack_size) {
+            std::string json = ToJsonText(config);
+            TargetOptions options;
+            options.runtime = std::move(runtime);
+            options.create_if_missing = create_if_missing;
+            options.block_size = block_size;
+            options.pack_size = pack_size;
+            StatusOr<std::shared_ptr<BackupTarget>> target =
+                WithoutGil([&] { return BackupTarget::Open(json, options); });
+            return Check(std::move(target));
+          },
+          "config"_a, py::kw_only(), "runtime"_a = nullptr, "create_if_missing"_a = true,
+          "block_size"_a = 0, "pack_size"_a = 0,
+          "Opens the target described by `config` (Harvester's backup-target JSON, as str or "
+          "dict). Raises InvalidArgumentError naming the bad field, NotFoundError, ...")
+      .def(
+          "test",
+          [](const BackupTarget& t) {
+            Status s = WithoutGil([&] { return t.Test(); });
+            Check(s);
+          },
+          "Health check: writes, reads back and deletes a probe object.")
+      .def(
+          "list_backups",
+          [](const BackupTarget& t, bool return_damaged) -> py::object {
+            StatusOr<BackupList> list = WithoutGil([&] { return t.ListBackups(); });
+            BackupList l = Check(std::move(list));
+            py::list backups = py::cast(l.backups);
+            if (return_damaged) return py::make_tuple(backups, py::cast(l.damaged));
+            return backups;
+          },
+          py::kw_only(), "return_damaged"_a = false,
+          "Every backup, oldest first, as a list of BackupInfo. With return_damaged=True, returns "
+          "(backups, damaged) where damaged lists 'name: reason' for unreadable records.")
+      .def(
+          "get_backup",
+          [](const BackupTarget& t, const std::string& name) {
+            StatusOr<BackupInfo> info = WithoutGil([&] { return t.GetBackup(name); });
+            return Check(std::move(info));
+          },
+          "name"_a, "The record of backup `name`; NotFoundError if there is none.")
+      .def(
+          "delete_backup",
+          [](BackupTarget& t, const std::string& name) {
+            Status s = WithoutGil([&] { return t.DeleteBackup(name); });
+            Check(s);
+          },
+          "name"_a, "Deletes backup `name`; NotFoundError if there is none.")
+      .def_property_readonly("block_size", &BackupTarget::block_size)
+      .def_property_readonly("repository_id", &BackupTarget::repository_id)
+      .def("__repr__", [](const BackupTarget& t) {
+        static const char* kTypes[] = {"file", "s3", "nfs"};
+        int type = static_cast<int>(t.config().type);
+        return std::string("<vmbackup.BackupTarget ") +
+               (type >= 0 && type < 3 ? kTypes[type] : "?") + " " + Quote(t.config().endpoint) +
+               ">";
+      });
+
+  // -- jobs --
+  const char* kWaitDoc =
+      "Waits for the job (starting it if needed). Returns True when it succeeded, False if "
+      "`timeout` seconds passed first; raises its error otherwise (CancelledError after cancel(), "
+      "the callback's own exception if the progress callback raised). Ctrl-C cancels the job and "
+      "raises KeyboardInterrupt.";
+
+  py::class_<PyBackupJob>(m, "BackupJob",
+                          "A backup of volumes to a target. Thread-safe; start() at most once.")
+      .def(py::init([](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
+                       const py::object& vm_dir, const py::object& volumes,
+                       const py::object& vm_metadata, std::optional<std::string> parent,
+                       const py::object& progress, int progress_interval_ms) {
+             return MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent,
+                                  progress, progress_interval_ms);
+           }),
+           "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
+           "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
+           "progress"_a = py::none(), "progress_interval_ms"_a = 200)
+      .def("start", &PyBackupJob::Start, "Starts the job and returns at once.")
+      .def("wait", &PyBackupJob::Wait, "timeout"_a = py::none(), kWaitDoc)
+      .def(
+          "run",
+          [](PyBackupJob& j) {
+            j.Wait(std::nullopt);
+            return Check(j.job().result());
+          },
+          "start() + wait(); returns the new backup's BackupInfo.")
+      .def(
+          "cancel", [](PyBackupJob& j) { j.job().Cancel(); },
+          "Asks the job to stop; wait() then raises CancelledError unless it already finished.")
+      .def("done", &PyBackupJob::done, "True once the job has ended.")
+      .def_property_readonly("state", [](PyBackupJob& j) { return j.job().state(); })
+      .def_property_readonly("progress", [](PyBackupJob& j) { return j.job().progress(); })
+      .def_property_readonly("name", [](PyBackupJob& j) { return j.job().name(); })
+      .def_property_readonly(
+          "result", [](PyBackupJob& j) { return Check(j.job().result()); },
+          "The new backup's BackupInfo; FailedPreconditionError until the job succeeded.")
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](PyBackupJob& j, py::args) {
+        j.job().Cancel();
+        WithoutGil([&] { j.WaitEnded(); });
+      });
+
+  py::class_<PyRestorePlan>(m, "RestorePlan",
+                            "A restore of a backup's volumes. Thread-safe; start() at most once.")
+      .def(py::init([](std::shared_ptr<BackupTarget> target, const std::string& backup,
+                       const py::object& dest_dir, const py::object& volumes,
+                       std::optional<std::string> new_vm_name, bool overwrite,
+                       const py::object& progress, int progress_interval_ms) {
+             return MakeRestorePlan(std::move(target), backup, dest_dir, volumes, new_vm_name,
+                                    overwrite, progress, progress_interval_ms);
+           }),
+           "target"_a, "backup"_a, py::kw_only(), "dest_dir"_a = py::none(),
+           "volumes"_a = py::none(), "new_vm_name"_a = py::none(), "overwrite"_a = false,
+           "progress"_a = py::none(), "progress_interval_ms"_a = 200)
+      .def("start", &PyRestorePlan::Start, "Starts restoring and returns at once.")
+      .def("wait", &PyRestorePlan::Wait, "timeout"_a = py::none(), kWaitDoc)
+      .def(
+          "run",
+          [](PyRestorePlan& j) {
+            j.Wait(std::nullopt);
+            return Destinations(j.job());
+          },
+          "start() + wait(); returns {volume name: destination path}.")
+      .def(
+          "cancel", [](PyRestorePlan& j) { j.job().Cancel(); },
+          "Asks the restore to stop; no destination is changed.")
+      .def("done", &PyRestorePlan::done, "True once the restore has ended.")
+      .def_property_readonly("state", [](PyRestorePlan& j) { return j.job().state(); })
+      .def_property_readonly("progress", [](PyRestorePlan& j) { return j.job().progress(); })
+      .def_property_readonly(
+          "backup", [](PyRestorePlan& j) { return j.job().backup(); },
+          "The BackupInfo being restored.")
+      .def_property_readonly(
+          "destinations", [](PyRestorePlan& j) { return Destinations(j.job()); },
+          "{volume name: destination path}, in backup order.")
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](PyRestorePlan& j, py::args) {
+        j.job().Cancel();
+        WithoutGil([&] { j.WaitEnded(); });
+      });
+
+  // -- one-call helpers --
+  m.def(
+      "backup",
+      [](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
+         const py::object& vm_dir, const py::object& volumes, const py::object& vm_metadata,
+         std::optional<std::string> parent, const py::object& progress, int progress_interval_ms) {
+        std::unique_ptr<PyBackupJob> job =
+            MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent, progress,
+                          progress_interval_ms);
+        job->Wait(std::nullopt);
+        BackupInfo info = Check(job->job().result());
+        return info;
+      },
+      "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
+      "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
+      "progress"_a = py::none(), "progress_interval_ms"_a = 200,
+      "Backs up and waits; returns the new backup's BackupInfo. Give either vm_dir (a directory "
+      "with vm.json) or volumes ({name: path} or [(name, path), ...]) plus optional vm_metadata "
+      "(dict or JSON str). progress(Progress) runs on a library thread; returning False or raising "
+      "cancels the backup.");
+
+  m.def(
+      "restore",
+      [](std::shared_ptr<BackupTarget> target, const std::string& backup,
+         const py::object& dest_dir, const py::object& volumes,
+         std::optional<std::string> new_vm_name, bool overwrite, const py::object& progress,
+         int progress_interval_ms) {
+        std::unique_ptr<PyRestorePlan> plan =
+            MakeRestorePlan(std::move(target), backup, dest_dir, volumes, new_vm_name, overwrite,
+                            progress, progress_interval_ms);
+        plan->Wait(std::nullopt);
+        return Destinations(plan->job());
+      },
+      "target"_a, "backup"_a, py::kw_only(), "dest_dir"_a = py::none(), "volumes"_a = py::none(),
+      "new_vm_name"_a = py::none(), "overwrite"_a = false, "progress"_a = py::none(),
+      "progress_interval_ms"_a = 200,
+      "Restores backup `backup` and waits; returns {volume name: destination path}. Volumes go to "
+      "explicit destinations ({volume: path} or [(volume, path), ...]) or to "
+      "<dest_dir>/<volume>.img; dest_dir also receives vm.json.");
+
+  py::module_::import("atexit").attr("register")(py::cpp_function(&CancelAllJobsAtExit));
+}
+
+}  // namespace python
+}  // namespace vmbackup
+
+PYBIND11_MODULE(_vmbackup, m) {
+  m.doc() = "Native part of the vmbackup package; import `vmbackup` instead.";
+  vmbackup::python::Bind(m);
+}

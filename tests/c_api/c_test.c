@@ -1,0 +1,728 @@
+/* End-to-end test of the C ABI (<vmbackup/c.h>), written in C and compiled as C11.
+ *
+ * Uses a local directory target in a fresh temporary directory: backs up a generated volume (random
+ * data, explicit zeros, a hole and an odd-sized tail), lists, restores and compares bytes, and
+ * checks the error paths (codes, messages, NULL error pointers, free(NULL), cancellation). Prints
+ * one line per test and a closing "N passed, M failed"; the exit status is 0 only when nothing
+ * failed. The temporary directory is removed when every test passed and kept (path printed)
+ * otherwise. */
+#define _XOPEN_SOURCE 700
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <vmbackup/c.h>
+
+/* ---- tiny test harness ----------------------------------------------------------------------- */
+
+static int g_passed = 0;
+static int g_failed = 0;
+static int g_current_ok = 1;
+
+#define CHECK(cond)                                                              \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
+      fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      g_current_ok = 0;                                                          \
+    }                                                                            \
+  } while (0)
+
+/* Checks that `rc` == `want`; on mismatch prints both codes and the error message (if any). */
+#define CHECK_RC(rc, want, err) check_rc((rc), (want), (err), __FILE__, __LINE__, #rc)
+
+static void check_rc(int rc, int want, const vmb_error* err, const char* file, int line,
+                     const char* expr) {
+  if (rc == want) return;
+  fprintf(stderr, "  %s:%d: %s returned %d (%s), want %d (%s)%s%s\n", file, line, expr, rc,
+          vmb_error_code_name(rc), want, vmb_error_code_name(want), err ? ": " : "",
+          err ? vmb_error_message(err) : "");
+  g_current_ok = 0;
+}
+
+#define RUN(test)                                             \
+  do {                                                        \
+    g_current_ok = 1;                                         \
+    test();                                                   \
+    printf("%s %s\n", g_current_ok ? "ok  " : "FAIL", #test); \
+    fflush(stdout);                                           \
+    if (g_current_ok) {                                       \
+      ++g_passed;                                             \
+    } else {                                                  \
+      ++g_failed;                                             \
+    }                                                         \
+  } while (0)
+
+/* ---- fixtures -------------------------------------------------------------------------------- */
+
+#define MIB (1024u * 1024u)
+/* 5 MiB plus an odd tail that is not a multiple of any block size. */
+#define VOLUME_SIZE (5u * MIB + 12345u)
+
+static char g_tmp[4096];    /* temporary directory of this run */
+static char g_volume[4200]; /* the generated source volume */
+static char g_config[4400]; /* {"type":"file","endpoint":"<g_tmp>/target"} */
+static vmb_target* g_target = NULL;
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static uint64_t next_random(void) { /* xorshift64* */
+  g_rng ^= g_rng >> 12;
+  g_rng ^= g_rng << 25;
+  g_rng ^= g_rng >> 27;
+  return g_rng * 2685821657736338717ull;
+}
+
+static int write_random(int fd, uint64_t offset, size_t length) {
+  unsigned char buf[65536];
+  while (length > 0) {
+    size_t n = length < sizeof(buf) ? length : sizeof(buf);
+    for (size_t i = 0; i < n; i += 8) {
+      uint64_t r = next_random();
+      memcpy(buf + i, &r, n - i < 8 ? n - i : 8);
+    }
+    if (pwrite(fd, buf, n, (off_t)offset) != (ssize_t)n) return -1;
+    offset += n;
+    length -= n;
+  }
+  return 0;
+}
+
+static int write_zeros(int fd, uint64_t offset, size_t length) {
+  static const unsigned char zeros[65536];
+  while (length > 0) {
+    size_t n = length < sizeof(zeros) ? length : sizeof(zeros);
+    if (pwrite(fd, zeros, n, (off_t)offset) != (ssize_t)n) return -1;
+    offset += n;
+    length -= n;
+  }
+  return 0;
+}
+
+/* Creates the source volume:
+ *   [0, 1 MiB)            random data
+ *   [1 MiB, 2 MiB)        explicitly written zeros
+ *   [2 MiB, 3.5 MiB)      a hole, except 4 KiB of random data at 2.75 MiB
+ *   [3.5 MiB, end)        random data, ending in an odd-sized tail */
+static int make_volume(const char* path) {
+  int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+  if (fd < 0) return -1;
+  int rc = 0;
+  if (ftruncate(fd, VOLUME_SIZE) != 0) rc = -1;
+  if (rc == 0) rc = write_random(fd, 0, MIB);
+  if (rc == 0) rc = write_zeros(fd, MIB, MIB);
+  if (rc == 0) rc = write_random(fd, 2 * MIB + 3 * MIB / 4, 4096);
+  if (rc == 0) rc = write_random(fd, 3 * MIB + MIB / 2, VOLUME_SIZE - (3 * MIB + MIB / 2));
+  if (close(fd) != 0) rc = -1;
+  return rc;
+}
+
+/* Returns 1 when both files exist and hold the same bytes. */
+static int same_bytes(const char* a, const char* b) {
+  FILE* fa = fopen(a, "rb");
+  FILE* fb = fopen(b, "rb");
+  int same = fa != NULL && fb != NULL;
+  static unsigned char ba[65536], bb[65536];
+  while (same) {
+    size_t na = fread(ba, 1, sizeof(ba), fa);
+    size_t nb = fread(bb, 1, sizeof(bb), fb);
+    if (na != nb || memcmp(ba, bb, na) != 0) same = 0;
+    if (na == 0) break;
+  }
+  if (fa) fclose(fa);
+  if (fb) fclose(fb);
+  return same;
+}
+
+static int file_exists(const char* path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+static void path_in_tmp(char* out, size_t size, const char* name) {
+  snprintf(out, size, "%s/%s", g_tmp, name);
+}
+
+static int remove_entry(const char* path, const struct stat* st, int flag, struct FTW* ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+/* Backs up g_volume as volume "disk0" under `name`; returns the C ABI's code. */
+static int backup_volume(const char* name, vmb_progress_cb cb, void* payload, vmb_error** err) {
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.name = name;
+  opts.volumes = &volume;
+  opts.volume_count = 1;
+  opts.vm_metadata_json = "{\"name\": \"c-test-vm\", \"namespace\": \"default\"}";
+  opts.progress = cb;
+  opts.progress_payload = payload;
+  opts.progress_interval_ms = 0;
+  return vmb_backup_run(NULL, g_target, &opts, err);
+}
+
+/* 1 if the target's listing contains a backup called `name`, 0 if not, -1 if listing failed. */
+static int listed(const char* name) {
+  char* json = NULL;
+  vmb_error* err = NULL;
+  int rc = vmb_target_list_backups(&json, g_target, &err);
+  CHECK_RC(rc, VMB_OK, err);
+  vmb_error_free(err);
+  if (rc != VMB_OK) return -1;
+  char needle[512];
+  snprintf(needle, sizeof(needle), "\"name\":\"%s\"", name);
+  int found = strstr(json, needle) != NULL;
+  vmb_free(json);
+  return found;
+}
+
+/* ---- tests ----------------------------------------------------------------------------------- */
+
+static void test_version(void) {
+  CHECK(vmb_version() == VMB_VERSION_NUMBER);
+  char want[64];
+  snprintf(want, sizeof(want), "%d.%d.%d", VMB_VERSION_MAJOR, VMB_VERSION_MINOR, VMB_VERSION_PATCH);
+  CHECK(strcmp(vmb_version_string(), want) == 0);
+}
+
+static void test_free_null_is_accepted(void) {
+  vmb_target_free(NULL);
+  vmb_backup_free(NULL);
+  vmb_restore_free(NULL);
+  vmb_error_free(NULL);
+  vmb_free(NULL);
+  vmb_backup_cancel(NULL);
+  vmb_restore_cancel(NULL);
+  CHECK(vmb_backup_state(NULL) == -1);
+  CHECK(vmb_backup_name(NULL) == NULL);
+  CHECK(vmb_target_block_size(NULL) == 0);
+}
+
+static void test_error_code_names(void) {
+  CHECK(strcmp(vmb_error_code_name(VMB_ENOTFOUND), "NOT_FOUND") == 0);
+  CHECK(strcmp(vmb_error_code_name(VMB_EINVAL), "INVALID_ARGUMENT") == 0);
+  CHECK(strcmp(vmb_error_code_name(VMB_OK), "OK") == 0);
+  CHECK(strcmp(vmb_error_code_name(VMB_PENDING), "PENDING") == 0);
+  CHECK(strcmp(vmb_error_code_name(-99), "UNKNOWN_CODE") == 0);
+}
+
+static void test_options_init_rejects_unknown_version(void) {
+  vmb_backup_options b;
+  memset(&b, 0xff, sizeof(b));
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_backup_options_init(&b, VMB_BACKUP_OPTIONS_VERSION, &err), VMB_OK, err);
+  CHECK(err == NULL);
+  CHECK(b.version == VMB_BACKUP_OPTIONS_VERSION && b.name == NULL && b.volume_count == 0 &&
+        b.progress == NULL && b.progress_interval_ms == 200);
+
+  CHECK_RC(vmb_backup_options_init(&b, 99, &err), VMB_EINVAL, err);
+  CHECK(err != NULL && vmb_error_code(err) == VMB_EINVAL);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "version") != NULL);
+  vmb_error_free(err);
+
+  vmb_restore_options r;
+  CHECK_RC(vmb_restore_options_init(&r, 2, NULL), VMB_EINVAL, NULL);
+  vmb_target_options t;
+  CHECK_RC(vmb_target_options_init(&t, VMB_TARGET_OPTIONS_VERSION, NULL), VMB_OK, NULL);
+  CHECK(t.create_if_missing == 1 && t.block_size == 0);
+
+  /* A struct with an unknown version is rejected by the call that takes it. */
+  vmb_target_options bad = VMB_TARGET_OPTIONS_INIT;
+  bad.version = 7;
+  vmb_target* target = NULL;
+  err = NULL;
+  CHECK_RC(vmb_target_open(&target, g_config, &bad, &err), VMB_EINVAL, err);
+  CHECK(target == NULL);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "vmb_target_options.version") != NULL);
+  vmb_error_free(err);
+}
+
+static int err_sentinel;
+
+/* Opens `config` expecting VMB_EINVAL with `field` in the message. */
+static void expect_bad_config(const char* config, const char* field) {
+  vmb_target* const sentinel = (vmb_target*)&err_sentinel;
+  vmb_target* target = sentinel; /* must be reset to NULL */
+  vmb_error* err = NULL;
+  int rc = vmb_target_open(&target, config, NULL, &err);
+  CHECK_RC(rc, VMB_EINVAL, err);
+  CHECK(target == NULL);
+  CHECK(err != NULL);
+  if (err != NULL) {
+    CHECK(vmb_error_code(err) == VMB_EINVAL);
+    CHECK(vmb_error_retryable(err) == 0);
+    if (field != NULL && strstr(vmb_error_message(err), field) == NULL) {
+      fprintf(stderr, "  config %s: message \"%s\" does not name \"%s\"\n", config,
+              vmb_error_message(err), field);
+      g_current_ok = 0;
+    }
+  }
+  vmb_error_free(err);
+  if (target != sentinel) vmb_target_free(target);
+}
+
+static void test_bad_config_is_invalid_argument_naming_the_field(void) {
+  char config[4600];
+  snprintf(config, sizeof(config), "{\"type\":\"file\",\"endpoint\":\"%s\",\"endpiont\":\"x\"}",
+           g_tmp);
+  expect_bad_config(config, "endpiont");                                /* unknown field (typo) */
+  expect_bad_config("{\"type\":\"file\"}", "endpoint");                 /* missing field */
+  expect_bad_config("{\"type\":\"file\",\"endpoint\":42}", "endpoint"); /* wrong type */
+  expect_bad_config("{\"type\":\"tape\",\"endpoint\":\"/x\"}", "type"); /* unknown type */
+  expect_bad_config("{\"type\":\"file\",", NULL);                       /* malformed JSON */
+  expect_bad_config("", NULL);
+
+  /* A NULL error pointer is accepted: the code still reports the failure. */
+  vmb_target* target = NULL;
+  CHECK_RC(vmb_target_open(&target, "{\"type\":\"file\"}", NULL, NULL), VMB_EINVAL, NULL);
+  CHECK(target == NULL);
+  CHECK_RC(vmb_target_open(&target, NULL, NULL, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_target_open(NULL, g_config, NULL, NULL), VMB_EINVAL, NULL);
+}
+
+static void test_open_without_create_if_missing_is_not_found(void) {
+  char dir[4200], config[4400];
+  path_in_tmp(dir, sizeof(dir), "empty-target");
+  CHECK(mkdir(dir, 0755) == 0);
+  snprintf(config, sizeof(config), "{\"type\":\"file\",\"endpoint\":\"%s\"}", dir);
+  vmb_target_options opts = VMB_TARGET_OPTIONS_INIT;
+  opts.create_if_missing = 0;
+  vmb_target* target = NULL;
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_target_open(&target, config, &opts, &err), VMB_ENOTFOUND, err);
+  CHECK(target == NULL);
+  vmb_error_free(err);
+}
+
+static void test_open_and_test_target(void) {
+  vmb_error* err = (vmb_error*)&err; /* must be reset to NULL on success */
+  CHECK_RC(vmb_target_open(&g_target, g_config, NULL, &err), VMB_OK, err);
+  CHECK(err == NULL);
+  if (g_target == NULL) return;
+  CHECK_RC(vmb_target_test(g_target, &err), VMB_OK, err);
+  uint32_t bs = vmb_target_block_size(g_target);
+  CHECK(bs >= 64 * 1024 && bs <= 16 * MIB && (bs & (bs - 1)) == 0);
+}
+
+typedef struct {
+  int calls;
+  int bad_order; /* set when a cumulative counter went backwards */
+  uint64_t last_scanned;
+  uint64_t bytes_total;
+} progress_log;
+
+static int log_progress(const vmb_progress* p, void* payload) {
+  progress_log* log = (progress_log*)payload;
+  if (p->bytes_scanned < log->last_scanned) log->bad_order = 1;
+  log->last_scanned = p->bytes_scanned;
+  log->bytes_total = p->bytes_total;
+  ++log->calls;
+  return 0;
+}
+
+static void test_backup_restore_bytes_identical(void) {
+  progress_log log = {0, 0, 0, 0};
+  vmb_error* err = NULL;
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.name = "c-api-1";
+  opts.volumes = &volume;
+  opts.volume_count = 1;
+  opts.vm_metadata_json = "{\"name\": \"c-test-vm\", \"namespace\": \"default\"}";
+  opts.progress = log_progress;
+  opts.progress_payload = &log;
+  opts.progress_interval_ms = 0;
+  char* record = NULL;
+  CHECK_RC(vmb_backup_run(&record, g_target, &opts, &err), VMB_OK, err);
+  vmb_error_free(err);
+  err = NULL;
+  CHECK(record != NULL && strstr(record, "\"name\":\"c-api-1\"") != NULL);
+  CHECK(record != NULL && strstr(record, "\"vm_name\":\"c-test-vm\"") != NULL);
+  vmb_free(record);
+  CHECK(log.calls > 0);
+  CHECK(!log.bad_order);
+  CHECK(log.bytes_total == VOLUME_SIZE);
+
+  CHECK(listed("c-api-1") == 1);
+
+  char* info = NULL;
+  CHECK_RC(vmb_target_get_backup(&info, g_target, "c-api-1", &err), VMB_OK, err);
+  char size_field[64];
+  snprintf(size_field, sizeof(size_field), "\"size\":%u", VOLUME_SIZE);
+  CHECK(info != NULL && strstr(info, "\"name\":\"disk0\"") != NULL);
+  CHECK(info != NULL && strstr(info, size_field) != NULL);
+  CHECK(info != NULL && strstr(info, "\"vm_metadata\":{\"name\":\"c-test-vm\"") != NULL);
+  vmb_free(info);
+
+  char dest[4200];
+  path_in_tmp(dest, sizeof(dest), "restored-1.img");
+  vmb_volume destination = {"disk0", dest};
+  vmb_restore_options ropts = VMB_RESTORE_OPTIONS_INIT;
+  ropts.backup = "c-api-1";
+  ropts.volumes = &destination;
+  ropts.volume_count = 1;
+  CHECK_RC(vmb_restore_run(g_target, &ropts, &err), VMB_OK, err);
+  vmb_error_free(err);
+  CHECK(same_bytes(g_volume, dest));
+
+  /* Restoring onto an existing file without overwrite fails before writing anything. */
+  err = NULL;
+  CHECK_RC(vmb_restore_run(g_target, &ropts, &err), VMB_EEXISTS, err);
+  vmb_error_free(err);
+  ropts.overwrite = 1;
+  CHECK_RC(vmb_restore_run(g_target, &ropts, NULL), VMB_OK, NULL);
+  CHECK(same_bytes(g_volume, dest));
+}
+
+static void test_restore_to_dest_dir_async(void) {
+  char dir[4200], expected[4400];
+  path_in_tmp(dir, sizeof(dir), "restore-dir");
+  CHECK(mkdir(dir, 0755) == 0);
+  vmb_restore_options opts = VMB_RESTORE_OPTIONS_INIT;
+  opts.backup = "c-api-1";
+  opts.dest_dir = dir;
+  opts.new_vm_name = "c-test-vm-restored";
+  vmb_restore* job = NULL;
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_restore_start(&job, g_target, &opts, &err), VMB_OK, err);
+  vmb_error_free(err);
+  if (job == NULL) return;
+  CHECK_RC(vmb_restore_wait(job, NULL), VMB_OK, NULL);
+  CHECK(vmb_restore_state(job) == VMB_JOB_READY);
+  /* The final status stays on the handle. */
+  CHECK_RC(vmb_restore_wait_timeout(job, 0, NULL), VMB_OK, NULL);
+
+  snprintf(expected, sizeof(expected), "%s/disk0.img", dir);
+  char* dests = NULL;
+  CHECK_RC(vmb_restore_destinations(&dests, job, NULL), VMB_OK, NULL);
+  CHECK(dests != NULL && strstr(dests, "\"volume\":\"disk0\"") != NULL);
+  CHECK(dests != NULL && strstr(dests, expected) != NULL);
+  vmb_free(dests);
+  vmb_restore_free(job);
+
+  CHECK(same_bytes(g_volume, expected));
+  snprintf(expected, sizeof(expected), "%s/vm.json", dir);
+  CHECK(file_exists(expected));
+}
+
+static void test_backup_async_keeps_final_status(void) {
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.volumes = &volume;
+  opts.volume_count = 1; /* no name: generated */
+  vmb_backup* job = NULL;
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_backup_start(&job, g_target, &opts, &err), VMB_OK, err);
+  vmb_error_free(err);
+  if (job == NULL) return;
+  const char* name = vmb_backup_name(job);
+  CHECK(name != NULL && name[0] != '\0');
+  int rc;
+  int rounds = 0;
+  while ((rc = vmb_backup_wait_timeout(job, 10, NULL)) == VMB_PENDING && rounds < 60000) ++rounds;
+  CHECK_RC(rc, VMB_OK, NULL);
+  CHECK_RC(vmb_backup_wait(job, NULL), VMB_OK, NULL);
+  CHECK_RC(vmb_backup_wait(job, NULL), VMB_OK, NULL);
+  CHECK(vmb_backup_state(job) == VMB_JOB_READY);
+  vmb_progress p;
+  CHECK_RC(vmb_backup_progress(&p, job, NULL), VMB_OK, NULL);
+  CHECK(p.bytes_total == VOLUME_SIZE && p.bytes_scanned == VOLUME_SIZE);
+  /* Everything was backed up before under another name: the data is deduplicated. */
+  CHECK(p.bytes_new == 0);
+  char* record = NULL;
+  CHECK_RC(vmb_backup_result(&record, job, NULL), VMB_OK, NULL);
+  if (record != NULL && name != NULL) {
+    char needle[512];
+    snprintf(needle, sizeof(needle), "\"name\":\"%s\"", name);
+    CHECK(strstr(record, needle) != NULL);
+    CHECK(listed(name) == 1);
+  }
+  vmb_free(record);
+  vmb_backup_free(job);
+}
+
+static int cancel_at_once(const vmb_progress* p, void* payload) {
+  (void)p;
+  ++*(int*)payload;
+  return 1;
+}
+
+static void test_progress_callback_nonzero_cancels(void) {
+  int calls = 0;
+  vmb_error* err = NULL;
+  CHECK_RC(backup_volume("c-api-cancelled", cancel_at_once, &calls, &err), VMB_ECANCELLED, err);
+  CHECK(err != NULL && vmb_error_code(err) == VMB_ECANCELLED);
+  vmb_error_free(err);
+  CHECK(calls >= 1);
+  CHECK(listed("c-api-cancelled") == 0);
+  char* info = NULL;
+  CHECK_RC(vmb_target_get_backup(&info, g_target, "c-api-cancelled", NULL), VMB_ENOTFOUND, NULL);
+  CHECK(info == NULL);
+}
+
+typedef struct {
+  atomic_int entered;
+  atomic_int release;
+} gate;
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Blocks the first report of a running job until the test releases it. */
+static int hold_first_report(const vmb_progress* p, void* payload) {
+  gate* g = (gate*)payload;
+  if (p->phase != VMB_PHASE_DONE && atomic_exchange(&g->entered, 1) == 0) {
+    for (int i = 0; i < 30000 && !atomic_load(&g->release); ++i) sleep_ms(1);
+  }
+  return 0;
+}
+
+static void test_cancel_handle_while_running(void) {
+  gate g;
+  atomic_init(&g.entered, 0);
+  atomic_init(&g.release, 0);
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.name = "c-api-cancel-handle";
+  opts.volumes = &volume;
+  opts.volume_count = 1;
+  opts.progress = hold_first_report;
+  opts.progress_payload = &g;
+  opts.progress_interval_ms = 0;
+  vmb_backup* job = NULL;
+  CHECK_RC(vmb_backup_start(&job, g_target, &opts, NULL), VMB_OK, NULL);
+  if (job == NULL) return;
+  int rc = VMB_PENDING;
+  for (int i = 0; i < 30000 && !atomic_load(&g.entered) && rc == VMB_PENDING; ++i) {
+    rc = vmb_backup_wait_timeout(job, 1, NULL);
+  }
+  CHECK(atomic_load(&g.entered)); /* the job reported progress before it finished */
+  vmb_backup_cancel(job);
+  vmb_backup_cancel(job); /* idempotent */
+  atomic_store(&g.release, 1);
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_backup_wait(job, &err), VMB_ECANCELLED, err);
+  vmb_error_free(err);
+  CHECK(vmb_backup_state(job) == VMB_JOB_ERROR);
+  char* record = NULL;
+  CHECK_RC(vmb_backup_result(&record, job, NULL), VMB_EPRECONDITION, NULL);
+  CHECK(record == NULL);
+  vmb_backup_free(job);
+  CHECK(listed("c-api-cancel-handle") == 0);
+}
+
+static void test_free_running_job_cancels_it(void) {
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.name = "c-api-freed";
+  opts.volumes = &volume;
+  opts.volume_count = 1;
+  vmb_backup* job = NULL;
+  CHECK_RC(vmb_backup_start(&job, g_target, &opts, NULL), VMB_OK, NULL);
+  vmb_backup_free(job); /* must not crash, hang or leak the waiter */
+}
+
+static void test_not_found_errors(void) {
+  vmb_error* err = NULL;
+  char* out = (char*)&err; /* must be reset to NULL */
+  CHECK_RC(vmb_target_get_backup(&out, g_target, "no-such-backup", &err), VMB_ENOTFOUND, err);
+  CHECK(out == NULL);
+  CHECK(err != NULL && vmb_error_code(err) == VMB_ENOTFOUND);
+  CHECK(err != NULL && vmb_error_retryable(err) == 0);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "no-such-backup") != NULL);
+  vmb_error_free(err);
+
+  /* NULL error pointer accepted. */
+  CHECK_RC(vmb_target_get_backup(&out, g_target, "no-such-backup", NULL), VMB_ENOTFOUND, NULL);
+  CHECK_RC(vmb_target_delete_backup(g_target, "no-such-backup", NULL), VMB_ENOTFOUND, NULL);
+
+  vmb_restore_options ropts = VMB_RESTORE_OPTIONS_INIT;
+  ropts.backup = "no-such-backup";
+  ropts.dest_dir = g_tmp;
+  CHECK_RC(vmb_restore_run(g_target, &ropts, NULL), VMB_ENOTFOUND, NULL);
+
+  /* Unknown volume name in an explicit destination. */
+  char dest[4200];
+  path_in_tmp(dest, sizeof(dest), "never-written.img");
+  vmb_volume destination = {"no-such-volume", dest};
+  ropts.backup = "c-api-1";
+  ropts.dest_dir = NULL;
+  ropts.volumes = &destination;
+  ropts.volume_count = 1;
+  CHECK_RC(vmb_restore_run(g_target, &ropts, NULL), VMB_ENOTFOUND, NULL);
+  CHECK(!file_exists(dest));
+
+  /* A missing source volume fails the backup (at start or while running) and leaves no record. */
+  char missing[4200];
+  path_in_tmp(missing, sizeof(missing), "no-such-volume.img");
+  vmb_volume volume = {"disk0", missing};
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.name = "c-api-missing-volume";
+  opts.volumes = &volume;
+  opts.volume_count = 1;
+  err = NULL;
+  CHECK_RC(vmb_backup_run(NULL, g_target, &opts, &err), VMB_ENOTFOUND, err);
+  /* The message names the volume (by name or path). */
+  CHECK(err != NULL && (strstr(vmb_error_message(err), "no-such-volume.img") != NULL ||
+                        strstr(vmb_error_message(err), "disk0") != NULL));
+  vmb_error_free(err);
+  CHECK(listed("c-api-missing-volume") == 0);
+}
+
+static void test_invalid_backup_options(void) {
+  vmb_error* err = NULL;
+  /* Duplicate name. */
+  CHECK_RC(backup_volume("c-api-1", NULL, NULL, &err), VMB_EEXISTS, err);
+  vmb_error_free(err);
+  err = NULL;
+
+  /* No volumes at all. */
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.name = "c-api-empty";
+  CHECK_RC(vmb_backup_run(NULL, g_target, &opts, &err), VMB_EINVAL, err);
+  vmb_error_free(err);
+  err = NULL;
+
+  /* Volume count without an array. */
+  opts.volume_count = 1;
+  CHECK_RC(vmb_backup_run(NULL, g_target, &opts, &err), VMB_EINVAL, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "volumes") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+
+  /* Metadata that is not a JSON object. */
+  vmb_volume volume = {"disk0", g_volume};
+  opts.volumes = &volume;
+  opts.vm_metadata_json = "[1, 2, 3]";
+  CHECK_RC(vmb_backup_run(NULL, g_target, &opts, &err), VMB_EINVAL, err);
+  vmb_error_free(err);
+  err = NULL;
+
+  /* vm_dir together with explicit volumes. */
+  opts.vm_metadata_json = NULL;
+  opts.vm_dir = g_tmp;
+  CHECK_RC(vmb_backup_run(NULL, g_target, &opts, &err), VMB_EINVAL, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "vm_dir") != NULL);
+  vmb_error_free(err);
+
+  /* Unknown options version. */
+  opts.vm_dir = NULL;
+  opts.version = 42;
+  CHECK_RC(vmb_backup_run(NULL, g_target, &opts, NULL), VMB_EINVAL, NULL);
+  CHECK(listed("c-api-empty") == 0);
+
+  /* NULL target / NULL out. */
+  vmb_backup* job = NULL;
+  opts.version = VMB_BACKUP_OPTIONS_VERSION;
+  CHECK_RC(vmb_backup_start(&job, NULL, &opts, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_backup_start(NULL, g_target, &opts, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_target_list_backups(NULL, g_target, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_backup_wait(NULL, NULL), VMB_EINVAL, NULL);
+}
+
+static void test_backup_from_vm_dir(void) {
+  char dir[4200], vm_json[4400], volume[4400];
+  path_in_tmp(dir, sizeof(dir), "vm-demo");
+  CHECK(mkdir(dir, 0755) == 0);
+  snprintf(volume, sizeof(volume), "%s/root.img", dir);
+  CHECK(make_volume(volume) == 0);
+  snprintf(vm_json, sizeof(vm_json), "%s/vm.json", dir);
+  FILE* f = fopen(vm_json, "w");
+  CHECK(f != NULL);
+  if (f == NULL) return;
+  fputs("{\"name\": \"demo\", \"volumes\": [{\"name\": \"rootdisk\", \"path\": \"root.img\"}]}", f);
+  fclose(f);
+
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.name = "c-api-vmdir";
+  opts.vm_dir = dir;
+  char* record = NULL;
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_backup_run(&record, g_target, &opts, &err), VMB_OK, err);
+  vmb_error_free(err);
+  CHECK(record != NULL && strstr(record, "\"vm_name\":\"demo\"") != NULL);
+  CHECK(record != NULL && strstr(record, "\"name\":\"rootdisk\"") != NULL);
+  vmb_free(record);
+
+  /* A directory without vm.json. */
+  opts.name = "c-api-vmdir-missing";
+  opts.vm_dir = g_tmp;
+  CHECK_RC(vmb_backup_run(NULL, g_target, &opts, NULL), VMB_ENOTFOUND, NULL);
+}
+
+static void test_delete_backup(void) {
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_target_delete_backup(g_target, "c-api-vmdir", &err), VMB_OK, err);
+  vmb_error_free(err);
+  CHECK(listed("c-api-vmdir") == 0);
+  char* out = NULL;
+  CHECK_RC(vmb_target_get_backup(&out, g_target, "c-api-vmdir", NULL), VMB_ENOTFOUND, NULL);
+  CHECK_RC(vmb_target_delete_backup(g_target, "c-api-vmdir", NULL), VMB_ENOTFOUND, NULL);
+  /* Other backups are unaffected and still restore. */
+  CHECK(listed("c-api-1") == 1);
+}
+
+int main(void) {
+  const char* base = getenv("TMPDIR");
+  if (base == NULL || base[0] == '\0') base = "/tmp";
+  snprintf(g_tmp, sizeof(g_tmp), "%s/vmb_c_test.XXXXXX", base);
+  if (mkdtemp(g_tmp) == NULL) {
+    fprintf(stderr, "mkdtemp(%s): %s\n", g_tmp, strerror(errno));
+    return 2;
+  }
+  path_in_tmp(g_volume, sizeof(g_volume), "source.img");
+  if (make_volume(g_volume) != 0) {
+    fprintf(stderr, "cannot create %s: %s\n", g_volume, strerror(errno));
+    return 2;
+  }
+  snprintf(g_config, sizeof(g_config), "{\"type\":\"file\",\"endpoint\":\"%s/target\"}", g_tmp);
+  {
+    char target_dir[4200];
+    path_in_tmp(target_dir, sizeof(target_dir), "target");
+    if (mkdir(target_dir, 0755) != 0) return 2;
+  }
+
+  RUN(test_version);
+  RUN(test_free_null_is_accepted);
+  RUN(test_error_code_names);
+  RUN(test_options_init_rejects_unknown_version);
+  RUN(test_bad_config_is_invalid_argument_naming_the_field);
+  RUN(test_open_without_create_if_missing_is_not_found);
+  RUN(test_open_and_test_target);
+  if (g_target != NULL) {
+    RUN(test_backup_restore_bytes_identical);
+    RUN(test_restore_to_dest_dir_async);
+    RUN(test_backup_async_keeps_final_status);
+    RUN(test_progress_callback_nonzero_cancels);
+    RUN(test_cancel_handle_while_running);
+    RUN(test_free_running_job_cancels_it);
+    RUN(test_not_found_errors);
+    RUN(test_invalid_backup_options);
+    RUN(test_backup_from_vm_dir);
+    RUN(test_delete_backup);
+  } else {
+    fprintf(stderr, "target did not open; skipping the tests that need it\n");
+    ++g_failed;
+  }
+  vmb_target_free(g_target);
+
+  if (g_failed == 0) {
+    nftw(g_tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+  } else {
+    fprintf(stderr, "kept %s for inspection\n", g_tmp);
+  }
+  printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}

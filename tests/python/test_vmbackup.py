@@ -1,0 +1,411 @@
+"""End-to-end tests of the vmbackup Python bindings against a local-directory target."""
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import vmbackup
+from conftest import make_volume, names, same_bytes
+
+
+def test_version_matches_version_info():
+    assert vmbackup.__version__ == ".".join(str(n) for n in vmbackup.version_info)
+
+
+# ---- backup, list, restore --------------------------------------------------------------------------
+
+
+def test_backup_and_restore_are_byte_identical(target, volume, tmp_path):
+    reports = []
+    info = vmbackup.backup(target, "py-1", volumes={"disk0": volume},
+                           vm_metadata={"name": "py-vm", "namespace": "default"},
+                           progress=reports.append, progress_interval_ms=0)
+    assert info.name == "py-1"
+    assert info.vm_name == "py-vm"
+    assert info.vm_namespace == "default"
+    assert info.vm_metadata == {"name": "py-vm", "namespace": "default"}
+    assert [v.name for v in info.volumes] == ["disk0"]
+    assert info.volumes[0].size == os.path.getsize(volume)
+    assert info.bytes_total == os.path.getsize(volume)
+    assert reports, "the progress callback was never called"
+    assert isinstance(reports[-1], vmbackup.Progress)
+    assert reports[-1].bytes_total == os.path.getsize(volume)
+    scanned = [p.bytes_scanned for p in reports]
+    assert scanned == sorted(scanned), "cumulative progress went backwards"
+
+    dest = tmp_path / "restored.img"
+    assert vmbackup.restore(target, "py-1", volumes=[("disk0", dest)]) == {"disk0": str(dest)}
+    assert same_bytes(volume, dest)
+
+
+def test_restore_to_dest_dir_writes_volumes_and_vm_json(target, volume, tmp_path):
+    vmbackup.backup(target, "py-dir", volumes={"disk0": volume}, vm_metadata={"name": "orig"})
+    out = tmp_path / "out"
+    out.mkdir()
+    dests = vmbackup.restore(target, "py-dir", dest_dir=out, new_vm_name="copy")
+    assert dests == {"disk0": str(out / "disk0.img")}
+    assert same_bytes(volume, out / "disk0.img")
+    with open(out / "vm.json") as f:
+        assert json.load(f)["name"] == "copy"
+
+
+def test_list_and_get_backups(target, volume):
+    assert target.list_backups() == []
+    vmbackup.backup(target, "first", volumes=[("disk0", volume)])
+    vmbackup.backup(target, "second", volumes=[("disk0", volume)])
+    assert names(target) == ["first", "second"]  # oldest first
+    backups, damaged = target.list_backups(return_damaged=True)
+    assert [b.name for b in backups] == ["first", "second"]
+    assert damaged == []
+    got = target.get_backup("second")
+    assert got.name == "second"
+    assert got.state == "Ready"
+    # The second backup of the same data stores nothing new: it is deduplicated.
+    assert got.bytes_new == 0
+    assert got.bytes_reused > 0
+
+
+def test_delete_backup(target, volume, tmp_path):
+    vmbackup.backup(target, "keep", volumes={"disk0": volume})
+    vmbackup.backup(target, "drop", volumes={"disk0": volume})
+    target.delete_backup("drop")
+    assert names(target) == ["keep"]
+    with pytest.raises(vmbackup.NotFoundError):
+        target.get_backup("drop")
+    with pytest.raises(vmbackup.NotFoundError):
+        target.delete_backup("drop")
+    # The remaining backup shares every block with the deleted one and still restores.
+    vmbackup.restore(target, "keep", volumes={"disk0": tmp_path / "keep.img"})
+    assert same_bytes(volume, tmp_path / "keep.img")
+
+
+def test_backup_from_vm_dir(target, tmp_path):
+    vm = tmp_path / "vm"
+    vm.mkdir()
+    make_volume(vm / "root.img", seed=7)
+    (vm / "vm.json").write_text(json.dumps(
+        {"name": "demo", "volumes": [{"name": "rootdisk", "path": "root.img"}]}))
+    info = vmbackup.backup(target, "from-dir", vm_dir=vm)
+    assert info.vm_name == "demo"
+    assert [v.name for v in info.volumes] == ["rootdisk"]
+    with pytest.raises(vmbackup.NotFoundError):
+        vmbackup.backup(target, "no-vm-json", vm_dir=tmp_path / "target")
+
+
+def test_block_size_and_open_options(target_dir, tmp_path):
+    t = vmbackup.BackupTarget.open(json.dumps({"type": "file", "endpoint": str(target_dir)}),
+                                   block_size=64 * 1024)
+    assert t.block_size == 64 * 1024
+    assert t.repository_id
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(vmbackup.NotFoundError):
+        vmbackup.BackupTarget.open({"type": "file", "endpoint": str(empty)},
+                                   create_if_missing=False)
+
+
+def test_own_runtime(target_dir, volume):
+    rt = vmbackup.Runtime(worker_threads=2)
+    assert rt.worker_threads == 2
+    t = vmbackup.BackupTarget.open({"type": "file", "endpoint": str(target_dir)}, runtime=rt)
+    vmbackup.backup(t, "rt", volumes={"disk0": volume})
+    assert names(t) == ["rt"]
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+
+
+def test_bad_config_is_value_error_naming_the_field(target_dir):
+    with pytest.raises(vmbackup.InvalidArgumentError) as e:
+        vmbackup.BackupTarget.open({"type": "file", "endpoint": str(target_dir), "endpiont": "x"})
+    assert isinstance(e.value, ValueError)
+    assert isinstance(e.value, vmbackup.Error)
+    assert "endpiont" in str(e.value)
+    assert e.value.code == 3 and e.value.code_name == "INVALID_ARGUMENT"
+    assert not e.value.retryable
+
+    with pytest.raises(ValueError, match="endpoint"):
+        vmbackup.BackupTarget.open({"type": "file"})
+    with pytest.raises(ValueError, match="endpoint"):
+        vmbackup.BackupTarget.open({"type": "file", "endpoint": 42})
+    with pytest.raises(ValueError, match="type"):
+        vmbackup.BackupTarget.open({"type": "tape", "endpoint": "/x"})
+    with pytest.raises(ValueError):
+        vmbackup.BackupTarget.open('{"type": "file",')
+
+
+def test_not_found_is_file_not_found_error(target, volume, tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        target.get_backup("no-such-backup")
+    assert isinstance(e.value, vmbackup.NotFoundError)
+    assert e.value.code == 5
+    assert "no-such-backup" in e.value.message
+    with pytest.raises(vmbackup.NotFoundError):
+        vmbackup.restore(target, "no-such-backup", dest_dir=tmp_path)
+    missing = tmp_path / "missing.img"
+    with pytest.raises(vmbackup.NotFoundError):
+        vmbackup.backup(target, "missing-volume", volumes={"disk0": missing})
+    assert "missing-volume" not in names(target)
+
+
+def test_already_exists_is_file_exists_error(target, volume, tmp_path):
+    vmbackup.backup(target, "dup", volumes={"disk0": volume})
+    with pytest.raises(FileExistsError) as e:
+        vmbackup.backup(target, "dup", volumes={"disk0": volume})
+    assert isinstance(e.value, vmbackup.AlreadyExistsError)
+
+    dest = tmp_path / "exists.img"
+    dest.write_bytes(b"precious")
+    with pytest.raises(vmbackup.AlreadyExistsError):
+        vmbackup.restore(target, "dup", volumes={"disk0": dest})
+    assert dest.read_bytes() == b"precious"  # nothing written
+    vmbackup.restore(target, "dup", volumes={"disk0": dest}, overwrite=True)
+    assert same_bytes(volume, dest)
+
+
+def test_invalid_backup_arguments(target, volume, tmp_path):
+    with pytest.raises(vmbackup.InvalidArgumentError, match="volumes"):
+        vmbackup.backup(target, "x", volumes=["disk0"])
+    with pytest.raises(ValueError, match="vm_dir"):
+        vmbackup.backup(target, "x", vm_dir=tmp_path, volumes={"disk0": volume})
+    with pytest.raises(ValueError):
+        vmbackup.backup(target, "x", volumes={})
+    with pytest.raises(ValueError):
+        vmbackup.backup(target, "x", volumes={"disk0": volume}, vm_metadata=[1, 2])
+    with pytest.raises(ValueError, match="progress"):
+        vmbackup.backup(target, "x", volumes={"disk0": volume}, progress=42)
+    assert names(target) == []
+
+
+# ---- cancellation -----------------------------------------------------------------------------------
+
+
+def test_progress_returning_false_cancels(target, volume):
+    calls = []
+
+    def stop(p):
+        calls.append(p)
+        return False
+
+    with pytest.raises(vmbackup.CancelledError) as e:
+        vmbackup.backup(target, "stopped", volumes={"disk0": volume}, progress=stop,
+                        progress_interval_ms=0)
+    assert e.value.code == 1
+    assert len(calls) >= 1
+    assert "stopped" not in names(target)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_exception_in_progress_callback_cancels_and_is_reraised(target, volume, tmp_path):
+    def explode(p):
+        raise Boom("from the callback")
+
+    with pytest.raises(Boom, match="from the callback") as e:
+        vmbackup.backup(target, "exploded", volumes={"disk0": volume}, progress=explode,
+                        progress_interval_ms=0)
+    assert any(entry.name == "explode" for entry in e.traceback)
+    assert "exploded" not in names(target)
+
+    vmbackup.backup(target, "ok", volumes={"disk0": volume})
+    with pytest.raises(Boom):
+        vmbackup.restore(target, "ok", volumes={"disk0": tmp_path / "r.img"}, progress=explode,
+                         progress_interval_ms=0)
+    assert not (tmp_path / "r.img").exists()
+
+
+class Gate:
+    """A progress callback that blocks the first report of a running job until released."""
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, p):
+        if p.phase != vmbackup.Phase.DONE and not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(30)
+
+
+def test_cancel_running_backup_job(target, volume):
+    gate = Gate()
+    job = vmbackup.BackupJob(target, "cancel-me", volumes={"disk0": volume}, progress=gate,
+                             progress_interval_ms=0)
+    assert job.name == "cancel-me"
+    assert job.state == vmbackup.JobState.PENDING
+    job.start()
+    assert gate.entered.wait(30), "the job never reported progress"
+    assert job.wait(timeout=0.05) is False  # still blocked in the callback
+    assert not job.done()
+    job.cancel()
+    gate.release.set()
+    with pytest.raises(vmbackup.CancelledError):
+        job.wait()
+    assert job.done()
+    assert job.state == vmbackup.JobState.ERROR
+    with pytest.raises(vmbackup.CancelledError):  # the final status stays on the job
+        job.wait()
+    with pytest.raises(vmbackup.FailedPreconditionError):
+        job.result
+    assert "cancel-me" not in names(target)
+
+
+def test_backup_job_class(target, volume):
+    job = vmbackup.BackupJob(target, volumes={"disk0": volume})  # generated name
+    assert job.name
+    job.start()
+    with pytest.raises(vmbackup.FailedPreconditionError):
+        job.start()
+    assert job.wait() is True
+    assert job.state == vmbackup.JobState.READY
+    assert job.result.name == job.name
+    assert job.progress.bytes_scanned == os.path.getsize(volume)
+    assert names(target) == [job.name]
+
+
+def test_restore_plan_class(target, volume, tmp_path):
+    vmbackup.backup(target, "src", volumes={"disk0": volume}, vm_metadata={"name": "vm"})
+    dest = tmp_path / "plan.img"
+    plan = vmbackup.RestorePlan(target, "src", volumes={"disk0": dest})
+    assert plan.backup.name == "src"
+    assert plan.destinations == {"disk0": str(dest)}
+    assert plan.run() == {"disk0": str(dest)}
+    assert plan.state == vmbackup.JobState.READY
+    assert same_bytes(volume, dest)
+
+
+def test_dropping_a_running_job_does_not_hang(target, volume):
+    seen = []
+    job = vmbackup.BackupJob(target, "dropped", volumes={"disk0": volume},
+                             progress=lambda p: seen.append(p.bytes_scanned),
+                             progress_interval_ms=0)
+    job.start()
+    del job  # cancels and waits with the GIL released while callbacks need the GIL
+    gc.collect()
+    # The target is still usable afterwards.
+    vmbackup.backup(target, "after", volumes={"disk0": volume})
+    assert "after" in names(target)
+
+
+def test_concurrent_backups_from_threads(target, tmp_path):
+    volumes = [make_volume(tmp_path / f"v{i}.img", seed=10 + i) for i in range(2)]
+    errors = []
+
+    def run(i):
+        try:
+            vmbackup.backup(target, f"thread-{i}", volumes={"disk0": volumes[i]},
+                            progress=lambda p: None, progress_interval_ms=0)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert sorted(names(target)) == ["thread-0", "thread-1"]
+    for i in range(2):
+        out = tmp_path / f"out{i}.img"
+        vmbackup.restore(target, f"thread-{i}", volumes={"disk0": out})
+        assert same_bytes(volumes[i], out)
+
+
+CTRL_C_SCRIPT = textwrap.dedent("""
+    import signal, sys, threading
+    import vmbackup
+
+    target = vmbackup.BackupTarget.open({"type": "file", "endpoint": sys.argv[1]})
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame):
+        interrupted.set()
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+    def progress(p):
+        if p.phase != vmbackup.Phase.DONE and not interrupted.is_set():
+            print("started", flush=True)
+            interrupted.wait(30)  # hold the job until Ctrl-C was handled
+
+    try:
+        vmbackup.backup(target, "interrupted", volumes={"disk0": sys.argv[2]},
+                        progress=progress, progress_interval_ms=0)
+        print("finished")
+    except KeyboardInterrupt:
+        print("keyboard-interrupt")
+    print("listed", [b.name for b in target.list_backups()])
+""")
+
+
+def test_ctrl_c_cancels_a_blocking_backup(target_dir, volume):
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(target_dir), volume],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+    try:
+        first = proc.stdout.readline()
+        assert first.strip() == "started", first + proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert "keyboard-interrupt" in lines, out + err
+    assert "listed []" in lines, out + err
+
+
+EXIT_WITH_RUNNING_JOB_SCRIPT = textwrap.dedent("""
+    import sys, threading, time
+    import vmbackup
+
+    target = vmbackup.BackupTarget.open({"type": "file", "endpoint": sys.argv[1]})
+    started = threading.Event()
+
+    def progress(p):
+        if not started.is_set():
+            started.set()
+            time.sleep(1)  # the interpreter starts exiting meanwhile
+
+    def run():
+        try:
+            vmbackup.backup(target, "at-exit", volumes={"disk0": sys.argv[2]}, progress=progress,
+                            progress_interval_ms=0)
+        except vmbackup.CancelledError:
+            pass
+
+    if sys.argv[3] == "daemon-thread":
+        threading.Thread(target=run, daemon=True).start()
+    else:
+        job = vmbackup.BackupJob(target, "at-exit", volumes={"disk0": sys.argv[2]},
+                                 progress=progress, progress_interval_ms=0)
+        job.start()
+    started.wait(30)
+    print("exiting", flush=True)
+""")
+
+
+@pytest.mark.parametrize("mode", ["job-object", "daemon-thread"])
+def test_interpreter_exit_with_running_job_cancels_it_without_crashing(target_dir, target, volume,
+                                                                        mode):
+    # Regression: a daemon thread waiting in backup() when the interpreter finalized was ended by
+    # CPython (forced unwind) inside a noexcept GIL guard, and the process aborted.
+    for _ in range(3):
+        proc = subprocess.run(
+            [sys.executable, "-c", EXIT_WITH_RUNNING_JOB_SCRIPT, str(target_dir), volume, mode],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "exiting"
+        assert "at-exit" not in names(target)
