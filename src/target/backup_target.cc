@@ -6,6 +6,7 @@
 #include "core/errors.h"
 #include "core/runtime.h"
 #include "store/local_store.h"
+#include "store/nfs/nfs_store.h"
 #include "store/s3/s3_store.h"
 #include "target/target_impl.h"
 
@@ -156,8 +157,10 @@ StatusOr<std::shared_ptr<BackupTarget>> BackupTarget::Open(const TargetConfig& c
       VMB_ASSIGN_OR_RETURN(store, internal::OpenS3Store(config, options, impl->runtime));
       break;
     }
-    case TargetConfig::Type::kNfs:
-      return UnimplementedError("nfs backup targets are not implemented in this build yet");
+    case TargetConfig::Type::kNfs: {
+      VMB_ASSIGN_OR_RETURN(store, internal::OpenNfsStore(config, options, impl->runtime));
+      break;
+    }
   }
   VMB_ASSIGN_OR_RETURN(
       impl->repo, internal::Repository::Open(std::move(store), options.create_if_missing, bs, ps));
