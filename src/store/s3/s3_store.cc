@@ -186,6 +186,15 @@ class S3Store final : public ObjectStore {
                     " (give the server's CA certificate in the target's \"cert\" field)"));
         return;
       }
+      if (resp.curl_code == CURLE_COULDNT_RESOLVE_HOST) {
+        c->done(std::move(resp),
+                UnavailableError(
+                    "S3 endpoint host of " + Describe() + " does not resolve: " + resp.curl_error +
+                    (s_.virtual_hosted ? " (virtual-hosted style needs a DNS name that "
+                                         "resolves <bucket>.<endpoint host>)"
+                                       : "")));
+        return;
+      }
       transient = resp.curl_code != CURLE_ABORTED_BY_CALLBACK;
       why = resp.curl_error;
     } else if (resp.status >= 500 || resp.status == 429) {
@@ -474,6 +483,18 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
       host.compare(host.size() - default_port.size(), default_port.size(), default_port) == 0)
     host.resize(host.size() - default_port.size());
   s.host = host;
+  if (config.virtual_hosted_style) {
+    std::string name =
+        host.substr(0, host.rfind(':') == std::string::npos ? host.size() : host.rfind(':'));
+    bool is_ip = !name.empty() && (name.find_first_not_of("0123456789.") == std::string::npos ||
+                                   name.front() == '[');
+    if (is_ip)
+      return InvalidArgumentError(
+          "backup-target setting: field 'virtualHostedStyle' needs an endpoint with a DNS name "
+          "(the "
+          "bucket becomes a subdomain), not the IP address " +
+          name);
+  }
   s.bucket = config.bucket_name;
   s.region = config.bucket_region.empty() ? "us-east-1" : config.bucket_region;
   s.virtual_hosted = config.virtual_hosted_style;
