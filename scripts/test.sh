@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command (and what CI runs): installs what is missing, builds everything with
-# warnings as errors, starts the real servers the integration tests need (Ceph radosgw for S3), runs
+# warnings as errors, starts the real servers the integration tests need (Ceph radosgw for S3, nfs-ganesha for NFS), runs
 # every suite (unit, integration, C API, Python, header and packaging tests), then the unit tests
 # again under AddressSanitizer+UBSan and ThreadSanitizer.
 #   VMBACKUP_SKIP_SANITIZERS=1  skip the sanitizer builds (local iteration only; CI never sets it)
@@ -12,6 +12,9 @@ bash scripts/install-deps.sh
 echo "== test servers: Ceph radosgw (S3, plain HTTP and TLS) on 127.0.0.1"
 eval "$(bash scripts/s3-server.sh start --tls)"
 trap 'bash scripts/s3-server.sh stop >/dev/null 2>&1 || true' EXIT
+echo "== test servers: nfs-ganesha + rpcbind (NFSv3/v4) on 127.0.0.1"
+eval "$(bash scripts/nfs-server.sh start)"
+trap 'bash scripts/s3-server.sh stop >/dev/null 2>&1 || true; bash scripts/nfs-server.sh stop >/dev/null 2>&1 || true' EXIT
 
 echo "== build (default preset: RelWithDebInfo, -Werror)"
 cmake --preset default >/dev/null

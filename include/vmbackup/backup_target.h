@@ -68,7 +68,8 @@ struct TargetOptions {
   // Network targets (S3, NFS): how long one operation may keep retrying transient failures
   // (timeouts, resets, 5xx, SlowDown) before it fails with kUnavailable. Default 0 = 120 s.
   int retry_timeout_seconds = 0;
-  // Network targets: requests in flight at once (and connections kept). Default 0 = 16.
+  // Network targets: requests in flight at once, which is also the number of connections kept.
+  // Default 0 = 16 for S3, 4 for NFS.
   int max_requests_in_flight = 0;
   // S3 only, FOR TESTS AGAINST THROWAWAY SERVERS: skip TLS certificate verification. Default false.
   // Never set this in production; give the server's CA in the "cert" field instead.

@@ -72,7 +72,20 @@ static std::string FormatNow(const char* fmt) {
   return buf;
 }
 
-std::string NowRfc3339() { return FormatNow("%Y-%m-%dT%H:%M:%SZ"); }
+std::string NowRfc3339() {
+  // Millisecond precision: backups taken within one second still sort in the order they started.
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  char out[80];
+  std::snprintf(out, sizeof(out), "%s.%03dZ", buf, static_cast<int>(ms));
+  return out;
+}
 std::string NowCompact() { return FormatNow("%Y%m%d-%H%M%S"); }
 
 std::string RandomHex(size_t n) {

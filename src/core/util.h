@@ -36,7 +36,7 @@ bool DigestFromHex(std::string_view hex, Digest* out);
 // True when all `len` bytes are zero. Fast path: word compare + memcmp against itself.
 bool IsAllZero(const void* data, size_t len);
 
-// Current UTC time as RFC 3339 with second precision ("2026-11-26T15:00:00Z").
+// Current UTC time as RFC 3339 with millisecond precision ("2026-11-26T15:00:00.123Z").
 std::string NowRfc3339();
 // Current UTC time as "yyyymmdd-hhmmss".
 std::string NowCompact();

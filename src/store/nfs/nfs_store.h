@@ -1,18 +1,49 @@
 // NfsStore: an ObjectStore on an NFS export over libnfs (userspace; no kernel mount), with bounded
-// timeouts. See docs/nfs.md. Thread-safe.
+// timeouts. See docs/nfs.md.
+//
+// Key "a/b/c" is the file <export>/<prefix>/a/b/c. Put writes <export>/<prefix>/.tmp/<random>
+// (pipelined WRITEs of the server's maximum size), COMMITs it when durable, then renames it into
+// place (LINK + REMOVE for if_absent, which makes create-if-absent atomic on the server), creating
+// parent directories on demand. Delete removes the file and the parent directories it leaves empty.
+// List walks the directories below the prefix (READDIRPLUS) like LocalStore.
+//
+// Every operation has a deadline (TargetOptions::retry_timeout_seconds, default 120 s). Within it,
+// transient failures (connection refused or reset, server restarted, ESTALE, EIO) are retried with
+// a fresh libnfs context and backoff; when the deadline passes the operation fails with
+// kUnavailable naming the server and the last error. Nothing ever waits without a deadline.
+//
+// Thread-safety: thread-safe. The store keeps a pool of libnfs contexts (one TCP connection and one
+// mount each; TargetOptions::max_requests_in_flight, default 4); each operation borrows one
+// context, drives it with poll() on the calling thread, and returns it. PutAsync / GetAsync use the
+// runtime's blocking pool (ObjectStore's default).
 #ifndef VMBACKUP_STORE_NFS_NFS_STORE_H_
 #define VMBACKUP_STORE_NFS_NFS_STORE_H_
 
 #include <memory>
+#include <string>
 
 #include "store/object_store.h"
 #include "vmbackup/backup_target.h"
 
 namespace vmbackup::internal {
 
-// Opens the export named by config.endpoint (nfs://host:/path or nfs://host/path?version=3&...).
-// Returns kInvalidArgument for a bad URL, kNotFound for a missing export, kPermissionDenied when the
-// server refuses access, kUnavailable when the server cannot be reached within the timeout.
+// A parsed nfs:// endpoint.
+struct NfsEndpoint {
+  std::string server;       // host name or address
+  std::string export_path;  // "/srv/export" (absolute, no trailing '/')
+  int version = 3;          // 3 (default) or 4
+  int nfs_port = 0;         // 0 = ask the portmapper (v3) / 2049 (v4)
+  int mount_port = 0;       // 0 = ask the portmapper (v3 only)
+  std::string libnfs_url;   // nfs://server/export?options, as libnfs parses it
+};
+
+// Parses `nfs://host:/path` (Harvester) or `nfs://host/path?version=3|4&nfsport=N&mountport=M`
+// (libnfs; also uid, gid, tcp-syncnt). kInvalidArgument naming the problem otherwise.
+StatusOr<NfsEndpoint> ParseNfsEndpoint(const std::string& endpoint);
+
+// Opens the export named by config.endpoint and creates config.prefix inside it if missing.
+// Returns kInvalidArgument for a bad URL, kNotFound for a missing export, kPermissionDenied when
+// the server refuses access, kUnavailable when the server cannot be reached within the timeout.
 StatusOr<std::unique_ptr<ObjectStore>> OpenNfsStore(const TargetConfig& config,
                                                     const TargetOptions& options,
                                                     std::shared_ptr<Runtime> runtime);

@@ -132,7 +132,7 @@ class S3Store final : public ObjectStore {
     std::shared_ptr<const std::string> body;
     size_t body_offset = 0, body_length = 0;
     std::string payload_sha256;  // computed once, reused by retries
-    Clock::time_point deadline;
+    Clock::time_point started, deadline;
     int attempt = 0;
     std::string last_error;
     std::function<void(http::Response, Status)> done;
@@ -144,8 +144,9 @@ class S3Store final : public ObjectStore {
       c->payload_sha256 = c->body ? ToHex(Sha256(c->body->data() + c->body_offset, c->body_length))
                                   : std::string(s3::kEmptyPayloadSha256);
     }
+    c->started = Clock::now();
     c->deadline =
-        Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s_.retry_seconds * 1000));
+        c->started + std::chrono::milliseconds(static_cast<int64_t>(s_.retry_seconds * 1000));
     Attempt(std::move(c));
   }
 
@@ -214,7 +215,10 @@ class S3Store final : public ObjectStore {
       thread_local std::mt19937_64 rng(std::random_device{}());
       double wait = std::uniform_real_distribution<double>(0.25 * cap, cap)(rng);
       auto when = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(wait * 1000));
-      if (when < c->deadline) {
+      // The last wait is shortened so that the final attempt happens at the deadline.
+      if (when > c->deadline && Clock::now() + std::chrono::milliseconds(50) < c->deadline)
+        when = c->deadline;
+      if (when <= c->deadline) {
         auto timer = std::make_shared<boost::asio::steady_timer>(runtime_->impl()->io(), when);
         timer->async_wait([this, c, timer](const boost::system::error_code&) { Attempt(c); });
         return;
@@ -222,14 +226,22 @@ class S3Store final : public ObjectStore {
       c->done(
           std::move(resp),
           UnavailableError(Describe() + " did not answer " + c->method + " " + KeyForMessage(*c) +
-                           " after " + std::to_string(c->attempt) + " attempts over " +
-                           std::to_string(static_cast<int>(s_.retry_seconds)) + " s: " + why));
+                           " after " + std::to_string(c->attempt) + " attempts in " +
+                           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              Clock::now() - c->started)
+                                              .count()) +
+                           " ms: " + why));
       return;
     }
     c->done(std::move(resp), Status::Ok());
   }
 
-  std::string KeyForMessage(const Call& c) const { return c.key.empty() ? "(bucket)" : c.key; }
+  // The key as the caller named it (without the store's prefix, which Describe() shows).
+  std::string KeyForMessage(const Call& c) const {
+    if (c.key.empty()) return "(bucket)";
+    return c.key.compare(0, s_.prefix.size(), s_.prefix) == 0 ? c.key.substr(s_.prefix.size())
+                                                              : c.key;
+  }
 
   // Maps a completed non-2xx response to a Status naming the S3 error code and request id.
   Status HttpError(const Call& c, const http::Response& r) const {

@@ -41,6 +41,15 @@ std::string TargetSetting(const std::string& kind, const TempDir& dir) {
            R"(","secretAccessKey":")" + Env("AWS_SECRET_ACCESS_KEY") + R"(","prefix":")" + prefix +
            R"("})";
   }
+  if (kind == "nfs") {
+    if (Env("NFS_URL_V3").empty()) {
+      ADD_FAILURE() << "NFS_URL_V3 is not set: start the test NFS server first with "
+                       "eval \"$(bash scripts/nfs-server.sh start)\" (scripts/test.sh does)";
+      return "";
+    }
+    return R"({"type":"nfs","endpoint":")" + Env("NFS_URL_V3") + R"(","prefix":")" + prefix +
+           R"("})";
+  }
   ADD_FAILURE() << "unknown target kind " << kind;
   return "";
 }
@@ -180,7 +189,7 @@ TEST_P(BackupRestoreTest, ProgressCallbackCanCancel) {
 }
 
 #ifdef VMBACKUP_TARGET_MATRIX
-INSTANTIATE_TEST_SUITE_P(Targets, BackupRestoreTest, ::testing::Values("s3"),
+INSTANTIATE_TEST_SUITE_P(Targets, BackupRestoreTest, ::testing::Values("s3", "nfs"),
                          [](const auto& info) { return info.param; });
 #else
 INSTANTIATE_TEST_SUITE_P(Targets, BackupRestoreTest, ::testing::Values("file"),
