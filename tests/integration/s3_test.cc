@@ -12,10 +12,12 @@
 // Without a server (S3_ENDPOINT unset) every test FAILS with a message saying how to start one.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <csignal>
 
 #include <algorithm>
 #include <atomic>
@@ -1151,6 +1153,56 @@ TEST_F(S3Test, ListAllPaginatesAndDeleteBatchesOverThousandsOfObjects) {
   ASSERT_OK(left);
   EXPECT_THAT(Keys(*left), IsEmpty());
   EXPECT_OK((*store)->Delete(keys)) << "deleting missing keys is not an error";
+}
+
+// A backup process killed after its first packs reached S3: no record is published, and the next
+// backup of the same volume reuses the packs that made it and restores identical bytes.
+TEST_F(S3Test, ClientKilledDuringBackupPublishesNothingAndNextBackupReuses) {
+  TempDir dir;
+  // Create the repository with small packs, so that packs reach S3 early in the child's backup.
+  TargetOptions small = Opts();
+  small.pack_size = 1 * kMiB;
+  {
+    auto t = Open(Addressing::kPathHttp, small);
+    ASSERT_OK(t);
+  }
+  const std::string config = dir.Sub("target.json");
+  WriteAll(config, ConfigJson(Config(Addressing::kPathHttp)));
+  ::chmod(config.c_str(), 0600);
+  const std::string vol = dir.Sub("disk0.img");
+  MakeVolume(vol, 160 * kMiB, 31, 1024 * 1024);
+  const std::string sha = FileSha256(vol);
+  auto store = Store();
+  ASSERT_OK(store);
+
+  HelperProcess child;
+  ASSERT_TRUE(child.Start(VMBACKUP_S3_CHILD,
+                          {"backup", "--config", config, "--name", "killed", "--volume", vol},
+                          dir.Sub("child.log")));
+  const bool uploading = child.WaitFor(
+      [&] {
+        auto idx = (*store)->List("index/", "", 10);
+        return idx.ok() && !idx->objects.empty();
+      },
+      std::chrono::seconds(60));
+  ASSERT_TRUE(uploading) << "the child finished or stalled before its first pack index appeared: "
+                         << ReadAll(dir.Sub("child.log"));
+  child.Kill(SIGKILL);
+  child.Wait();
+  ASSERT_FALSE(child.Result().has_value()) << "the child finished before it was killed";
+
+  auto target = Open();
+  ASSERT_OK(target);
+  EXPECT_THAT((*target)->GetBackup("killed"), StatusIs(StatusCode::kNotFound, "killed"));
+  auto list = (*target)->ListBackups();
+  ASSERT_OK(list);
+  EXPECT_TRUE(list->backups.empty());
+  EXPECT_TRUE(list->damaged.empty());
+
+  auto again = Backup(*target, "killed", vol);
+  ASSERT_OK(again);
+  EXPECT_GT(again->bytes_reused, 0u) << "packs uploaded by the killed process were not reused";
+  EXPECT_EQ(RestoreSha(*target, "killed", dir), sha);
 }
 
 }  // namespace
