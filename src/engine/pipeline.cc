@@ -1,6 +1,9 @@
 // Pipeline building blocks (see pipeline.h).
 #include "engine/pipeline.h"
 
+#include <thread>
+#include <vector>
+
 #include "core/runtime.h"
 
 namespace vmbackup::internal {
@@ -18,6 +21,13 @@ void RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn) {
   }
   std::unique_lock<std::mutex> l(mu);
   cv.wait(l, [&] { return left == 0; });
+}
+
+void RunOnThreads(int n, const std::function<void(int)>& fn) {
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) threads.emplace_back([&fn, i] { fn(i); });
+  for (auto& t : threads) t.join();
 }
 
 bool ClaimSet::TryClaim(const Digest& d) {
