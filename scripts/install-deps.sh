@@ -9,7 +9,12 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev pybind11-dev python3-dev python3-pytest
   e2fsprogs util-linux python3-botocore
 )
-# Extra packages a caller may ask for (e.g. servers for integration tests): install-deps.sh pkg...
+# Extra packages a caller may ask for: install-deps.sh pkg...; with --only, just those
+# (the test-server scripts use `install-deps.sh --only <their packages>`).
+if [ "${1:-}" = --only ]; then
+  shift
+  PKGS=()
+fi
 PKGS+=("$@")
 
 missing=()

@@ -51,23 +51,7 @@ die() {
 }
 
 apt_install() { # idempotent: apt is touched only when a package is missing
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null || die "need root to install: ${missing[*]}"
-    sudo=sudo
-  fi
-  log "apt-get install --no-install-recommends ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
-    log "install failed; apt-get update and retry"
-    $sudo apt-get update -q >&2
-    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-  fi
+  bash "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh" --only "$@"
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

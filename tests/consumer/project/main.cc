@@ -2,11 +2,11 @@
 // restores it and compares.
 #include <vmbackup/vmbackup.h>
 
+#include <sys/stat.h>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <string>
-#include <sys/stat.h>
 
 int main(int argc, char** argv) {
   if (argc < 2) return 2;
@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
     std::ofstream f(dir + "/disk.img", std::ios::binary);
     for (int i = 0; i < 100000; ++i) f << "line " << i << "\n";
   }
-  auto target = vmbackup::BackupTarget::Open(R"({"type":"file","endpoint":")" + dir + R"(/target"})");
+  auto target =
+      vmbackup::BackupTarget::Open(R"({"type":"file","endpoint":")" + dir + R"(/target"})");
   if (!target.ok()) return std::puts(target.status().ToString().c_str()), 1;
   vmbackup::BackupSpec spec;
   spec.name = "consumer";
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
     return std::string(std::istreambuf_iterator<char>(f), {});
   };
   bool same = read(dir + "/disk.img") == read(dir + "/restored.img");
-  std::printf("vmbackup %s consumer: restore %s\n", vmbackup::VersionString(), same ? "identical" : "DIFFERENT");
+  std::printf("vmbackup %s consumer: restore %s\n", vmbackup::VersionString(),
+              same ? "identical" : "DIFFERENT");
   return same ? 0 : 1;
 }
