@@ -63,9 +63,11 @@ struct BackupJob::Impl {
   std::shared_ptr<BackupTarget> target;
   BackupSpec spec;
   std::string name;
-  std::unique_ptr<JobRunner> runner;
   mutable std::mutex result_mu;
   std::optional<BackupInfo> result;
+  // Last member: destroyed first, so the driver thread is cancelled and joined before anything it
+  // touches goes away.
+  std::unique_ptr<JobRunner> runner;
 
   Status Execute();
 };

@@ -188,6 +188,30 @@ TEST_P(BackupRestoreTest, ProgressCallbackCanCancel) {
   EXPECT_TRUE(list->backups.empty());
 }
 
+// Regression: destroying a running job tore down its result before the driver thread had stopped.
+TEST_P(BackupRestoreTest, DestroyingARunningJobCancelsItAndPublishesNothing) {
+  const std::string vol = dir_.Sub("disk0.img");
+  testing::MakeVolume(vol, 32 << 20, 13);
+  BackupSpec spec;
+  spec.name = "destroyed";
+  spec.volumes.push_back({"disk0", vol, false, {}});
+  auto job = BackupJob::Create(target_, spec);
+  ASSERT_OK(job);
+  ASSERT_OK((*job)->Start());
+  job->reset();  // cancels and joins
+  // Either the job was cancelled (nothing listed) or it had already finished (then it is whole).
+  auto list = target_->ListBackups();
+  ASSERT_OK(list);
+  EXPECT_TRUE(list->damaged.empty());
+  for (const auto& b : list->backups) {
+    ASSERT_EQ(b.name, "destroyed");
+    ASSERT_OK(Restore("destroyed", dir_.Sub("r.img")));
+    EXPECT_EQ(FileSha256(dir_.Sub("r.img")), FileSha256(vol));
+  }
+  // The target stays usable.
+  ASSERT_OK(Backup("destroyed-2", vol));
+}
+
 #ifdef VMBACKUP_TARGET_MATRIX
 INSTANTIATE_TEST_SUITE_P(Targets, BackupRestoreTest, ::testing::Values("s3", "nfs"),
                          [](const auto& info) { return info.param; });
