@@ -47,8 +47,9 @@ class LocalStore final : public ObjectStore {
       st = ErrnoToStatus(errno, "fsync " + Describe() + "/" + key);
     if (::close(fd) != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + tmp);
     if (st.ok()) st = Publish(tmp, path, key, opts);
-    if (st.code() == StatusCode::kNotFound) {
-      // A concurrent Delete removed the (then empty) parent directory: recreate it, try once more.
+    // A concurrent Delete (this or another process) removed the then-empty parent directory:
+    // recreate it and try again. Bounded: each round needs another Delete to win the race.
+    for (int round = 0; round < 16 && st.code() == StatusCode::kNotFound; ++round) {
       st = MakeDirs(DirName(path));
       if (st.ok()) st = Publish(tmp, path, key, opts);
     }
