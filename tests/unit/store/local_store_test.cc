@@ -3,7 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <future>
+#include <thread>
+#include <vector>
 
 #include "support/test_util.h"
 #include "vmbackup/options.h"
@@ -93,6 +96,29 @@ TEST_F(LocalStoreTest, AsyncPutCompletes) {
                    [&](Status st) { done.set_value(st); });
   ASSERT_OK(done.get_future().get());
   EXPECT_EQ(*store_->Get("async/k"), "payload");
+}
+
+// Regression: a Put could fail with NOT_FOUND when a concurrent Delete removed the parent
+// directory it had just created (seen with several processes probing one target at once).
+TEST_F(LocalStoreTest, PutsRaceDeletesInOneDirectoryWithoutErrors) {
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 150; ++i) {
+        const std::string key = "probe/" + std::to_string(t) + "-" + std::to_string(i);
+        Status st = store_->Put(key, "x", PutOptions{.if_absent = (i % 2 == 0), .durable = false});
+        if (st.ok()) st = store_->Delete({key});
+        if (!st.ok()) {
+          ADD_FAILURE() << st.ToString();
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_TRUE(testing::ListFiles(dir_.path()).empty());
 }
 
 TEST(LocalStoreOpenTest, MissingDirectoryIsNotFound) {
