@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -19,6 +20,7 @@
 #include <thread>
 
 #include "core/errors.h"
+#include "core/util.h"
 #include "repo/repository.h"
 #include "store/local_store.h"
 #include "target/target_impl.h"
@@ -344,6 +346,51 @@ bool HelperProcess::WaitFor(const std::function<bool()>& pred, std::chrono::mill
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return false;
+}
+
+std::string RestoreSha(const std::shared_ptr<BackupTarget>& target, const std::string& backup,
+                       const ::vmbackup::testing::TempDir& dir) {
+  static std::atomic<int> n{0};
+  const std::string dest = dir.Sub("restored-" + std::to_string(n++) + ".img");
+  Status st = RunRestore(target, backup, dest);
+  EXPECT_OK(st) << " restoring " << backup;
+  if (!st.ok()) return "restore of " + backup + " failed: " + st.ToString();
+  std::string sha = ::vmbackup::testing::FileSha256(dest);
+  ::unlink(dest.c_str());
+  return sha;
+}
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? "" : v;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string RandomHex(int n) {
+  return internal::RandomHex(static_cast<size_t>(n + 1) / 2).substr(0, static_cast<size_t>(n));
+}
+
+std::string Quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string Shell(const std::string& cmd, int* rc) {
+  std::string out;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (f == nullptr) {
+    *rc = -1;
+    return out;
+  }
+  char buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  *rc = ::pclose(f);
+  return out;
 }
 
 }  // namespace vmbackup::integration

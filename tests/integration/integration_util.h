@@ -127,6 +127,22 @@ Status RunRestore(const std::shared_ptr<BackupTarget>& target, const std::string
 Status RunRestore(const std::shared_ptr<BackupTarget>& target, const std::string& backup,
                   const std::string& dest);
 
+// Restores volume "disk0" of `backup` to a fresh file under `dir` and returns its SHA-256 (or, with
+// a test failure recorded, a text saying why the restore failed). The restored file is removed.
+std::string RestoreSha(const std::shared_ptr<BackupTarget>& target, const std::string& backup,
+                       const ::vmbackup::testing::TempDir& dir);
+
+// The environment variable `name`, or "" when unset.
+std::string Env(const char* name);
+// Seconds elapsed since `t0`.
+double SecondsSince(std::chrono::steady_clock::time_point t0);
+// `n` random lowercase hex characters (for unique names and key prefixes).
+std::string RandomHex(int n);
+// `s` quoted for /bin/sh.
+std::string Quote(const std::string& s);
+// Runs a shell command; returns its stdout, and its exit status in *rc.
+std::string Shell(const std::string& cmd, int* rc);
+
 // Files under `dir` (relative, sorted) whose relative path starts with `prefix`.
 std::vector<std::string> FilesUnder(const std::string& dir, const std::string& prefix = "");
 // Names of the listed backups, oldest first.

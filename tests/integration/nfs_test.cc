@@ -44,45 +44,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kMiB = 1024 * 1024;
 
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? "" : v;
-}
-
-double SecondsSince(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-std::string RandomHex(int n) {
-  static std::mt19937_64 rng(std::random_device{}());
-  static std::mutex mu;
-  std::lock_guard<std::mutex> lock(mu);
-  std::string s;
-  for (int i = 0; i < n; ++i) s += "0123456789abcdef"[rng() % 16];
-  return s;
-}
-
-std::string Quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-// Runs a shell command; returns its stdout, and its exit status in *rc.
-std::string Shell(const std::string& cmd, int* rc) {
-  std::string out;
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (f == nullptr) {
-    *rc = -1;
-    return out;
-  }
-  char buf[65536];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  *rc = ::pclose(f);
-  return out;
-}
-
 // Inserts `sub` ("/a/b") after the path of a libnfs URL, before its query.
 std::string UrlWithPath(const std::string& url, const std::string& sub) {
   auto q = url.find('?');
@@ -159,18 +120,6 @@ StatusOr<BackupInfo> Backup(const std::shared_ptr<BackupTarget>& target, const s
   Status st = (*job)->Run();
   if (!st.ok()) return st;
   return (*job)->result();
-}
-
-std::string RestoreSha(const std::shared_ptr<BackupTarget>& target, const std::string& backup,
-                       const TempDir& dir) {
-  static std::atomic<int> n{0};
-  const std::string dest = dir.Sub("restored-" + std::to_string(n++) + ".img");
-  Status st = RunRestore(target, backup, dest);
-  EXPECT_OK(st) << " restoring " << backup;
-  if (!st.ok()) return "restore of " + backup + " failed: " + st.ToString();
-  std::string sha = FileSha256(dest);
-  ::unlink(dest.c_str());
-  return sha;
 }
 
 // ---- round trips through the public API ---------------------------------------------------------

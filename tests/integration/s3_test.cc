@@ -62,25 +62,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kMiB = 1024 * 1024;
 
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? "" : v;
-}
-
-double SecondsSince(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-std::string RandomHex(int n) {
-  static std::mt19937_64 rng(std::random_device{}() ^
-                             static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
-  static std::mutex mu;
-  std::lock_guard<std::mutex> lock(mu);
-  std::string s;
-  for (int i = 0; i < n; ++i) s += "0123456789abcdef"[rng() % 16];
-  return s;
-}
-
 std::string JsonStr(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
@@ -114,27 +95,6 @@ std::string ConfigJson(const TargetConfig& c) {
   j += std::string(R"(,"virtualHostedStyle":)") + (c.virtual_hosted_style ? "true" : "false");
   if (!c.prefix.empty()) j += R"(,"prefix":)" + JsonStr(c.prefix);
   return j + "}";
-}
-
-// Runs a shell command; returns its stdout, and its exit status in *rc.
-std::string Shell(const std::string& cmd, int* rc) {
-  std::string out;
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (f == nullptr) {
-    *rc = -1;
-    return out;
-  }
-  char buf[65536];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  *rc = ::pclose(f);
-  return out;
-}
-
-std::string Quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
 }
 
 // The server the environment describes.
@@ -322,19 +282,6 @@ StatusOr<BackupInfo> Backup(const std::shared_ptr<BackupTarget>& target, const s
   if (progress != nullptr) *progress = (*job)->progress();
   if (!st.ok()) return st;
   return (*job)->result();
-}
-
-// Restores volume disk0 of `backup` to a fresh file under `dir` and returns its SHA-256.
-std::string RestoreSha(const std::shared_ptr<BackupTarget>& target, const std::string& backup,
-                       const TempDir& dir) {
-  static std::atomic<int> n{0};
-  const std::string dest = dir.Sub("restored-" + std::to_string(n++) + ".img");
-  Status st = RunRestore(target, backup, dest);
-  EXPECT_OK(st) << " restoring " << backup;
-  if (!st.ok()) return "restore of " + backup + " failed: " + st.ToString();
-  std::string sha = FileSha256(dest);
-  ::unlink(dest.c_str());
-  return sha;
 }
 
 std::vector<std::string> Keys(const std::vector<internal::ObjectInfo>& objs) {
