@@ -35,6 +35,9 @@ namespace {
 
 enum class Plan : uint8_t { kRead = 0, kHole = 1, kCopy = 2 };
 
+// Blocks a worker claims at once (4 MiB with 256 KiB blocks).
+constexpr uint64_t kClaim = 16;
+
 struct VolumeWork {
   const VolumeSource* source = nullptr;
   std::unique_ptr<VolumeSnapshot> snap;
@@ -212,10 +215,14 @@ Status BackupJob::Impl::Execute() {
   run.SetPhase(Progress::Phase::kTransferring);
   const int nworkers = std::max(1, rt.worker_threads());
   const uint64_t cap = spec.max_in_flight_bytes ? spec.max_in_flight_bytes : 96ull << 20;
-  PackUploader uploader(repo.store(), cap, [&pc](uint64_t b) { pc.bytes_written += b; });
+  const uint32_t pack_size = repo.descriptor().pack_size;
+  // Enough recycled pack buffers for every pack in flight plus one being built per worker.
+  auto pool = std::make_shared<BufferPool>(static_cast<size_t>(nworkers) + cap / pack_size + 1);
+  PackUploader uploader(
+      repo.store(), cap, [&pc](uint64_t b) { pc.bytes_written += b; }, pool);
   std::vector<PackBuilder> packs;
   packs.reserve(static_cast<size_t>(nworkers));
-  for (int i = 0; i < nworkers; ++i) packs.emplace_back(repo.descriptor().pack_size);
+  for (int i = 0; i < nworkers; ++i) packs.emplace_back(pack_size, pool.get());
   ClaimSet claims;
   FirstError error;
 
@@ -227,72 +234,92 @@ Status BackupJob::Impl::Execute() {
     RunOnWorkers(rt, nworkers, [&](int slot) {
       std::unique_ptr<char[]> buf(new char[bs]);
       PackBuilder& pack = packs[static_cast<size_t>(slot)];
-      uint64_t local_scanned = 0;
+      // Counters are kept per worker and published once per batch: on a sparse 1 TiB volume the
+      // shared atomics, updated per block, cost more than the work itself.
+      struct {
+        uint64_t data = 0, zero = 0, hole = 0, fresh = 0, reused = 0, stored = 0, read = 0,
+                 scanned = 0, blocks = 0;
+      } c;
+      auto publish = [&] {
+        w.data_blocks += c.data;
+        w.zero_blocks += c.zero;
+        w.hole_blocks += c.hole;
+        w.bytes_new += c.fresh;
+        w.bytes_reused += c.reused;
+        w.bytes_stored += c.stored;
+        pc.bytes_new += c.fresh;
+        pc.bytes_reused += c.reused;
+        pc.bytes_read += c.read;
+        pc.bytes_scanned += c.scanned;
+        pc.blocks_done += c.blocks;
+        c = {};
+        run.MaybeReport();
+      };
       for (;;) {
         if (run.cancelled() || error.has_error() || uploader.failed()) break;
-        const uint64_t b = next.fetch_add(1, std::memory_order_relaxed);
-        if (b >= nblocks) break;
-        const uint64_t off = b * bs;
-        const size_t len = static_cast<size_t>(std::min<uint64_t>(bs, size - off));
-        switch (w.plan[b]) {
-          case Plan::kHole:
-            w.index.kinds[b] = BlockKind::kHole;
-            ++w.hole_blocks;
-            break;
-          case Plan::kCopy: {
-            BlockKind k = w.parent->kinds[b];
-            w.index.kinds[b] = k;
-            w.index.digests[b] = w.parent->digests[b];
-            if (k == BlockKind::kData) {
-              if (index->Find(w.parent->digests[b]) == nullptr) {
-                error.Set(DataLossError("block at offset " + std::to_string(off) + " of volume '" +
-                                        w.info.name + "' in parent backup '" + spec.parent +
-                                        "' is not in any pack index"));
+        // Blocks are claimed kClaim at a time: fewer shared updates, longer sequential reads.
+        const uint64_t first = next.fetch_add(kClaim, std::memory_order_relaxed);
+        if (first >= nblocks) break;
+        const uint64_t last = std::min(nblocks, first + kClaim);
+        for (uint64_t b = first; b < last && !error.has_error(); ++b) {
+          const uint64_t off = b * bs;
+          const size_t len = static_cast<size_t>(std::min<uint64_t>(bs, size - off));
+          c.scanned += len;
+          c.blocks += 1;
+          switch (w.plan[b]) {
+            case Plan::kHole:
+              w.index.kinds[b] = BlockKind::kHole;
+              ++c.hole;
+              break;
+            case Plan::kCopy: {
+              BlockKind k = w.parent->kinds[b];
+              w.index.kinds[b] = k;
+              w.index.digests[b] = w.parent->digests[b];
+              if (k == BlockKind::kData) {
+                if (index->Find(w.parent->digests[b]) == nullptr) {
+                  error.Set(DataLossError("block at offset " + std::to_string(off) +
+                                          " of volume '" + w.info.name + "' in parent backup '" +
+                                          spec.parent + "' is not in any pack index"));
+                  break;
+                }
+                ++c.data;
+                c.reused += len;
+              } else {
+                ++(k == BlockKind::kZero ? c.zero : c.hole);
+              }
+              break;
+            }
+            case Plan::kRead: {
+              auto r = w.snap->ReadAt(off, buf.get(), len);
+              if (!r.ok()) {
+                error.Set(r.status().WithContext("volume '" + w.info.name + "'"));
                 break;
               }
-              ++w.data_blocks;
-              w.bytes_reused += len;
-              pc.bytes_reused += len;
-            } else {
-              ++(k == BlockKind::kZero ? w.zero_blocks : w.hole_blocks);
-            }
-            break;
-          }
-          case Plan::kRead: {
-            auto r = w.snap->ReadAt(off, buf.get(), len);
-            if (!r.ok()) {
-              error.Set(r.status().WithContext("volume '" + w.info.name + "'"));
+              c.read += len;
+              if (IsAllZero(buf.get(), len)) {
+                w.index.kinds[b] = BlockKind::kZero;
+                ++c.zero;
+                break;
+              }
+              const Digest d = Sha256(buf.get(), len);
+              w.index.kinds[b] = BlockKind::kData;
+              w.index.digests[b] = d;
+              ++c.data;
+              if (index->Find(d) != nullptr || !claims.TryClaim(d)) {
+                c.reused += len;
+                break;
+              }
+              const PackEntry& e = pack.Add(d, buf.get(), len);
+              c.fresh += len;
+              c.stored += e.stored_len;
+              if (pack.full()) uploader.Submit(pack.Seal());
               break;
             }
-            pc.bytes_read += len;
-            if (IsAllZero(buf.get(), len)) {
-              w.index.kinds[b] = BlockKind::kZero;
-              ++w.zero_blocks;
-              break;
-            }
-            const Digest d = Sha256(buf.get(), len);
-            w.index.kinds[b] = BlockKind::kData;
-            w.index.digests[b] = d;
-            ++w.data_blocks;
-            if (index->Find(d) != nullptr || !claims.TryClaim(d)) {
-              w.bytes_reused += len;
-              pc.bytes_reused += len;
-              break;
-            }
-            const PackEntry& e = pack.Add(d, buf.get(), len);
-            w.bytes_new += len;
-            w.bytes_stored += e.stored_len;
-            pc.bytes_new += len;
-            if (pack.full()) uploader.Submit(pack.Seal());
-            break;
           }
         }
-        local_scanned += len;
-        pc.bytes_scanned += len;
-        pc.blocks_done += 1;
-        run.MaybeReport();
+        publish();
       }
-      (void)local_scanned;
+      publish();
     });
     VMB_RETURN_IF_ERROR(error.Get());
     if (run.cancelled()) break;

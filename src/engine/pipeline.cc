@@ -39,20 +39,23 @@ bool ClaimSet::TryClaim(const Digest& d) {
 void FirstError::Set(const Status& st) {
   if (st.ok()) return;
   std::lock_guard<std::mutex> l(mu_);
-  if (st_.ok()) st_ = st;
+  if (st_.ok()) {
+    st_ = st;
+    set_.store(true, std::memory_order_release);
+  }
 }
 Status FirstError::Get() const {
   std::lock_guard<std::mutex> l(mu_);
   return st_;
 }
-bool FirstError::has_error() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return !st_.ok();
-}
 
 PackUploader::PackUploader(ObjectStore& store, uint64_t max_in_flight,
-                           std::function<void(uint64_t)> on_written)
-    : store_(store), cap_(max_in_flight), on_written_(std::move(on_written)) {}
+                           std::function<void(uint64_t)> on_written,
+                           std::shared_ptr<BufferPool> pool)
+    : store_(store),
+      cap_(max_in_flight),
+      on_written_(std::move(on_written)),
+      pool_(std::move(pool)) {}
 
 PackUploader::~PackUploader() { Drain().IgnoreError(); }
 
@@ -64,7 +67,17 @@ void PackUploader::Submit(PackBuilder::Sealed sealed) {
     in_flight_ += bytes;
     ++outstanding_;
   }
-  auto data = std::make_shared<const std::string>(std::move(sealed.data));
+  std::shared_ptr<const std::string> data;
+  if (pool_) {
+    // The buffer goes back to the pool when the store lets go of it (possibly after Drain()).
+    data = std::shared_ptr<const std::string>(new std::string(std::move(sealed.data)),
+                                              [pool = pool_](std::string* s) {
+                                                pool->Give(std::move(*s));
+                                                delete s;
+                                              });
+  } else {
+    data = std::make_shared<const std::string>(std::move(sealed.data));
+  }
   auto index = std::make_shared<const std::string>(std::move(sealed.index));
   const std::string id = sealed.id;
   // Data before metadata: the index that makes the pack's blocks visible is written only after the

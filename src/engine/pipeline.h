@@ -5,6 +5,7 @@
 #define VMBACKUP_ENGINE_PIPELINE_H_
 
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -45,19 +46,22 @@ class FirstError {
  public:
   void Set(const Status& st);
   Status Get() const;
-  bool has_error() const;
+  // Lock-free: called per block on the hot path.
+  bool has_error() const { return set_.load(std::memory_order_acquire); }
 
  private:
   mutable std::mutex mu_;
   Status st_;
+  std::atomic<bool> set_{false};
 };
 
 // Uploads sealed packs (pack object first, then its index) with at most `max_in_flight` bytes
 // outstanding. Submit blocks while the cap is reached.
 class PackUploader {
  public:
-  PackUploader(ObjectStore& store, uint64_t max_in_flight,
-               std::function<void(uint64_t)> on_written);
+  // `pool` (optional) receives each pack's buffer back once its upload finished.
+  PackUploader(ObjectStore& store, uint64_t max_in_flight, std::function<void(uint64_t)> on_written,
+               std::shared_ptr<BufferPool> pool = nullptr);
   ~PackUploader();  // waits for outstanding uploads
   void Submit(PackBuilder::Sealed sealed);
   // Waits for every upload; returns the first error.
@@ -70,6 +74,7 @@ class PackUploader {
   ObjectStore& store_;
   uint64_t cap_;
   std::function<void(uint64_t)> on_written_;
+  std::shared_ptr<BufferPool> pool_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   uint64_t in_flight_ = 0;

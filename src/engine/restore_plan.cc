@@ -303,21 +303,22 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   std::atomic<uint64_t> unflushed{0};
   RunOnThreads(ntasks, [&](int) {
     std::unique_ptr<char[]> raw(new char[bs]);
+    std::string buf;  // the current fetch unit, reused across units
     for (;;) {
       if (run.cancelled() || error.has_error()) return;
       const size_t ui = next_unit.fetch_add(1, std::memory_order_relaxed);
       if (ui >= units.size()) break;
       const Unit& u = units[ui];
       const std::string key = PackKey(index.pack_id(pieces[u.first].pack));
-      auto data = repo.store().Get(key, u.begin, u.end - u.begin);
-      if (!data.ok()) {
-        error.Set(
-            data.status().code() == StatusCode::kNotFound
-                ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
-                                " is missing")
-                : data.status().WithContext(where(pieces[u.first].block) + ", object " + key));
+      Status got = repo.store().GetInto(key, u.begin, u.end - u.begin, &buf);
+      if (!got.ok()) {
+        error.Set(got.code() == StatusCode::kNotFound
+                      ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
+                                      " is missing")
+                      : got.WithContext(where(pieces[u.first].block) + ", object " + key));
         return;
       }
+      const std::string* data = &buf;
       pc.bytes_read += data->size();
       for (size_t i = u.first; i < u.last; ++i) {
         const Piece& p = pieces[i];

@@ -3,6 +3,8 @@
 
 #include <lz4.h>
 
+#include <cstring>
+
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
@@ -131,9 +133,23 @@ Status DecodeBlock(Codec codec, const char* stored, size_t stored_len, char* raw
 }
 
 // ---- packs ----
-PackBuilder::PackBuilder(uint32_t target_size) : target_size_(target_size) {
-  data_.reserve(target_size + target_size / 8);
+PackBuilder::PackBuilder(uint32_t target_size, BufferPool* pool)
+    : target_size_(target_size), pool_(pool) {
+  Reset();
+}
+
+void PackBuilder::Reset() {
+  // Room for a full pack, its last block's LZ4 bound and the trailer without reallocating.
+  const size_t capacity = target_size_ + target_size_ / 8;
+  if (pool_ != nullptr) {
+    data_ = pool_->Take(capacity);
+  } else {
+    data_ = std::string();
+    data_.reserve(capacity);
+  }
   data_.append(kPackMagic);
+  entries_.clear();
+  raw_bytes_ = 0;
 }
 
 const PackEntry& PackBuilder::Add(const Digest& digest, const char* raw, size_t raw_len) {
@@ -159,11 +175,7 @@ PackBuilder::Sealed PackBuilder::Seal() {
   s.data.append(s.index);
   PutU64(&s.data, index_offset);
   s.data.append(kPackTrailerMagic);
-  data_ = std::string();
-  data_.reserve(target_size_ + target_size_ / 8);
-  data_.append(kPackMagic);
-  entries_.clear();
-  raw_bytes_ = 0;
+  Reset();
   return s;
 }
 
@@ -235,9 +247,12 @@ std::string EncodeVolumeIndex(const VolumeIndex& v) {
   PutU32(&s, v.block_size);
   PutU64(&s, v.volume_size);
   PutU64(&s, v.kinds.size());
-  for (size_t i = 0; i < v.kinds.size(); ++i) {
-    s.push_back(static_cast<char>(v.kinds[i]));
-    s.append(reinterpret_cast<const char*>(v.digests[i].data()), 32);
+  size_t pos = s.size();
+  s.resize(pos + v.kinds.size() * 33);
+  char* out = s.data();
+  for (size_t i = 0; i < v.kinds.size(); ++i, pos += 33) {
+    out[pos] = static_cast<char>(v.kinds[i]);
+    std::memcpy(out + pos + 1, v.digests[i].data(), 32);
   }
   Digest sum = Sha256(s);
   s.append(reinterpret_cast<const char*>(sum.data()), 32);

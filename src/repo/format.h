@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/buffer_pool.h"
 #include "core/util.h"
 #include "vmbackup/backup_target.h"
 #include "vmbackup/status.h"
@@ -73,7 +74,8 @@ inline constexpr std::string_view kPackTrailerMagic = "VMBPEND1";
 // Accumulates blocks into one pack object. Not thread-safe.
 class PackBuilder {
  public:
-  explicit PackBuilder(uint32_t target_size);
+  // `pool` (optional, must outlive the builder) supplies the buffers of the next packs.
+  explicit PackBuilder(uint32_t target_size, BufferPool* pool = nullptr);
   // Appends a block (compressing it when that pays) and returns its entry.
   const PackEntry& Add(const Digest& digest, const char* raw, size_t raw_len);
   bool full() const { return data_.size() >= target_size_; }
@@ -92,7 +94,9 @@ class PackBuilder {
   Sealed Seal();
 
  private:
+  void Reset();
   uint32_t target_size_;
+  BufferPool* pool_;
   std::string data_;
   std::vector<PackEntry> entries_;
   uint64_t raw_bytes_ = 0;

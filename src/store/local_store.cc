@@ -7,6 +7,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 
 #include "core/errors.h"
 #include "core/util.h"
@@ -15,6 +18,10 @@ namespace vmbackup::internal {
 namespace {
 
 constexpr const char* kTmpDir = ".tmp";
+// Durable objects of at least kDirectMin bytes are written with O_DIRECT in kDirectChunk pieces.
+constexpr size_t kDirectMin = 1 << 20;
+constexpr size_t kDirectChunk = 8 << 20;
+constexpr size_t kDirectAlign = 4096;
 
 class LocalStore final : public ObjectStore {
  public:
@@ -29,20 +36,15 @@ class LocalStore final : public ObjectStore {
     VMB_RETURN_IF_ERROR(MakeDirs(DirName(path)));
     VMB_RETURN_IF_ERROR(MakeDirs(root_ + "/" + kTmpDir));
     const std::string tmp = root_ + "/" + kTmpDir + "/" + RandomHex(8);
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    // Large durable objects (packs) bypass the page cache: the kernel's copy into it cost a sixth
+    // of a full backup's CPU time, and a backup should not evict the host's cached VM data.
+    const bool direct = opts.durable && data.size() >= kDirectMin;
+    int fd = -1;
+    if (direct) fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
+    if (!direct || (fd < 0 && errno == EINVAL))  // EINVAL: the filesystem has no O_DIRECT (tmpfs)
+      fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
-    Status st;
-    const char* p = data.data();
-    size_t n = data.size();
-    while (n > 0 && st.ok()) {
-      ssize_t w = ::write(fd, p, n);
-      if (w < 0) {
-        if (errno != EINTR) st = ErrnoToStatus(errno, "write " + Describe() + "/" + key);
-        continue;
-      }
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
+    Status st = WriteAll(fd, data, direct, "write " + Describe() + "/" + key);
     if (st.ok() && opts.durable && ::fdatasync(fd) != 0)
       st = ErrnoToStatus(errno, "fsync " + Describe() + "/" + key);
     if (::close(fd) != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + tmp);
@@ -58,6 +60,52 @@ class LocalStore final : public ObjectStore {
       return st;
     }
     if (opts.durable) return FsyncDir(DirName(path));
+    return Status::Ok();
+  }
+
+  // Writes `data` at offset 0 of the new file `fd`. With O_DIRECT on the descriptor, whole aligned
+  // chunks go through a per-thread aligned buffer; the last one is zero-padded to the alignment and
+  // the file truncated back to its size. Falls back to buffered writes (clearing O_DIRECT) where
+  // the filesystem refuses the alignment.
+  static Status WriteAll(int fd, std::string_view data, bool try_direct, const std::string& what) {
+    size_t done = 0;
+    const bool direct = try_direct && (::fcntl(fd, F_GETFL) & O_DIRECT) != 0;
+    if (direct) {
+      thread_local std::unique_ptr<char, decltype(&std::free)> bounce(nullptr, &std::free);
+      if (!bounce) {
+        void* p = nullptr;
+        if (::posix_memalign(&p, kDirectAlign, kDirectChunk) != 0)
+          return ResourceExhaustedError(what + ": out of memory");
+        bounce.reset(static_cast<char*>(p));
+      }
+      while (done < data.size()) {
+        const size_t n = std::min(kDirectChunk, data.size() - done);
+        const size_t padded = (n + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+        std::memcpy(bounce.get(), data.data() + done, n);
+        if (padded > n) std::memset(bounce.get() + n, 0, padded - n);
+        ssize_t w = ::pwrite(fd, bounce.get(), padded, static_cast<off_t>(done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno != EINVAL) return ErrnoToStatus(errno, what);
+        if (w != static_cast<ssize_t>(padded)) break;  // refused or short: finish buffered
+        done += n;
+      }
+      if (done == data.size()) {
+        if (data.size() % kDirectAlign != 0 &&
+            ::ftruncate(fd, static_cast<off_t>(data.size())) != 0)
+          return ErrnoToStatus(errno, what + " (truncate)");
+        return Status::Ok();
+      }
+      if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT) != 0)
+        return ErrnoToStatus(errno, what + " (clear O_DIRECT)");
+    }
+    while (done < data.size()) {
+      ssize_t w = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(done));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoToStatus(errno, what);
+      }
+      done += static_cast<size_t>(w);
+    }
     return Status::Ok();
   }
 
@@ -77,6 +125,14 @@ class LocalStore final : public ObjectStore {
   }
 
   StatusOr<std::string> Get(const std::string& key, uint64_t offset, uint64_t length) override {
+    std::string out;
+    VMB_RETURN_IF_ERROR(GetInto(key, offset, length, &out));
+    return out;
+  }
+
+  Status GetInto(const std::string& key, uint64_t offset, uint64_t length,
+                 std::string* out_ptr) override {
+    std::string& out = *out_ptr;
     VMB_RETURN_IF_ERROR(ValidateKey(key));
     const std::string path = root_ + "/" + key;
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -93,7 +149,6 @@ class LocalStore final : public ObjectStore {
       return OutOfRangeError("range past the end of object " + key);
     }
     uint64_t want = length == 0 ? size - offset : length;
-    std::string out;
     out.resize(want);
     uint64_t got = 0;
     while (got < want) {
@@ -113,7 +168,7 @@ class LocalStore final : public ObjectStore {
                            std::to_string(want) + " bytes at " + std::to_string(offset) + ", got " +
                            std::to_string(got) + ")");
     }
-    return out;
+    return Status::Ok();
   }
 
   StatusOr<ObjectInfo> Head(const std::string& key) override {

@@ -11,6 +11,14 @@ void ObjectStore::PutAsync(std::string key, std::shared_ptr<const std::string> d
                                   done = std::move(done)] { done(Put(key, *data, opts)); });
 }
 
+Status ObjectStore::GetInto(const std::string& key, uint64_t offset, uint64_t length,
+                            std::string* out) {
+  auto r = Get(key, offset, length);
+  if (!r.ok()) return r.status();
+  *out = std::move(*r);
+  return Status::Ok();
+}
+
 void ObjectStore::GetAsync(std::string key, uint64_t offset, uint64_t length,
                            std::function<void(StatusOr<std::string>)> done) {
   runtime_->impl()->PostBlocking([this, key = std::move(key), offset, length,

@@ -57,6 +57,10 @@ class ObjectStore {
   // kOutOfRange; a short read (object shorter than asked) is kDataLoss.
   virtual StatusOr<std::string> Get(const std::string& key, uint64_t offset = 0,
                                     uint64_t length = 0) = 0;
+  // Get into `*out`, reusing its capacity (saves a large allocation per read in loops). On error
+  // `*out` is unspecified. The default calls Get.
+  virtual Status GetInto(const std::string& key, uint64_t offset, uint64_t length,
+                         std::string* out);
   virtual StatusOr<ObjectInfo> Head(const std::string& key) = 0;
   // One page of the keys starting with `prefix`, after `token` (empty = first page).
   virtual StatusOr<ListPage> List(const std::string& prefix, const std::string& token,

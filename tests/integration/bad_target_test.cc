@@ -257,6 +257,35 @@ TEST_F(FullTargetTest, BackupToFullTargetIsResourceExhaustedAndEarlierBackupSurv
   ExpectRestorable(target_dir, "b2", {{"disk0", FileSha256(big)}}, dir_.path());
 }
 
+// Packs are written with O_DIRECT on filesystems that support it (tmpfs above does not): a disk
+// that fills up in the middle of such a write must fail the same way and leave nothing behind.
+TEST_F(FullTargetTest, DirectIoPackWritesOnAFullExt4TargetAreResourceExhausted) {
+  const std::string target_dir = dir_.Sub("target");
+  ASSERT_EQ(::mkdir(target_dir.c_str(), 0755), 0);
+  std::string err = mount_.MountExt4Image(target_dir, dir_.Sub("target.ext4"), 24 << 20);
+  if (!err.empty()) GTEST_SKIP() << "needs a loop-mounted ext4 target: " << err;
+  ReportPath("24 MiB ext4 image loop-mounted on the target directory");
+  const std::string vol = dir_.Sub("disk0.img");
+  WriteRandomFile(vol, 64 << 20, 41);  // incompressible, far more than the target holds
+  auto t = OpenTarget(target_dir);
+  ASSERT_OK(t);
+  auto r = RunBackup(*t, "b1", vol);
+  ShowStatus(r);
+  EXPECT_THAT(r, StatusIs(StatusCode::kResourceExhausted, "No space left on device"));
+  EXPECT_THAT((*t)->GetBackup("b1"), StatusIs(StatusCode::kNotFound, "b1"));
+  EXPECT_THAT(FilesUnder(target_dir, "records/"), IsEmpty());
+  EXPECT_THAT(FilesUnder(target_dir, ".tmp/"), IsEmpty());
+  // Every pack that was published is complete: its trailer and index object agree.
+  for (const auto& key : FilesUnder(target_dir, "index/")) {
+    const std::string id = internal::PackIdFromIndexKey(key);
+    auto entries =
+        internal::DecodePackIndex(::vmbackup::testing::ReadAll(target_dir + "/" + key), id, key);
+    ASSERT_OK(entries);
+    const std::string pack = ::vmbackup::testing::ReadAll(target_dir + "/" + internal::PackKey(id));
+    for (const auto& e : *entries) EXPECT_LE(e.offset + e.stored_len, pack.size()) << key;
+  }
+}
+
 TEST_F(FullTargetTest, RestoreToFullDestinationIsResourceExhaustedAndLeavesNothing) {
   const std::string target_dir = dir_.Sub("target"), dest_dir = dir_.Sub("dest");
   ASSERT_EQ(::mkdir(target_dir.c_str(), 0755), 0);

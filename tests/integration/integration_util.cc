@@ -76,6 +76,21 @@ std::string ScopedMount::MountTmpfs(const std::string& dir, uint64_t bytes) {
   return "";
 }
 
+std::string ScopedMount::MountExt4Image(const std::string& dir, const std::string& image,
+                                        uint64_t bytes) {
+  if (!CanMount()) return NoMountReason();
+  if (::truncate(image.c_str(), 0) != 0 && errno != ENOENT)
+    return std::string("truncate: ") + std::strerror(errno);
+  int rc = 0;
+  std::string out = Shell("truncate -s " + std::to_string(bytes) + " " + Quote(image) +
+                              " && mkfs.ext4 -q -F -m 0 " + Quote(image) + " && mount -o loop " +
+                              Quote(image) + " " + Quote(dir),
+                          &rc);
+  if (rc != 0) return "loop-mounting an ext4 image failed: " + out;
+  dir_ = dir;
+  return "";
+}
+
 std::string ScopedMount::ResizeTmpfs(uint64_t bytes) {
   const std::string opts = "size=" + std::to_string(bytes);
   if (::mount("tmpfs", dir_.c_str(), "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV, opts.c_str()) != 0)

@@ -67,6 +67,9 @@ class ScopedMount {
   std::string MountTmpfs(const std::string& dir, uint64_t bytes);
   // Changes the size of the tmpfs mounted by MountTmpfs. Returns "" on success, else the error.
   std::string ResizeTmpfs(uint64_t bytes);
+  // Makes an ext4 filesystem of `bytes` in the file `image` and loop-mounts it on `dir` (where
+  // O_DIRECT works, unlike tmpfs). Returns "" on success, else the error text.
+  std::string MountExt4Image(const std::string& dir, const std::string& image, uint64_t bytes);
   // Bind-mounts `dir` on itself read-only. Returns "" on success, else the error text.
   std::string BindReadOnly(const std::string& dir);
   void Unmount();

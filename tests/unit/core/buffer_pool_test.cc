@@ -1,0 +1,44 @@
+// BufferPool: recycled buffers keep their capacity, come back empty, and the pool keeps a bounded
+// number of them.
+#include "core/buffer_pool.h"
+
+#include <gtest/gtest.h>
+
+namespace vmbackup::internal {
+namespace {
+
+TEST(BufferPoolTest, RecycledBuffersKeepTheirMemoryAndComeBackEmpty) {
+  BufferPool pool(2);
+  std::string a = pool.Take(1 << 20);
+  EXPECT_TRUE(a.empty());
+  EXPECT_GE(a.capacity(), 1u << 20);
+  a.append("payload");
+  const char* mem = a.data();
+  pool.Give(std::move(a));
+  std::string b = pool.Take(1 << 20);
+  EXPECT_TRUE(b.empty());
+  EXPECT_EQ(b.data(), mem);  // the same allocation, not a new one
+  std::string c = pool.Take(1 << 20);
+  EXPECT_NE(c.data(), mem);  // the pool was empty: a fresh buffer
+}
+
+TEST(BufferPoolTest, KeepsAtMostMaxKept) {
+  BufferPool pool(1);
+  std::string a = pool.Take(4096), b = pool.Take(4096);
+  const char* first = a.data();
+  pool.Give(std::move(a));
+  pool.Give(std::move(b));  // dropped: the pool already keeps one
+  std::string x = pool.Take(4096), y = pool.Take(4096);
+  EXPECT_EQ(x.data(), first);
+  EXPECT_NE(y.data(), first);
+}
+
+TEST(BufferPoolTest, GrowsARecycledBufferThatIsTooSmall) {
+  BufferPool pool(1);
+  pool.Give(pool.Take(16));
+  std::string s = pool.Take(1 << 16);
+  EXPECT_GE(s.capacity(), 1u << 16);
+}
+
+}  // namespace
+}  // namespace vmbackup::internal
