@@ -293,6 +293,7 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
   }
   if (auto name = args.Get("name")) spec.name = *name;
   if (auto parent = args.Get("parent")) spec.parent = *parent;
+  if (args.Has("no-fingerprints")) spec.use_fingerprints = false;
   if (auto dirty = args.Get("dirty-map")) {
     Status st = ApplyDirtyMap(*dirty, &spec);
     if (!st.ok()) return ctx.Fail(st);

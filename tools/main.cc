@@ -52,18 +52,21 @@ const std::vector<CommandDef>& Commands() {
        CmdTargetTest},
       {"backup",
        "backup [--target CONFIG] (--vm-dir DIR | --volume NAME=PATH...) [--name N] [--parent P]\n"
-       "                   [--dirty-map FILE]",
+       "                   [--dirty-map FILE] [--no-fingerprints]",
        "back up a VM's volumes and metadata",
        "--vm-dir reads DIR/vm.json ({\"name\":..., \"volumes\":[{\"name\":..., \"path\":...}]}).\n"
        "--volume backs up the given files or block devices instead.\n"
        "--dirty-map FILE lists changed ranges per volume relative to --parent:\n"
-       "  {\"datadisk\": [[offset, length], ...]}; volumes not listed are read in full.\n",
+       "  {\"datadisk\": [[offset, length], ...]}; volumes not listed are read in full.\n"
+       "Without a dirty map, blocks whose keyed fingerprint matches the previous backup of the\n"
+       "same VM (or --parent) are not hashed again; --no-fingerprints hashes every block.\n",
        {kTargetFlag,
         {"vm-dir", true, false, "DIR", "VM directory holding vm.json"},
         {"volume", true, true, "NAME=PATH", "volume to back up (instead of --vm-dir)"},
         {"name", true, false, "NAME", "backup name (default <vm>-<UTC time>-<random>)"},
         {"parent", true, false, "BACKUP", "base backup of this incremental backup"},
-        {"dirty-map", true, false, "FILE", "changed ranges since --parent (JSON)"}},
+        {"dirty-map", true, false, "FILE", "changed ranges since --parent (JSON)"},
+        {"no-fingerprints", false, false, "", "hash every block (skip no unchanged block)"}},
        CmdBackup},
       {"list",
        "list [--target CONFIG]",

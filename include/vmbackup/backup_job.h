@@ -59,6 +59,11 @@ struct BackupSpec {
   // Cap on bytes held in memory by the pipeline (blocks being processed + packs uploading).
   // Default 0 = 96 MiB (three 32 MiB packs).
   uint64_t max_in_flight_bytes = 0;
+  // Skip hashing blocks whose keyed fingerprint equals the one the reference backup (the parent,
+  // else the newest backup of the same VM) recorded at the same offset; their SHA-256 is taken
+  // from that backup. Every block is still read. Default true; false hashes every block (the
+  // fingerprints are still recorded). See docs/FORMAT.md, "Fingerprints".
+  bool use_fingerprints = true;
 };
 
 class VMBACKUP_EXPORT BackupJob {

@@ -89,6 +89,10 @@ struct VolumeBackupInfo {
   uint64_t bytes_stored = 0;  // bytes this backup added to the target after compression
   std::string index_key;      // object key of the volume's block index
   std::string index_sha256;   // hex SHA-256 of that index object
+  // Object key and hex SHA-256 of the volume's block fingerprints (lets the next backup skip
+  // hashing unchanged blocks); empty when the backup has none.
+  std::string fingerprints_key;
+  std::string fingerprints_sha256;
 };
 
 // A backup as recorded on the target. A record exists on the target only when every byte it needs

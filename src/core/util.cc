@@ -2,11 +2,13 @@
 #include "core/util.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -19,6 +21,37 @@ Digest Sha256(const void* data, size_t len) {
   Digest d;
   SHA256(static_cast<const unsigned char*>(data), len, d.data());
   return d;
+}
+
+Fingerprint BlockFingerprint(const FingerprintKey& key, const void* data, size_t len) {
+  // One cipher context per thread, re-keyed per call (the key schedule is ~100 ns against ~25 µs
+  // of GHASH for a 256 KiB block). The block is authenticated data only: nothing is encrypted.
+  struct Ctx {
+    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+    ~Ctx() { EVP_CIPHER_CTX_free(ctx); }
+  };
+  thread_local Ctx c;
+  static const unsigned char kIv[12] = {0};
+  Fingerprint fp{};
+  int outl = 0;
+  const auto* p = static_cast<const unsigned char*>(data);
+  bool ok = c.ctx != nullptr &&
+            EVP_EncryptInit_ex(c.ctx, EVP_aes_128_gcm(), nullptr, key.data(), kIv) == 1;
+  // EVP takes int lengths: feed large inputs in pieces (GHASH is streaming).
+  for (size_t done = 0; ok && done < len;) {
+    const int n = static_cast<int>(std::min<size_t>(len - done, 1u << 30));
+    ok = EVP_EncryptUpdate(c.ctx, nullptr, &outl, p + done, n) == 1;
+    done += static_cast<size_t>(n);
+  }
+  ok = ok && EVP_EncryptFinal_ex(c.ctx, nullptr, &outl) == 1 &&
+       EVP_CIPHER_CTX_ctrl(c.ctx, EVP_CTRL_GCM_GET_TAG, 16, fp.data()) == 1;
+  // OpenSSL failing here means a broken library; fall back to a truncated SHA-256, which is still
+  // a sound (if slower, and unkeyed) change detector.
+  if (!ok) {
+    Digest d = Sha256(data, len);
+    std::memcpy(fp.data(), d.data(), fp.size());
+  }
+  return fp;
 }
 
 std::string ToHex(const void* data, size_t len) {

@@ -28,6 +28,13 @@ struct DigestHash {
 Digest Sha256(const void* data, size_t len);
 inline Digest Sha256(std::string_view s) { return Sha256(s.data(), s.size()); }
 
+// A keyed 128-bit block fingerprint: AES-128-GMAC (GHASH, PCLMUL) of the block under a secret
+// key, about 8× faster than SHA-256. It only tells whether a block at the same offset is unchanged
+// since an earlier backup (see docs/FORMAT.md, "Fingerprints"); identity stays SHA-256.
+using Fingerprint = std::array<uint8_t, 16>;
+using FingerprintKey = std::array<uint8_t, 16>;
+Fingerprint BlockFingerprint(const FingerprintKey& key, const void* data, size_t len);
+
 std::string ToHex(const void* data, size_t len);
 inline std::string ToHex(const Digest& d) { return ToHex(d.data(), d.size()); }
 // Parses 64 hex chars; false on bad input.

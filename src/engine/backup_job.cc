@@ -44,6 +44,13 @@ struct VolumeWork {
   const VolumeIndex* parent = nullptr;  // parent's index of this volume (dirty-map backups)
   VolumeIndex index;
   std::vector<Plan> plan;
+  // Fingerprint reference: the blocks of an earlier backup of this volume and their fingerprints
+  // (ref == nullptr: none). `fps` collects this backup's fingerprints.
+  const VolumeIndex* ref = nullptr;
+  VolumeIndex ref_storage;
+  VolumeFingerprints ref_fps;
+  std::mutex fps_mu;
+  std::vector<BlockFingerprintEntry> fps;
   VolumeBackupInfo info;
   std::atomic<uint64_t> data_blocks{0}, zero_blocks{0}, hole_blocks{0}, bytes_new{0},
       bytes_reused{0}, bytes_stored{0};
@@ -172,6 +179,27 @@ Status BackupJob::Impl::Execute() {
   }
   VMB_ASSIGN_OR_RETURN(std::shared_ptr<const RepoIndex> index, repo.LoadIndex());
 
+  // Fingerprint reference backup: the parent, else the newest backup of the same VM. Failing to
+  // find or load one only costs speed (every block is hashed), never correctness.
+  FingerprintKey fkey{};
+  const bool fingerprints = repo.fingerprint_key(&fkey);
+  std::optional<BackupInfo> ref;
+  if (fingerprints && spec.use_fingerprints) {
+    if (parent) {
+      ref = parent;
+    } else {
+      json m = json::parse(spec.vm_metadata_json, nullptr, false);
+      const std::string vm = m.is_object() ? m.value("name", "") : "";
+      const std::string ns = m.is_object() ? m.value("namespace", "") : "";
+      auto list = repo.ListBackups();
+      if (list.ok()) {
+        for (auto& b : list->backups)
+          if (b.vm_name == vm && b.vm_namespace == ns && (!ref || b.created_at > ref->created_at))
+            ref = std::move(b);
+      }
+    }
+  }
+
   // Snapshots and block plans.
   std::vector<std::unique_ptr<VolumeWork>> work;
   for (const auto& v : spec.volumes) {
@@ -201,6 +229,22 @@ Status BackupJob::Impl::Execute() {
         bool in_parent =
             b < pi.block_count() && (b + 1 < pi.block_count() || pi.volume_size == size);
         if (dirty[b] == Plan::kCopy && in_parent) w->plan[b] = Plan::kCopy;
+      }
+    }
+    if (ref) {
+      auto it = std::find_if(ref->volumes.begin(), ref->volumes.end(),
+                             [&](const VolumeBackupInfo& rv) { return rv.name == v.name; });
+      if (it != ref->volumes.end() && it->block_size == bs && !it->fingerprints_key.empty()) {
+        auto fps = repo.LoadFingerprints(ref->name, *it);
+        if (fps.ok()) {
+          if (w->parent != nullptr && ref->name == spec.parent) {
+            w->ref = w->parent;
+          } else if (auto ri = repo.LoadVolumeIndex(ref->name, *it); ri.ok()) {
+            w->ref_storage = std::move(*ri);
+            w->ref = &w->ref_storage;
+          }
+          if (w->ref != nullptr) w->ref_fps = std::move(*fps);
+        }
       }
     }
     w->info.name = v.name;
@@ -240,7 +284,13 @@ Status BackupJob::Impl::Execute() {
         uint64_t data = 0, zero = 0, hole = 0, fresh = 0, reused = 0, stored = 0, read = 0,
                  scanned = 0, blocks = 0;
       } c;
+      std::vector<BlockFingerprintEntry> fps;
       auto publish = [&] {
+        if (!fps.empty()) {
+          std::lock_guard<std::mutex> l(w.fps_mu);
+          w.fps.insert(w.fps.end(), fps.begin(), fps.end());
+          fps.clear();
+        }
         w.data_blocks += c.data;
         w.zero_blocks += c.zero;
         w.hole_blocks += c.hole;
@@ -284,6 +334,9 @@ Status BackupJob::Impl::Execute() {
                 }
                 ++c.data;
                 c.reused += len;
+                if (w.ref == w.parent) {  // the parent's fingerprints stay valid for copies
+                  if (const Fingerprint* rf = w.ref_fps.Find(b)) fps.push_back({b, *rf});
+                }
               } else {
                 ++(k == BlockKind::kZero ? c.zero : c.hole);
               }
@@ -301,7 +354,21 @@ Status BackupJob::Impl::Execute() {
                 ++c.zero;
                 break;
               }
-              const Digest d = Sha256(buf.get(), len);
+              // Unchanged since the reference backup (same keyed fingerprint at this offset, and
+              // its block still indexed)? Then its digest is this block's: no SHA-256 needed.
+              const Digest* known = nullptr;
+              if (fingerprints) {
+                const Fingerprint fp = BlockFingerprint(fkey, buf.get(), len);
+                fps.push_back({b, fp});
+                const VolumeIndex* ri = w.ref;
+                if (ri != nullptr && b < ri->block_count() && ri->kinds[b] == BlockKind::kData &&
+                    std::min<uint64_t>(bs, ri->volume_size - off) == len) {
+                  const Fingerprint* rf = w.ref_fps.Find(b);
+                  if (rf != nullptr && *rf == fp && index->Find(ri->digests[b]) != nullptr)
+                    known = &ri->digests[b];
+                }
+              }
+              const Digest d = known != nullptr ? *known : Sha256(buf.get(), len);
               w.index.kinds[b] = BlockKind::kData;
               w.index.digests[b] = d;
               ++c.data;
@@ -355,6 +422,23 @@ Status BackupJob::Impl::Execute() {
     w.info.bytes_reused = w.bytes_reused;
     w.info.bytes_stored = w.bytes_stored;
     w.info.index_key = VolumeIndexKey(name, w.info.name + "." + RandomHex(4));
+    if (fingerprints) {
+      VolumeFingerprints f;
+      f.volume_size = w.info.size;
+      f.block_size = bs;
+      f.entries = std::move(w.fps);
+      std::sort(f.entries.begin(), f.entries.end(),
+                [](const BlockFingerprintEntry& a, const BlockFingerprintEntry& b) {
+                  return a.block < b.block;
+                });
+      std::string fbytes = EncodeFingerprints(f);
+      w.info.fingerprints_key = FingerprintsKey(name, w.info.name + "." + RandomHex(4));
+      w.info.fingerprints_sha256 = ToHex(Sha256(fbytes));
+      VMB_RETURN_IF_ERROR(repo.store()
+                              .Put(w.info.fingerprints_key, fbytes, PutOptions{})
+                              .WithContext("write block fingerprints of '" + w.info.name + "'"));
+      pc.bytes_written += fbytes.size();
+    }
     std::string bytes = EncodeVolumeIndex(w.index);
     w.info.index_sha256 = ToHex(Sha256(bytes));
     VMB_RETURN_IF_ERROR(repo.store()

@@ -3,6 +3,7 @@
 
 #include <lz4.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <nlohmann/json.hpp>
@@ -20,6 +21,9 @@ std::string PackIndexKey(const std::string& id) { return std::string(kIndexPrefi
 std::string RecordKey(const std::string& b) { return std::string(kRecordPrefix) + b + ".json"; }
 std::string VolumeIndexKey(const std::string& b, const std::string& v) {
   return "volumes/" + b + "/" + v + ".vidx";
+}
+std::string FingerprintsKey(const std::string& b, const std::string& v) {
+  return "volumes/" + b + "/" + v + ".vfp";
 }
 
 static std::string Between(const std::string& key, std::string_view prefix,
@@ -78,6 +82,7 @@ std::string EncodeDescriptor(const RepoDescriptor& d) {
   b["hash"] = "sha256";
   b["compression"] = "lz4";
   b["created_at"] = d.created_at;
+  if (!d.fingerprint_key.empty()) b["fingerprint_key"] = d.fingerprint_key;
   return Envelope("vmbackup-repository", b);
 }
 
@@ -89,6 +94,7 @@ StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes) {
     d.block_size = b.at("block_size").get<uint32_t>();
     d.pack_size = b.at("pack_size").get<uint32_t>();
     d.created_at = b.value("created_at", "");
+    d.fingerprint_key = b.value("fingerprint_key", "");
     if (b.at("hash") != "sha256" || b.at("compression") != "lz4")
       return FailedPreconditionError("repository uses an unsupported hash or compression");
   } catch (const json::exception& e) {
@@ -97,6 +103,10 @@ StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes) {
   if (d.block_size < kMinBlockSize || d.block_size > kMaxBlockSize ||
       (d.block_size & (d.block_size - 1)) != 0)
     return DataLossError("repository descriptor has an invalid block size");
+  if (!d.fingerprint_key.empty() &&
+      (d.fingerprint_key.size() != 32 ||
+       d.fingerprint_key.find_first_not_of("0123456789abcdef") != std::string::npos))
+    return DataLossError("repository descriptor has an invalid fingerprint key");
   return d;
 }
 
@@ -236,6 +246,57 @@ StatusOr<std::vector<PackEntry>> DecodePackIndex(std::string_view b, const std::
   return out;
 }
 
+// ---- block fingerprints ----
+static constexpr std::string_view kFingerprintsMagic = "VMBVFP01";
+static constexpr size_t kFingerprintsHeader = 8 + 4 + 4 + 8 + 8;
+static constexpr size_t kFingerprintEntrySize = 8 + 16;
+
+const Fingerprint* VolumeFingerprints::Find(uint64_t block) const {
+  auto it =
+      std::lower_bound(entries.begin(), entries.end(), block,
+                       [](const BlockFingerprintEntry& e, uint64_t b) { return e.block < b; });
+  return it != entries.end() && it->block == block ? &it->fp : nullptr;
+}
+
+std::string EncodeFingerprints(const VolumeFingerprints& f) {
+  std::string s;
+  s.reserve(kFingerprintsHeader + f.entries.size() * kFingerprintEntrySize + 32);
+  s.append(kFingerprintsMagic);
+  PutU32(&s, 1);
+  PutU32(&s, f.block_size);
+  PutU64(&s, f.volume_size);
+  PutU64(&s, f.entries.size());
+  for (const auto& e : f.entries) {
+    PutU64(&s, e.block);
+    s.append(reinterpret_cast<const char*>(e.fp.data()), e.fp.size());
+  }
+  Digest sum = Sha256(s);
+  s.append(reinterpret_cast<const char*>(sum.data()), 32);
+  return s;
+}
+
+StatusOr<VolumeFingerprints> DecodeFingerprints(std::string_view b, const std::string& what) {
+  if (b.size() < kFingerprintsHeader + 32 || b.substr(0, 8) != kFingerprintsMagic)
+    return DataLossError(what + " is not a fingerprint object (bad magic or truncated)");
+  if (!ChecksumOk(b)) return DataLossError(what + " fails its checksum (corrupt)");
+  VolumeFingerprints f;
+  f.block_size = GetU32(b.data() + 12);
+  f.volume_size = GetU64(b.data() + 16);
+  const uint64_t count = GetU64(b.data() + 24);
+  if (count != (b.size() - kFingerprintsHeader - 32) / kFingerprintEntrySize ||
+      kFingerprintsHeader + count * kFingerprintEntrySize + 32 != b.size())
+    return DataLossError(what + " has the wrong size for its entry count");
+  f.entries.resize(count);
+  const char* p = b.data() + kFingerprintsHeader;
+  for (uint64_t i = 0; i < count; ++i, p += kFingerprintEntrySize) {
+    f.entries[i].block = GetU64(p);
+    std::memcpy(f.entries[i].fp.data(), p + 8, 16);
+    if (i > 0 && f.entries[i].block <= f.entries[i - 1].block)
+      return DataLossError(what + " is not sorted by block");
+  }
+  return f;
+}
+
 // ---- volume index ----
 static constexpr std::string_view kVolumeIndexMagic = "VMBVIDX1";
 
@@ -313,6 +374,10 @@ std::string EncodeRecord(const BackupInfo& r) {
                     {"bytes_stored", v.bytes_stored},
                     {"index_key", v.index_key},
                     {"index_sha256", v.index_sha256}});
+    if (!v.fingerprints_key.empty()) {
+      vols.back()["fingerprints_key"] = v.fingerprints_key;
+      vols.back()["fingerprints_sha256"] = v.fingerprints_sha256;
+    }
   }
   b["volumes"] = vols;
   return Envelope("vmbackup-record", b);
@@ -348,6 +413,8 @@ StatusOr<BackupInfo> DecodeRecord(std::string_view bytes, const std::string& wha
       vi.bytes_stored = v.at("bytes_stored").get<uint64_t>();
       vi.index_key = v.at("index_key").get<std::string>();
       vi.index_sha256 = v.at("index_sha256").get<std::string>();
+      vi.fingerprints_key = v.value("fingerprints_key", "");
+      vi.fingerprints_sha256 = v.value("fingerprints_sha256", "");
       r.volumes.push_back(std::move(vi));
     }
   } catch (const json::exception& e) {

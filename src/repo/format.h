@@ -45,6 +45,9 @@ struct RepoDescriptor {
   uint32_t block_size = kDefaultBlockSize;
   uint32_t pack_size = kDefaultPackSize;
   std::string created_at;
+  // Secret key of the block fingerprints, 32 hex chars; empty in repositories made before
+  // fingerprints existed (their backups hash every block).
+  std::string fingerprint_key;
 };
 std::string EncodeDescriptor(const RepoDescriptor& d);
 // kDataLoss when unparsable or its checksum is wrong; kFailedPrecondition for a newer version.
@@ -118,6 +121,23 @@ struct VolumeIndex {
 };
 std::string EncodeVolumeIndex(const VolumeIndex& v);
 StatusOr<VolumeIndex> DecodeVolumeIndex(std::string_view bytes, const std::string& what);
+
+// ---- block fingerprints of a volume (optional companion of a volume index) ----
+struct BlockFingerprintEntry {
+  uint64_t block = 0;
+  Fingerprint fp{};
+};
+struct VolumeFingerprints {
+  uint64_t volume_size = 0;
+  uint32_t block_size = 0;
+  std::vector<BlockFingerprintEntry> entries;  // data blocks only, sorted by block
+  // The fingerprint recorded for `block`, or nullptr.
+  const Fingerprint* Find(uint64_t block) const;
+};
+std::string FingerprintsKey(const std::string& backup, const std::string& volume);
+std::string EncodeFingerprints(const VolumeFingerprints& f);
+// kDataLoss naming `what` on a bad magic, size, order or checksum.
+StatusOr<VolumeFingerprints> DecodeFingerprints(std::string_view bytes, const std::string& what);
 
 // ---- backup record ----
 std::string EncodeRecord(const BackupInfo& info);

@@ -32,6 +32,7 @@ StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectSto
     d.block_size = block_size;
     d.pack_size = pack_size;
     d.created_at = NowRfc3339();
+    d.fingerprint_key = RandomHex(16);
     Status st = store->Put(kDescriptorKey, EncodeDescriptor(d), PutOptions{.if_absent = true});
     if (st.ok()) return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
     if (st.code() != StatusCode::kAlreadyExists)
@@ -150,6 +151,32 @@ StatusOr<VolumeIndex> Repository::LoadVolumeIndex(const std::string& backup,
   VMB_ASSIGN_OR_RETURN(VolumeIndex idx, DecodeVolumeIndex(*bytes, what));
   if (idx.volume_size != v.size) return DataLossError(what + " disagrees with the record's size");
   return idx;
+}
+
+StatusOr<VolumeFingerprints> Repository::LoadFingerprints(const std::string& backup,
+                                                          const VolumeBackupInfo& v) const {
+  const std::string what =
+      "fingerprints " + v.fingerprints_key + " (backup '" + backup + "', volume '" + v.name + "')";
+  if (v.fingerprints_key.empty()) return NotFoundError("backup '" + backup + "' has no " + what);
+  auto bytes = store_->Get(v.fingerprints_key);
+  if (!bytes.ok()) {
+    if (bytes.status().code() == StatusCode::kNotFound) return DataLossError(what + " is missing");
+    return bytes.status();
+  }
+  if (ToHex(Sha256(*bytes)) != v.fingerprints_sha256)
+    return DataLossError(what + " does not match the checksum in the backup record (corrupt)");
+  VMB_ASSIGN_OR_RETURN(VolumeFingerprints f, DecodeFingerprints(*bytes, what));
+  if (f.volume_size != v.size || f.block_size != v.block_size)
+    return DataLossError(what + " disagrees with the record's size or block size");
+  return f;
+}
+
+bool Repository::fingerprint_key(FingerprintKey* out) const {
+  if (desc_.fingerprint_key.size() != 2 * out->size()) return false;
+  for (size_t i = 0; i < out->size(); ++i)
+    (*out)[i] =
+        static_cast<uint8_t>(std::stoi(desc_.fingerprint_key.substr(2 * i, 2), nullptr, 16));
+  return true;
 }
 
 }  // namespace vmbackup::internal

@@ -70,6 +70,12 @@ class Repository {
   Status DeleteBackup(const std::string& name);
   // Fetches and verifies a volume's index (checksum, and the record's index_sha256).
   StatusOr<VolumeIndex> LoadVolumeIndex(const std::string& backup, const VolumeBackupInfo& v) const;
+  // The volume's block fingerprints, checked against the record. kNotFound when the backup has
+  // none, kDataLoss when missing or corrupt.
+  StatusOr<VolumeFingerprints> LoadFingerprints(const std::string& backup,
+                                                const VolumeBackupInfo& v) const;
+  // The repository's fingerprint key; false for repositories made before fingerprints existed.
+  bool fingerprint_key(FingerprintKey* out) const;
 
  private:
   Repository(std::unique_ptr<ObjectStore> store, RepoDescriptor desc)
