@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -240,7 +241,7 @@ Status ToVolumes(const char* field, const vmb_volume* volumes, size_t count,
 StatusOr<BackupSpec> ToBackupSpec(const vmb_backup_options* opts) {
   static const vmb_backup_options kDefaults = VMB_BACKUP_OPTIONS_INIT;
   if (opts == nullptr) opts = &kDefaults;
-  if (opts->version != VMB_BACKUP_OPTIONS_VERSION) {
+  if (opts->version != 1 && opts->version != VMB_BACKUP_OPTIONS_VERSION) {
     return BadVersion("vmb_backup_options", opts->version, VMB_BACKUP_OPTIONS_VERSION);
   }
   std::vector<std::pair<std::string, std::string>> volumes;
@@ -280,6 +281,8 @@ StatusOr<BackupSpec> ToBackupSpec(const vmb_backup_options* opts) {
   }
   spec.snapshot.mode = static_cast<SnapshotOptions::Mode>(opts->snapshot_mode);
   spec.max_in_flight_bytes = opts->max_in_flight_bytes;
+  // A version 1 caller's struct ends before hash_every_block: never read it there.
+  if (opts->version >= 2) spec.use_fingerprints = opts->hash_every_block == 0;
   spec.progress = WrapProgress(opts->progress, opts->progress_payload);
   return spec;
 }
@@ -538,10 +541,17 @@ uint32_t vmb_target_block_size(const vmb_target* target) {
 int vmb_backup_options_init(vmb_backup_options* opts, unsigned int version, vmb_error** error) {
   return Guard(error, [&]() -> Status {
     if (opts == nullptr) return NullArgument("vmb_backup_options_init", "opts");
-    if (version != VMB_BACKUP_OPTIONS_VERSION) {
+    if (version != 1 && version != VMB_BACKUP_OPTIONS_VERSION) {
       return vmbackup::BadVersion("vmb_backup_options", version, VMB_BACKUP_OPTIONS_VERSION);
     }
-    *opts = vmb_backup_options VMB_BACKUP_OPTIONS_INIT;
+    const vmb_backup_options defaults VMB_BACKUP_OPTIONS_INIT;
+    if (version == 1) {
+      // The caller's struct is the version 1 layout: write only its fields.
+      std::memcpy(opts, &defaults, offsetof(vmb_backup_options, hash_every_block));
+      opts->version = 1;
+    } else {
+      *opts = defaults;
+    }
     return Status::Ok();
   });
 }

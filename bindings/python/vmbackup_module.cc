@@ -434,7 +434,8 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(std::shared_ptr<BackupTarget> target,
                                            const py::object& vm_dir, const py::object& volumes,
                                            const py::object& vm_metadata,
                                            const std::optional<std::string>& parent,
-                                           const py::object& progress, int progress_interval_ms) {
+                                           const py::object& progress, int progress_interval_ms,
+                                           bool use_fingerprints) {
   if (!target) Raise(InvalidArgumentError("target: must not be None"));
   if (progress_interval_ms < 0) {
     Raise(InvalidArgumentError("progress_interval_ms: must not be negative"));
@@ -459,6 +460,7 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(std::shared_ptr<BackupTarget> target,
   }
   if (name) spec.name = *name;
   if (parent) spec.parent = *parent;
+  spec.use_fingerprints = use_fingerprints;
   spec.progress_interval_ms = progress_interval_ms;
   std::shared_ptr<PyProgress> state = MakeProgress(progress);
   spec.progress = MakeCallback(state);
@@ -581,6 +583,8 @@ void Bind(py::module_& m) {
       .def_readonly("bytes_stored", &VolumeBackupInfo::bytes_stored)
       .def_readonly("index_key", &VolumeBackupInfo::index_key)
       .def_readonly("index_sha256", &VolumeBackupInfo::index_sha256)
+      .def_readonly("fingerprints_key", &VolumeBackupInfo::fingerprints_key)
+      .def_readonly("fingerprints_sha256", &VolumeBackupInfo::fingerprints_sha256)
       .def("__repr__", [](const VolumeBackupInfo& v) {
         return "<vmbackup.VolumeBackupInfo " + Quote(v.name) + " " + std::to_string(v.size) +
                " bytes>";
@@ -698,16 +702,17 @@ void Bind(py::module_& m) {
 
   py::class_<PyBackupJob>(m, "BackupJob",
                           "A backup of volumes to a target. Thread-safe; start() at most once.")
-      .def(py::init([](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
-                       const py::object& vm_dir, const py::object& volumes,
-                       const py::object& vm_metadata, std::optional<std::string> parent,
-                       const py::object& progress, int progress_interval_ms) {
-             return MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent,
-                                  progress, progress_interval_ms);
-           }),
-           "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
-           "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
-           "progress"_a = py::none(), "progress_interval_ms"_a = 200)
+      .def(
+          py::init([](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
+                      const py::object& vm_dir, const py::object& volumes,
+                      const py::object& vm_metadata, std::optional<std::string> parent,
+                      const py::object& progress, int progress_interval_ms, bool use_fingerprints) {
+            return MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent,
+                                 progress, progress_interval_ms, use_fingerprints);
+          }),
+          "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
+          "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
+          "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true)
       .def("start", &PyBackupJob::Start, "Starts the job and returns at once.")
       .def("wait", &PyBackupJob::Wait, "timeout"_a = py::none(), kWaitDoc)
       .def(
@@ -777,21 +782,23 @@ void Bind(py::module_& m) {
       "backup",
       [](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
          const py::object& vm_dir, const py::object& volumes, const py::object& vm_metadata,
-         std::optional<std::string> parent, const py::object& progress, int progress_interval_ms) {
+         std::optional<std::string> parent, const py::object& progress, int progress_interval_ms,
+         bool use_fingerprints) {
         std::unique_ptr<PyBackupJob> job =
             MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent, progress,
-                          progress_interval_ms);
+                          progress_interval_ms, use_fingerprints);
         job->Wait(std::nullopt);
         BackupInfo info = Check(job->job().result());
         return info;
       },
       "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
       "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
-      "progress"_a = py::none(), "progress_interval_ms"_a = 200,
+      "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true,
       "Backs up and waits; returns the new backup's BackupInfo. Give either vm_dir (a directory "
       "with vm.json) or volumes ({name: path} or [(name, path), ...]) plus optional vm_metadata "
       "(dict or JSON str). progress(Progress) runs on a library thread; returning False or raising "
-      "cancels the backup.");
+      "cancels the backup. use_fingerprints=False hashes every block instead of taking unchanged "
+      "blocks' digests from the previous backup by fingerprint.");
 
   m.def(
       "restore",

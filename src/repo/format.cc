@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 
@@ -112,15 +113,22 @@ StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes) {
 
 // ---- blocks ----
 Codec EncodeBlockAppend(const char* raw, size_t raw_len, std::string* out) {
-  const size_t base = out->size();
+  // Compress into a per-thread scratch buffer and append only what is kept: growing `out` by the
+  // LZ4 bound first would zero-fill (and fault in) 256 KiB per block just to be overwritten.
+  thread_local std::unique_ptr<char[]> scratch;
+  thread_local size_t scratch_size = 0;
   const int bound = LZ4_compressBound(static_cast<int>(raw_len));
-  out->resize(base + static_cast<size_t>(bound));
-  int n = LZ4_compress_default(raw, out->data() + base, static_cast<int>(raw_len), bound);
-  if (n > 0 && static_cast<size_t>(n) <= raw_len - raw_len / 32) {
-    out->resize(base + static_cast<size_t>(n));
+  if (scratch_size < static_cast<size_t>(bound)) {
+    scratch.reset(new char[static_cast<size_t>(bound)]);
+    scratch_size = static_cast<size_t>(bound);
+  }
+  // Only a result that saves at least 1/32 is kept, so LZ4 may stop at that size.
+  const int limit = static_cast<int>(raw_len - raw_len / 32);
+  int n = LZ4_compress_default(raw, scratch.get(), static_cast<int>(raw_len), limit);
+  if (n > 0) {
+    out->append(scratch.get(), static_cast<size_t>(n));
     return Codec::kLz4;
   }
-  out->resize(base);
   out->append(raw, raw_len);
   return Codec::kNone;
 }

@@ -216,6 +216,28 @@ static void test_error_code_names(void) {
   CHECK(strcmp(vmb_error_code_name(-99), "UNKNOWN_CODE") == 0);
 }
 
+/* Version 1 options (no hash_every_block) still back up; version 2 can hash every block. */
+static void test_backup_options_version_1_and_hash_every_block(void) {
+  vmb_error* err = NULL;
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options b;
+  memset(&b, 0x5a, sizeof(b));
+  CHECK_RC(vmb_backup_options_init(&b, 1, &err), VMB_OK, err);
+  b.name = "c-v1-options";
+  b.volumes = &volume;
+  b.volume_count = 1;
+  CHECK_RC(vmb_backup_run(NULL, g_target, &b, &err), VMB_OK, err);
+  CHECK(listed("c-v1-options") == 1);
+  CHECK_RC(vmb_backup_options_init(&b, VMB_BACKUP_OPTIONS_VERSION, &err), VMB_OK, err);
+  b.name = "c-hash-every-block";
+  b.volumes = &volume;
+  b.volume_count = 1;
+  b.hash_every_block = 1;
+  CHECK_RC(vmb_backup_run(NULL, g_target, &b, &err), VMB_OK, err);
+  CHECK(listed("c-hash-every-block") == 1);
+  vmb_error_free(err);
+}
+
 static void test_options_init_rejects_unknown_version(void) {
   vmb_backup_options b;
   memset(&b, 0xff, sizeof(b));
@@ -224,6 +246,15 @@ static void test_options_init_rejects_unknown_version(void) {
   CHECK(err == NULL);
   CHECK(b.version == VMB_BACKUP_OPTIONS_VERSION && b.name == NULL && b.volume_count == 0 &&
         b.progress == NULL && b.progress_interval_ms == 200);
+
+  CHECK(b.hash_every_block == 0);
+
+  /* Version 1 callers have the struct without hash_every_block: init writes only their fields,
+   * and a backup with version 1 options runs. */
+  memset(&b, 0x5a, sizeof(b));
+  CHECK_RC(vmb_backup_options_init(&b, 1, &err), VMB_OK, err);
+  CHECK(b.version == 1 && b.name == NULL && b.progress_interval_ms == 200);
+  CHECK(b.hash_every_block == 0x5a5a5a5a);
 
   CHECK_RC(vmb_backup_options_init(&b, 99, &err), VMB_EINVAL, err);
   CHECK(err != NULL && vmb_error_code(err) == VMB_EINVAL);
@@ -703,6 +734,7 @@ int main(void) {
   RUN(test_open_and_test_target);
   if (g_target != NULL) {
     RUN(test_backup_restore_bytes_identical);
+    RUN(test_backup_options_version_1_and_hash_every_block);
     RUN(test_restore_to_dest_dir_async);
     RUN(test_backup_async_keeps_final_status);
     RUN(test_progress_callback_nonzero_cancels);

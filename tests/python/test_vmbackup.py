@@ -45,6 +45,21 @@ def test_backup_and_restore_are_byte_identical(target, volume, tmp_path):
     assert same_bytes(volume, dest)
 
 
+def test_incremental_with_and_without_fingerprints(target, volume, tmp_path):
+    full = vmbackup.backup(target, "fp-full", volumes={"disk0": volume})
+    assert full.volumes[0].fingerprints_key.endswith(".vfp")
+    assert len(full.volumes[0].fingerprints_sha256) == 64
+    with open(volume, "r+b") as f:
+        f.seek(4096)
+        f.write(b"changed" * 100)
+    for name, use in (("fp-on", True), ("fp-off", False)):
+        info = vmbackup.backup(target, name, volumes={"disk0": volume}, use_fingerprints=use)
+        assert info.volumes[0].bytes_reused > 0
+        dest = tmp_path / (name + ".img")
+        vmbackup.restore(target, name, volumes=[("disk0", dest)])
+        assert same_bytes(volume, dest)
+
+
 def test_restore_to_dest_dir_writes_volumes_and_vm_json(target, volume, tmp_path):
     vmbackup.backup(target, "py-dir", volumes={"disk0": volume}, vm_metadata={"name": "orig"})
     out = tmp_path / "out"

@@ -278,13 +278,18 @@ typedef struct vmb_backup_options {
   int progress_interval_ms;
   /* How volumes are snapshotted (a vmb_snapshot_mode). Default VMB_SNAPSHOT_AUTO. */
   int snapshot_mode;
-  /* Cap on bytes held in memory by the pipeline. Default 0 = 128 MiB. */
+  /* Cap on bytes held in memory by the pipeline. Default 0 = 96 MiB. */
   uint64_t max_in_flight_bytes;
+  /* Since version 2. 0 (default): a block whose keyed fingerprint equals the one the previous
+   * backup of the same VM (or the parent) recorded at the same offset takes that backup's digest
+   * without being hashed again; non-zero: hash every block read. */
+  int hash_every_block;
 } vmb_backup_options;
 
-#define VMB_BACKUP_OPTIONS_VERSION 1
+/* Version 1 is still accepted: the same struct without hash_every_block. */
+#define VMB_BACKUP_OPTIONS_VERSION 2
 #define VMB_BACKUP_OPTIONS_INIT \
-  { VMB_BACKUP_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, 200, 0, 0 }
+  { VMB_BACKUP_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, 200, 0, 0, 0 }
 
 /* Sets *opts to the defaults of `version` (VMB_BACKUP_OPTIONS_INIT).
  * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
