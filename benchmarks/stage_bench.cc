@@ -2,7 +2,7 @@
 // RestorePlan runs on a synthetic volume. See docs/benchmarks.md for how to run it and the figures.
 //
 // Every case reports bytes/s (SetBytesProcessed):
-//   Sha256, IsAllZero, Lz4Encode/Decode, PackBuilder  bytes of raw block data;
+//   Sha256, BlockFingerprint, IsAllZero, Lz4Encode/Decode, PackBuilder  bytes of raw block data;
 //   PackIndexEncode/Decode                             bytes of the pack index object;
 //   RepoIndexFind                                      logical volume bytes the lookups stand for
 //                                                      (one lookup per 256 KiB block), plus
@@ -64,6 +64,19 @@ void BM_Sha256(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
 }
 BENCHMARK(BM_Sha256)->Apply(BlockSizes);
+
+// The keyed block fingerprint (AES-128-GMAC) that lets incrementals skip SHA-256 of unchanged blocks.
+void BM_BlockFingerprint(benchmark::State& state) {
+  const std::string data = MakeData(kRandom, static_cast<size_t>(state.range(0)), 1);
+  internal::FingerprintKey key{};
+  key[0] = 7;
+  for (auto _ : state) {
+    internal::Fingerprint f = internal::BlockFingerprint(key, data.data(), data.size());
+    benchmark::DoNotOptimize(f);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
+}
+BENCHMARK(BM_BlockFingerprint)->Apply(BlockSizes);
 
 // range(1): -1 = all zeros, 0 = non-zero first byte, 1 = non-zero last byte.
 void BM_IsAllZero(benchmark::State& state) {
