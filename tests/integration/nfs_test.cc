@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -434,20 +435,41 @@ TEST_F(NfsTest, ServerDownLongerThanTimeoutFailsBoundedWithoutRecordThenRecovers
   auto target = Open(url3_, o);
   ASSERT_OK(target);
 
-  std::atomic<bool> uploading{false};
+  std::atomic<bool> uploading{false}, down{false};
   BackupSpec spec;
   spec.name = "during-outage";
   spec.vm_metadata_json = "{}";
   spec.volumes.push_back(VolumeSource{"disk0", vol, false, {}});
   spec.progress_interval_ms = 20;
-  spec.progress = [&uploading](const Progress& p) {
+  spec.progress = [&uploading, &down](const Progress& p) {
     if (p.bytes_written > 0) uploading = true;
-    // Throttle to about 8 MiB/s so the backup is surely running while ganesha is down.
-    const double due = static_cast<double>(p.bytes_scanned) / (8.0 * kMiB);
-    if (due > p.elapsed_seconds)
-      std::this_thread::sleep_for(std::chrono::duration<double>(due - p.elapsed_seconds));
+    // Once uploads started, hold this worker until ganesha is really down: whatever the other
+    // worker did meanwhile, this one's pack, the volume index and the record still have to be
+    // written during the 6 s outage, which outlasts the 2 s timeout. (A throttle alone made the
+    // outcome depend on how fast the backup ran.)
+    if (uploading) {
+      const auto t = Clock::now();
+      while (!down && SecondsSince(t) < 20)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     return true;
   };
+  // Watches the NFS port: `down` once a connection is refused.
+  std::atomic<bool> stop_watch{false};
+  std::thread watch([&] {
+    const int port = std::atoi(Env("NFS_PORT").c_str());
+    while (!stop_watch && !down) {
+      int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(static_cast<uint16_t>(port));
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 && errno == ECONNREFUSED)
+        down = true;
+      ::close(s);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
   auto job = BackupJob::Create(*target, spec);
   ASSERT_OK(job);
   ASSERT_OK((*job)->Start());
@@ -460,7 +482,11 @@ TEST_F(NfsTest, ServerDownLongerThanTimeoutFailsBoundedWithoutRecordThenRecovers
   Status st = (*job)->Wait();
   const double secs = SecondsSince(t0);
   restart.join();
+  stop_watch = true;
+  watch.join();
   ASSERT_EQ(rc, 0) << ReadAll(dir.Sub("restart.log"));
+  ASSERT_GT(std::atoi(Env("NFS_PORT").c_str()), 0) << "NFS_PORT is not set";
+  EXPECT_TRUE(down) << "the NFS port never refused a connection during the restart";
   ShowStatus(st);
   std::cout << "[ TIME     ] backup ended after " << secs << " s" << std::endl;
   EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.ToString();
