@@ -65,7 +65,8 @@ void BM_Sha256(benchmark::State& state) {
 }
 BENCHMARK(BM_Sha256)->Apply(BlockSizes);
 
-// The keyed block fingerprint (AES-128-GMAC) that lets incrementals skip SHA-256 of unchanged blocks.
+// The keyed block fingerprint (AES-128-GMAC) that lets incrementals skip SHA-256 of unchanged
+// blocks.
 void BM_BlockFingerprint(benchmark::State& state) {
   const std::string data = MakeData(kRandom, static_cast<size_t>(state.range(0)), 1);
   internal::FingerprintKey key{};

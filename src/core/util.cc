@@ -28,6 +28,9 @@ Fingerprint BlockFingerprint(const FingerprintKey& key, const void* data, size_t
   // of GHASH for a 256 KiB block). The block is authenticated data only: nothing is encrypted.
   struct Ctx {
     EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+    // The cipher is set once per thread; later calls only set key and IV.
+    bool has_cipher = ctx != nullptr &&
+                      EVP_EncryptInit_ex(ctx, EVP_aes_128_gcm(), nullptr, nullptr, nullptr) == 1;
     ~Ctx() { EVP_CIPHER_CTX_free(ctx); }
   };
   thread_local Ctx c;
@@ -35,8 +38,7 @@ Fingerprint BlockFingerprint(const FingerprintKey& key, const void* data, size_t
   Fingerprint fp{};
   int outl = 0;
   const auto* p = static_cast<const unsigned char*>(data);
-  bool ok = c.ctx != nullptr &&
-            EVP_EncryptInit_ex(c.ctx, EVP_aes_128_gcm(), nullptr, key.data(), kIv) == 1;
+  bool ok = c.has_cipher && EVP_EncryptInit_ex(c.ctx, nullptr, nullptr, key.data(), kIv) == 1;
   // EVP takes int lengths: feed large inputs in pieces (GHASH is streaming).
   for (size_t done = 0; ok && done < len;) {
     const int n = static_cast<int>(std::min<size_t>(len - done, 1u << 30));
@@ -72,14 +74,18 @@ static int HexVal(char c) {
   return -1;
 }
 
-bool DigestFromHex(std::string_view hex, Digest* out) {
-  if (hex.size() != 64) return false;
-  for (size_t i = 0; i < 32; ++i) {
+bool BytesFromHex(std::string_view hex, uint8_t* out, size_t n) {
+  if (hex.size() != 2 * n) return false;
+  for (size_t i = 0; i < n; ++i) {
     int hi = HexVal(hex[2 * i]), lo = HexVal(hex[2 * i + 1]);
     if (hi < 0 || lo < 0) return false;
-    (*out)[i] = static_cast<uint8_t>(hi * 16 + lo);
+    out[i] = static_cast<uint8_t>(hi * 16 + lo);
   }
   return true;
+}
+
+bool DigestFromHex(std::string_view hex, Digest* out) {
+  return BytesFromHex(hex, out->data(), out->size());
 }
 
 bool IsAllZero(const void* data, size_t len) {

@@ -37,6 +37,8 @@ Fingerprint BlockFingerprint(const FingerprintKey& key, const void* data, size_t
 
 std::string ToHex(const void* data, size_t len);
 inline std::string ToHex(const Digest& d) { return ToHex(d.data(), d.size()); }
+// Parses exactly 2n hex chars into out[0, n); false on bad input.
+bool BytesFromHex(std::string_view hex, uint8_t* out, size_t n);
 // Parses 64 hex chars; false on bad input.
 bool DigestFromHex(std::string_view hex, Digest* out);
 

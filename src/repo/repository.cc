@@ -137,18 +137,24 @@ Status Repository::DeleteBackup(const std::string& name) {
   return Status::Ok();
 }
 
-StatusOr<VolumeIndex> Repository::LoadVolumeIndex(const std::string& backup,
-                                                  const VolumeBackupInfo& v) const {
-  const std::string what =
-      "volume index " + v.index_key + " (backup '" + backup + "', volume '" + v.name + "')";
-  auto bytes = store_->Get(v.index_key);
+StatusOr<std::string> Repository::GetPinned(const std::string& key, const std::string& sha256_hex,
+                                            const std::string& what) const {
+  auto bytes = store_->Get(key);
   if (!bytes.ok()) {
     if (bytes.status().code() == StatusCode::kNotFound) return DataLossError(what + " is missing");
     return bytes.status();
   }
-  if (ToHex(Sha256(*bytes)) != v.index_sha256)
+  if (ToHex(Sha256(*bytes)) != sha256_hex)
     return DataLossError(what + " does not match the checksum in the backup record (corrupt)");
-  VMB_ASSIGN_OR_RETURN(VolumeIndex idx, DecodeVolumeIndex(*bytes, what));
+  return bytes;
+}
+
+StatusOr<VolumeIndex> Repository::LoadVolumeIndex(const std::string& backup,
+                                                  const VolumeBackupInfo& v) const {
+  const std::string what =
+      "volume index " + v.index_key + " (backup '" + backup + "', volume '" + v.name + "')";
+  VMB_ASSIGN_OR_RETURN(std::string bytes, GetPinned(v.index_key, v.index_sha256, what));
+  VMB_ASSIGN_OR_RETURN(VolumeIndex idx, DecodeVolumeIndex(bytes, what));
   if (idx.volume_size != v.size) return DataLossError(what + " disagrees with the record's size");
   return idx;
 }
@@ -158,25 +164,16 @@ StatusOr<VolumeFingerprints> Repository::LoadFingerprints(const std::string& bac
   const std::string what =
       "fingerprints " + v.fingerprints_key + " (backup '" + backup + "', volume '" + v.name + "')";
   if (v.fingerprints_key.empty()) return NotFoundError("backup '" + backup + "' has no " + what);
-  auto bytes = store_->Get(v.fingerprints_key);
-  if (!bytes.ok()) {
-    if (bytes.status().code() == StatusCode::kNotFound) return DataLossError(what + " is missing");
-    return bytes.status();
-  }
-  if (ToHex(Sha256(*bytes)) != v.fingerprints_sha256)
-    return DataLossError(what + " does not match the checksum in the backup record (corrupt)");
-  VMB_ASSIGN_OR_RETURN(VolumeFingerprints f, DecodeFingerprints(*bytes, what));
+  VMB_ASSIGN_OR_RETURN(std::string bytes,
+                       GetPinned(v.fingerprints_key, v.fingerprints_sha256, what));
+  VMB_ASSIGN_OR_RETURN(VolumeFingerprints f, DecodeFingerprints(bytes, what));
   if (f.volume_size != v.size || f.block_size != v.block_size)
     return DataLossError(what + " disagrees with the record's size or block size");
   return f;
 }
 
 bool Repository::fingerprint_key(FingerprintKey* out) const {
-  if (desc_.fingerprint_key.size() != 2 * out->size()) return false;
-  for (size_t i = 0; i < out->size(); ++i)
-    (*out)[i] =
-        static_cast<uint8_t>(std::stoi(desc_.fingerprint_key.substr(2 * i, 2), nullptr, 16));
-  return true;
+  return BytesFromHex(desc_.fingerprint_key, out->data(), out->size());
 }
 
 }  // namespace vmbackup::internal

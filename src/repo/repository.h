@@ -83,6 +83,10 @@ class Repository {
 
   std::unique_ptr<ObjectStore> store_;
   RepoDescriptor desc_;
+  // The object `key`, which the record pins by `sha256_hex`: kDataLoss naming `what` when it is
+  // missing or its checksum differs; the store's error otherwise.
+  StatusOr<std::string> GetPinned(const std::string& key, const std::string& sha256_hex,
+                                  const std::string& what) const;
   std::mutex index_mu_;  // serializes LoadIndex
   std::shared_ptr<const RepoIndex> index_;
   std::set<std::string> loaded_;  // pack ids whose index is in index_ (or known damaged)

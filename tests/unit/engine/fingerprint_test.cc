@@ -150,8 +150,7 @@ TEST_F(FingerprintBackupTest, MatchingFingerprintSkipsHashingUnlessTurnedOff) {
   FingerprintKey key{};
   auto desc = internal::DecodeDescriptor(ReadAll(root + "repository.json"));
   ASSERT_OK(desc);
-  for (size_t i = 0; i < key.size(); ++i)
-    key[i] = static_cast<uint8_t>(std::stoi(desc->fingerprint_key.substr(2 * i, 2), nullptr, 16));
+  ASSERT_TRUE(internal::BytesFromHex(desc->fingerprint_key, key.data(), key.size()));
   const std::string block0 = ReadAll(vol_).substr(0, 256 << 10);
   fps->entries[0].fp = BlockFingerprint(key, block0.data(), block0.size());
   const std::string planted = internal::EncodeFingerprints(*fps);
