@@ -168,15 +168,17 @@ Status FsyncDir(const std::string& dir) {
   return Status::Ok();
 }
 
-static Status WriteAll(int fd, const char* p, size_t n, const std::string& what) {
+Status PwriteAll(int fd, const void* data, size_t n, uint64_t off, const std::string& what) {
+  const auto* p = static_cast<const char*>(data);
   while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
+    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
     if (w < 0) {
       if (errno == EINTR) continue;
       return ErrnoToStatus(errno, "write " + what);
     }
     p += w;
     n -= static_cast<size_t>(w);
+    off += static_cast<uint64_t>(w);
   }
   return Status::Ok();
 }
@@ -185,7 +187,7 @@ Status WriteFileAtomic(const std::string& path, std::string_view data) {
   std::string tmp = path + ".tmp-" + RandomHex(6);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
-  Status st = WriteAll(fd, data.data(), data.size(), tmp);
+  Status st = PwriteAll(fd, data.data(), data.size(), 0, tmp);
   if (st.ok() && ::fsync(fd) != 0) st = ErrnoToStatus(errno, "fsync " + tmp);
   if (::close(fd) != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + tmp);
   if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)

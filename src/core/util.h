@@ -61,6 +61,9 @@ bool IsValidName(std::string_view name, size_t max_len);
 // Writes `data` to `path` atomically and durably: temp file in the same directory, fsync, rename,
 // fsync of the directory. Errors: ErrnoToStatus of the failing call.
 Status WriteFileAtomic(const std::string& path, std::string_view data);
+// Writes all of [data, data+n) at offset `off` of `fd`, retrying short writes and EINTR.
+// Errors: ErrnoToStatus(errno, "write " + what).
+Status PwriteAll(int fd, const void* data, size_t n, uint64_t off, const std::string& what);
 // Reads a whole file. kNotFound if missing.
 StatusOr<std::string> ReadFile(const std::string& path);
 // fsync() of a directory.

@@ -30,20 +30,6 @@ bool Exists(const std::string& path, bool* is_block) {
   return true;
 }
 
-Status PwriteAll(int fd, const char* p, size_t n, uint64_t off, const std::string& what) {
-  while (n > 0) {
-    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, "write " + what);
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-    off += static_cast<uint64_t>(w);
-  }
-  return Status::Ok();
-}
-
 std::string AbsolutePath(const std::string& p) {
   if (p.empty() || p[0] == '/') return p;
   char cwd[4096];

@@ -44,7 +44,7 @@ class LocalStore final : public ObjectStore {
     if (!direct || (fd < 0 && errno == EINVAL))  // EINVAL: the filesystem has no O_DIRECT (tmpfs)
       fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
-    Status st = WriteAll(fd, data, direct, "write " + Describe() + "/" + key);
+    Status st = WriteAll(fd, data, direct, Describe() + "/" + key);
     if (st.ok() && opts.durable && ::fdatasync(fd) != 0)
       st = ErrnoToStatus(errno, "fsync " + Describe() + "/" + key);
     if (::close(fd) != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + tmp);
@@ -67,7 +67,10 @@ class LocalStore final : public ObjectStore {
   // chunks go through a per-thread aligned buffer; the last one is zero-padded to the alignment and
   // the file truncated back to its size. Falls back to buffered writes (clearing O_DIRECT) where
   // the filesystem refuses the alignment.
-  static Status WriteAll(int fd, std::string_view data, bool try_direct, const std::string& what) {
+  // Errors name "write <object>".
+  static Status WriteAll(int fd, std::string_view data, bool try_direct,
+                         const std::string& object) {
+    const std::string what = "write " + object;
     size_t done = 0;
     const bool direct = try_direct && (::fcntl(fd, F_GETFL) & O_DIRECT) != 0;
     if (direct) {
@@ -98,15 +101,7 @@ class LocalStore final : public ObjectStore {
       if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_DIRECT) != 0)
         return ErrnoToStatus(errno, what + " (clear O_DIRECT)");
     }
-    while (done < data.size()) {
-      ssize_t w = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(done));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        return ErrnoToStatus(errno, what);
-      }
-      done += static_cast<size_t>(w);
-    }
-    return Status::Ok();
+    return PwriteAll(fd, data.data() + done, data.size() - done, done, object);
   }
 
   // Moves the complete temporary file to its final name (link + unlink for if_absent).
