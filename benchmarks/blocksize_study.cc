@@ -256,7 +256,7 @@ MemoryRow StudyMemory(uint32_t bs, double tib) {
       off += e.stored_len;
     }
     probe = entries.front().digest;
-    index->AddPack(internal::RandomHex(16), entries);
+    index->AddPack(internal::RandomHex(16).value(), entries);
     done += entries.size();
   }
   row.build_s = internal::MonotonicSeconds() - t0;

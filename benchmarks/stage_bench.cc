@@ -162,7 +162,7 @@ void BM_PackBuilderAddSeal(benchmark::State& state) {
       ++i;
     }
     raw += static_cast<int64_t>(pb.raw_bytes());
-    PackBuilder::Sealed s = pb.Seal();
+    PackBuilder::Sealed s = *pb.Seal();
     stored += static_cast<int64_t>(s.data.size());
     benchmark::DoNotOptimize(s.data.data());
   }

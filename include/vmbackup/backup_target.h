@@ -43,6 +43,10 @@ struct VMBACKUP_EXPORT TargetConfig {
   int refresh_interval_seconds =
       60;              // how often a host should re-list the target; default 60, min 1
   std::string prefix;  // optional key prefix inside the bucket / export ("prefix" field)
+  // s3 only ("allowInsecureHttp"): accept an http:// endpoint, whose traffic (data, metadata and
+  // signed requests) anyone on the path can read and change. Default false: an http:// endpoint
+  // is refused with kInvalidArgument naming this field.
+  bool allow_insecure_http = false;
 
   // The configuration as JSON with secrets replaced by "***" (safe to log).
   std::string ToRedactedJson() const;
@@ -74,6 +78,13 @@ struct TargetOptions {
   // S3 only, FOR TESTS AGAINST THROWAWAY SERVERS: skip TLS certificate verification. Default false.
   // Never set this in production; give the server's CA in the "cert" field instead.
   bool insecure_skip_tls_verify_for_tests_only = false;
+  // Directory where this host keeps its own secrets for backups (the block fingerprint key, see
+  // docs/FORMAT.md "Block fingerprints"), created with mode 0700 when missing. They never go to
+  // the target. Default empty = $VMBACKUP_STATE_DIR, else /var/lib/vmbackup when running as root,
+  // else $XDG_STATE_HOME/vmbackup or ~/.local/state/vmbackup. Several hosts that share one key
+  // file (the host copies it) can use each other's backups as fingerprint references. When the
+  // directory cannot be used, backups still work and hash every block (slower, never wrong).
+  std::string state_dir;
 };
 
 // One volume inside a backup.

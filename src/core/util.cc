@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -127,13 +128,22 @@ std::string NowRfc3339() {
 }
 std::string NowCompact() { return FormatNow("%Y%m%d-%H%M%S"); }
 
-std::string RandomHex(size_t n) {
+static std::atomic<bool> g_random_fails_for_test{false};
+
+void SetRandomFailsForTest(bool fail) { g_random_fails_for_test.store(fail); }
+
+Status RandomBytes(void* out, size_t n) {
+  // A predictable id or key is worse than none: without the system RNG, fail (never fall back to
+  // clocks or addresses).
+  if (g_random_fails_for_test.load() ||
+      RAND_bytes(static_cast<unsigned char*>(out), static_cast<int>(n)) != 1)
+    return UnavailableError("the system random number generator failed (no entropy source?)");
+  return Status::Ok();
+}
+
+StatusOr<std::string> RandomHex(size_t n) {
   std::string b(n, '\0');
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(b.data()), static_cast<int>(n)) != 1) {
-    // RAND_bytes only fails without an entropy source; fall back to the clock and address bits.
-    uint64_t x = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-    for (size_t i = 0; i < n; ++i) b[i] = static_cast<char>((x >> ((i % 8) * 8)) ^ (i * 131));
-  }
+  VMB_RETURN_IF_ERROR(RandomBytes(b.data(), n));
   return ToHex(b.data(), n);
 }
 
@@ -184,7 +194,8 @@ Status PwriteAll(int fd, const void* data, size_t n, uint64_t off, const std::st
 }
 
 Status WriteFileAtomic(const std::string& path, std::string_view data) {
-  std::string tmp = path + ".tmp-" + RandomHex(6);
+  VMB_ASSIGN_OR_RETURN(std::string suffix, RandomHex(6));
+  std::string tmp = path + ".tmp-" + suffix;
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
   Status st = PwriteAll(fd, data.data(), data.size(), 0, tmp);

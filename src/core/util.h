@@ -49,8 +49,13 @@ bool IsAllZero(const void* data, size_t len);
 std::string NowRfc3339();
 // Current UTC time as "yyyymmdd-hhmmss".
 std::string NowCompact();
-// `n` random bytes as hex (from a CSPRNG).
-std::string RandomHex(size_t n);
+// `n` random bytes from the CSPRNG (OpenSSL RAND_bytes). kUnavailable when it fails: there is no
+// fallback to anything predictable.
+Status RandomBytes(void* out, size_t n);
+// `n` random bytes as hex (2n chars); kUnavailable as RandomBytes.
+StatusOr<std::string> RandomHex(size_t n);
+// Test hook: makes RandomBytes fail while set.
+void SetRandomFailsForTest(bool fail);
 
 // Monotonic seconds since an arbitrary epoch.
 double MonotonicSeconds();

@@ -112,7 +112,8 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
                            ? meta["name"].get<std::string>()
                            : "backup";
     if (!IsValidName(base, 120)) base = "backup";
-    spec.name = base + "-" + NowCompact() + "-" + RandomHex(2);
+    VMB_ASSIGN_OR_RETURN(std::string suffix, RandomHex(2));
+    spec.name = base + "-" + NowCompact() + "-" + suffix;
   }
   if (!IsValidName(spec.name, 200))
     return InvalidArgumentError("spec.name '" + spec.name + "' must be 1-200 of [A-Za-z0-9._-]");
@@ -379,7 +380,14 @@ Status BackupJob::Impl::Execute() {
               const PackEntry& e = pack.Add(d, buf.get(), len);
               c.fresh += len;
               c.stored += e.stored_len;
-              if (pack.full()) uploader.Submit(pack.Seal());
+              if (pack.full()) {
+                auto sealed = pack.Seal();
+                if (!sealed.ok()) {
+                  error.Set(sealed.status());
+                  break;
+                }
+                uploader.Submit(std::move(*sealed));
+              }
               break;
             }
           }
@@ -396,10 +404,19 @@ Status BackupJob::Impl::Execute() {
   run.SetPhase(Progress::Phase::kFinalizing);
   run.MaybeReport(true);
   if (!run.cancelled() && !uploader.failed()) {
-    for (auto& p : packs)
-      if (!p.empty()) uploader.Submit(p.Seal());
+    for (auto& p : packs) {
+      if (p.empty()) continue;
+      auto sealed = p.Seal();
+      if (!sealed.ok()) {
+        error.Set(sealed.status());
+        break;
+      }
+      uploader.Submit(std::move(*sealed));
+    }
   }
-  VMB_RETURN_IF_ERROR(uploader.Drain());
+  Status drained = uploader.Drain();
+  VMB_RETURN_IF_ERROR(error.Get());
+  VMB_RETURN_IF_ERROR(drained);
   if (run.cancelled())
     return CancelledError("backup '" + name + "' cancelled; nothing was published");
 
@@ -421,7 +438,8 @@ Status BackupJob::Impl::Execute() {
     w.info.bytes_new = w.bytes_new;
     w.info.bytes_reused = w.bytes_reused;
     w.info.bytes_stored = w.bytes_stored;
-    w.info.index_key = VolumeIndexKey(name, w.info.name + "." + RandomHex(4));
+    VMB_ASSIGN_OR_RETURN(std::string index_rand, RandomHex(4));
+    w.info.index_key = VolumeIndexKey(name, w.info.name + "." + index_rand);
     if (fingerprints) {
       VolumeFingerprints f;
       f.volume_size = w.info.size;
@@ -432,7 +450,8 @@ Status BackupJob::Impl::Execute() {
                   return a.block < b.block;
                 });
       std::string fbytes = EncodeFingerprints(f);
-      w.info.fingerprints_key = FingerprintsKey(name, w.info.name + "." + RandomHex(4));
+      VMB_ASSIGN_OR_RETURN(std::string fp_rand, RandomHex(4));
+      w.info.fingerprints_key = FingerprintsKey(name, w.info.name + "." + fp_rand);
       w.info.fingerprints_sha256 = ToHex(Sha256(fbytes));
       VMB_RETURN_IF_ERROR(repo.store()
                               .Put(w.info.fingerprints_key, fbytes, PutOptions{})

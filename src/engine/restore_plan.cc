@@ -206,7 +206,8 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   if (exists && !is_block && !spec.overwrite)
     return AlreadyExistsError("destination " + dest + " exists (set overwrite to replace it)");
   // Regular files: write a temporary file beside the destination, rename when complete.
-  const std::string tmp = is_block ? dest : dest + ".vmbackup-partial-" + RandomHex(4);
+  VMB_ASSIGN_OR_RETURN(std::string tmp_rand, RandomHex(4));
+  const std::string tmp = is_block ? dest : dest + ".vmbackup-partial-" + tmp_rand;
   int fd = is_block ? ::open(dest.c_str(), O_WRONLY | O_CLOEXEC)
                     : ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);

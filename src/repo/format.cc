@@ -182,9 +182,9 @@ const PackEntry& PackBuilder::Add(const Digest& digest, const char* raw, size_t 
   return entries_.back();
 }
 
-PackBuilder::Sealed PackBuilder::Seal() {
+StatusOr<PackBuilder::Sealed> PackBuilder::Seal() {
   Sealed s;
-  s.id = RandomHex(16);
+  VMB_ASSIGN_OR_RETURN(s.id, RandomHex(16));
   s.data = std::move(data_);
   s.entries = std::move(entries_);
   s.index = EncodePackIndex(s.id, s.entries);

@@ -93,8 +93,9 @@ class PackBuilder {
     std::string index;  // the pack index object
     std::vector<PackEntry> entries;
   };
-  // Finishes the pack and resets the builder for the next one.
-  Sealed Seal();
+  // Finishes the pack and resets the builder for the next one. kUnavailable when no random pack
+  // id can be drawn (the builder keeps its blocks then).
+  StatusOr<Sealed> Seal();
 
  private:
   void Reset();

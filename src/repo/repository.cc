@@ -28,11 +28,11 @@ StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectSto
     if (bytes.status().code() != StatusCode::kNotFound) return bytes.status();
     if (!create) return NotFoundError("no vmbackup repository at " + store->Describe());
     RepoDescriptor d;
-    d.id = RandomHex(16);
+    VMB_ASSIGN_OR_RETURN(d.id, RandomHex(16));
+    VMB_ASSIGN_OR_RETURN(d.fingerprint_key, RandomHex(16));
     d.block_size = block_size;
     d.pack_size = pack_size;
     d.created_at = NowRfc3339();
-    d.fingerprint_key = RandomHex(16);
     Status st = store->Put(kDescriptorKey, EncodeDescriptor(d), PutOptions{.if_absent = true});
     if (st.ok()) return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
     if (st.code() != StatusCode::kAlreadyExists)

@@ -35,7 +35,8 @@ class LocalStore final : public ObjectStore {
     const std::string path = root_ + "/" + key;
     VMB_RETURN_IF_ERROR(MakeDirs(DirName(path)));
     VMB_RETURN_IF_ERROR(MakeDirs(root_ + "/" + kTmpDir));
-    const std::string tmp = root_ + "/" + kTmpDir + "/" + RandomHex(8);
+    VMB_ASSIGN_OR_RETURN(std::string tmp_name, RandomHex(8));
+    const std::string tmp = root_ + "/" + kTmpDir + "/" + tmp_name;
     // Large durable objects (packs) bypass the page cache: the kernel's copy into it cost a sixth
     // of a full backup's CPU time, and a backup should not evict the host's cached VM data.
     const bool direct = opts.durable && data.size() >= kDirectMin;

@@ -39,6 +39,7 @@ StatusOr<std::string> MemStore::Get(const std::string& key, uint64_t offset, uin
   if (offset > v.size() || (length > 0 && offset == v.size()))
     return OutOfRangeError("range past the end of object " + key);
   uint64_t want = length == 0 ? v.size() - offset : length;
+  if (length == 0 && want > kMaxWholeObjectRead) return TooLargeForWholeRead(key, want);
   if (offset + want > v.size()) return DataLossError("object " + key + " is shorter than expected");
   return v.substr(offset, want);
 }

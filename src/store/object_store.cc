@@ -1,6 +1,7 @@
 // Default async forms and shared helpers of ObjectStore.
 #include "store/object_store.h"
 
+#include "core/errors.h"
 #include "core/runtime.h"
 
 namespace vmbackup::internal {
@@ -35,6 +36,24 @@ StatusOr<std::vector<ObjectInfo>> ObjectStore::ListAll(const std::string& prefix
     token = page->next_token;
   } while (!token.empty());
   return all;
+}
+
+Status TooLargeForWholeRead(const std::string& key, uint64_t size, uint64_t max) {
+  return DataLossError("object " + key + " is " + std::to_string(size) + " bytes, more than the " +
+                       std::to_string(max) +
+                       " a reader accepts for it (corrupt or hostile target)");
+}
+
+StatusOr<std::string> ObjectStore::GetAtMost(const std::string& key, uint64_t max_size) {
+  if (max_size <= kMaxWholeObjectRead) {
+    auto r = Get(key, 0, 0);
+    if (r.ok() && r->size() > max_size) return TooLargeForWholeRead(key, r->size(), max_size);
+    return r;
+  }
+  VMB_ASSIGN_OR_RETURN(ObjectInfo info, Head(key));
+  if (info.size > max_size) return TooLargeForWholeRead(key, info.size, max_size);
+  if (info.size == 0) return std::string();
+  return Get(key, 0, info.size);
 }
 
 Status ValidateKey(const std::string& key) {

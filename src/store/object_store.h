@@ -39,6 +39,14 @@ struct ListPage {
   std::string next_token;           // empty when this is the last page
 };
 
+// The most a whole-object read (Get with length 0) returns. Every metadata object of the format is
+// far smaller; a target (which may be hostile) must never make a reader allocate without bound.
+inline constexpr uint64_t kMaxWholeObjectRead = 64ull << 20;
+
+// kDataLoss: object `key` holds `size` bytes, more than a reader accepts.
+Status TooLargeForWholeRead(const std::string& key, uint64_t size,
+                            uint64_t max = kMaxWholeObjectRead);
+
 struct PutOptions {
   bool if_absent = false;  // fail with kAlreadyExists instead of replacing an existing object
   bool durable = true;     // the object must survive a crash once the call returns (fsync / 200 OK)
@@ -53,8 +61,10 @@ class ObjectStore {
 
   // Blocking forms.
   virtual Status Put(const std::string& key, std::string_view data, const PutOptions& opts) = 0;
-  // Reads [offset, offset+length) of the object; length 0 = to the end. A range past the end is
-  // kOutOfRange; a short read (object shorter than asked) is kDataLoss.
+  // Reads [offset, offset+length) of the object; length 0 = to the end, but at most
+  // kMaxWholeObjectRead bytes (a longer object is kDataLoss naming it, and nothing beyond that
+  // bound is ever allocated or received). A range past the end is kOutOfRange; a short read
+  // (object shorter than asked) is kDataLoss. Callers bound `length` themselves.
   virtual StatusOr<std::string> Get(const std::string& key, uint64_t offset = 0,
                                     uint64_t length = 0) = 0;
   // Get into `*out`, reusing its capacity (saves a large allocation per read in loops). On error
@@ -77,6 +87,11 @@ class ObjectStore {
 
   // Every key under `prefix` (all pages).
   StatusOr<std::vector<ObjectInfo>> ListAll(const std::string& prefix);
+
+  // The whole object `key` when it holds at most `max_size` bytes. kDataLoss naming the object
+  // when it is larger (nothing beyond max_size is read); otherwise as Get. Objects above
+  // kMaxWholeObjectRead are read with Head and one ranged Get.
+  StatusOr<std::string> GetAtMost(const std::string& key, uint64_t max_size);
 
  protected:
   explicit ObjectStore(std::shared_ptr<Runtime> runtime) : runtime_(std::move(runtime)) {}

@@ -169,7 +169,8 @@ StatusOr<std::shared_ptr<BackupTarget>> BackupTarget::Open(const TargetConfig& c
 
 Status BackupTarget::Test() const {
   auto& store = impl_->repo->store();
-  const std::string key = "probe/" + internal::RandomHex(8);
+  VMB_ASSIGN_OR_RETURN(std::string probe_id, internal::RandomHex(8));
+  const std::string key = "probe/" + probe_id;
   const std::string payload = "vmbackup probe " + internal::NowRfc3339();
   VMB_RETURN_IF_ERROR(store.Put(key, payload, internal::PutOptions{}).WithContext("write probe"));
   auto back = store.Get(key);

@@ -112,7 +112,9 @@ static std::string CloneDir(const std::string& path, const SnapshotOptions& o) {
 // Clones `src_fd` into an anonymous file (created, then unlinked at once, so a crash leaves
 // nothing). Returns the clone's fd, or -errno.
 static int CloneToAnonymous(int src_fd, const std::string& dir) {
-  std::string tmp = dir + "/.vmbackup-snap-" + internal::RandomHex(8);
+  auto rand = internal::RandomHex(8);
+  if (!rand.ok()) return -EAGAIN;
+  std::string tmp = dir + "/.vmbackup-snap-" + *rand;
   int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return -errno;
   ::unlink(tmp.c_str());

@@ -788,7 +788,8 @@ class NfsStore final : public ObjectStore {
       if (!s->tmp.empty()) VMB_RETURN_IF_ERROR(Unlink(c, s->tmp, deadline));  // a failed attempt's
       // A fresh name per attempt: NFSv4 creates exclusively (libnfs 4.0 maps O_CREAT to
       // EXCLUSIVE4), and a create whose reply was lost must not make the retry fail.
-      s->tmp = base_ + "/" + kTmpDir + "/" + RandomHex(16);
+      VMB_ASSIGN_OR_RETURN(std::string tmp_name, RandomHex(16));
+      s->tmp = base_ + "/" + kTmpDir + "/" + tmp_name;
       Call oc;
       for (int round = 0; round < 2; ++round) {
         oc.Reset();

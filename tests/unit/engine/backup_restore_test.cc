@@ -29,7 +29,7 @@ std::string TargetSetting(const std::string& kind, const TempDir& dir) {
     EXPECT_EQ(::mkdir(dir.Sub("target").c_str(), 0755), 0);
     return R"({"type":"file","endpoint":")" + dir.Sub("target") + R"("})";
   }
-  const std::string prefix = "matrix-" + internal::RandomHex(6);
+  const std::string prefix = "matrix-" + internal::RandomHex(6).value();
   if (kind == "s3") {
     if (Env("S3_HTTP_ENDPOINT").empty()) {
       ADD_FAILURE() << "S3_HTTP_ENDPOINT is not set: start the test S3 server first with "

@@ -50,7 +50,7 @@ TEST(PackTest, SealProducesPackWithTrailerAndMatchingIndex) {
   Digest d1 = Sha256(b1), d2 = Sha256(b2);
   b.Add(d1, b1.data(), b1.size());
   b.Add(d2, b2.data(), b2.size());
-  auto sealed = b.Seal();
+  auto sealed = *b.Seal();
   EXPECT_TRUE(b.empty());
   EXPECT_EQ(sealed.id.size(), 32u);
   EXPECT_EQ(sealed.data.substr(0, 8), "VMBPACK1");
