@@ -254,6 +254,27 @@ StatusOr<std::vector<PackEntry>> DecodePackIndex(std::string_view b, const std::
   return out;
 }
 
+StatusOr<std::vector<PackEntry>> DecodePackTrailer(std::string_view pack,
+                                                   const std::string& pack_id,
+                                                   const std::string& what) {
+  const size_t tail = 8 + kPackTrailerMagic.size();
+  if (pack.size() < kPackMagic.size() + tail || pack.substr(0, kPackMagic.size()) != kPackMagic ||
+      pack.substr(pack.size() - kPackTrailerMagic.size()) != kPackTrailerMagic)
+    return DataLossError(what + " is not a pack (bad magic or truncated)");
+  const uint64_t index_offset = GetU64(pack.data() + pack.size() - tail);
+  if (index_offset < kPackMagic.size() || index_offset > pack.size() - tail)
+    return DataLossError(what + " has a trailer pointing outside the pack");
+  VMB_ASSIGN_OR_RETURN(std::vector<PackEntry> entries,
+                       DecodePackIndex(pack.substr(index_offset, pack.size() - tail - index_offset),
+                                       pack_id, what + " (index copy in the trailer)"));
+  for (const auto& e : entries) {
+    if (e.offset < kPackMagic.size() || e.offset > index_offset ||
+        e.stored_len > index_offset - e.offset)
+      return DataLossError(what + " lists a block outside its data area");
+  }
+  return entries;
+}
+
 // ---- block fingerprints ----
 static constexpr std::string_view kFingerprintsMagic = "VMBVFP01";
 static constexpr size_t kFingerprintsHeader = 8 + 4 + 4 + 8 + 8;

@@ -111,6 +111,12 @@ std::string EncodePackIndex(const std::string& pack_id, const std::vector<PackEn
 StatusOr<std::vector<PackEntry>> DecodePackIndex(std::string_view bytes, const std::string& pack_id,
                                                  const std::string& what);
 
+// The pack index copy in the trailer of a whole pack object (`pack`), checked as DecodePackIndex
+// does, plus: every entry lies between the magic and the copy. kDataLoss naming `what` otherwise.
+StatusOr<std::vector<PackEntry>> DecodePackTrailer(std::string_view pack,
+                                                   const std::string& pack_id,
+                                                   const std::string& what);
+
 // ---- volume index ----
 enum class BlockKind : uint8_t { kHole = 0, kZero = 1, kData = 2 };
 struct VolumeIndex {
