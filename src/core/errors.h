@@ -14,6 +14,11 @@ namespace vmbackup::internal {
 // the message "`what`: strerror(err)".
 Status ErrnoToStatus(int err, std::string_view what);
 
+// Inside a catch block: the exception being handled as a Status naming `what` (std::bad_alloc →
+// kResourceExhausted "out of memory", any other → kInternal with its what()). Every thread the
+// library runs code on converts exceptions with it, so none reaches std::terminate.
+Status CurrentExceptionToStatus(std::string_view what);
+
 }  // namespace vmbackup::internal
 
 #define VMB_CONCAT_INNER(a, b) a##b

@@ -19,7 +19,17 @@ Runtime::Impl::Impl(const RuntimeOptions& options)
           static_cast<std::size_t>(options.blocking_threads > 0 ? options.blocking_threads : 4)) {
   guard_.emplace(io_.get_executor());
   int n = options.io_threads > 0 ? options.io_threads : 1;
-  for (int i = 0; i < n; ++i) io_threads_.emplace_back([this] { io_.run(); });
+  for (int i = 0; i < n; ++i)
+    io_threads_.emplace_back([this] {
+      // run() rethrows what a handler threw; keep the loop (and the process) going.
+      for (;;) {
+        try {
+          io_.run();
+          return;
+        } catch (...) {
+        }
+      }
+    });
 }
 
 Runtime::Impl::~Impl() {

@@ -34,11 +34,23 @@ struct Runtime::Impl {
   boost::asio::thread_pool& blocking() { return blocking_; }
   int worker_threads() const { return worker_threads_; }
 
-  void PostWork(std::function<void()> fn) { boost::asio::post(workers_, std::move(fn)); }
-  void PostBlocking(std::function<void()> fn) { boost::asio::post(blocking_, std::move(fn)); }
-  void PostIo(std::function<void()> fn) { boost::asio::post(io_, std::move(fn)); }
+  // Posted tasks must report their own errors; an exception that still escapes one is dropped
+  // here (last line of defence: a pool thread never takes the host process down).
+  void PostWork(std::function<void()> fn) { boost::asio::post(workers_, Guarded(std::move(fn))); }
+  void PostBlocking(std::function<void()> fn) {
+    boost::asio::post(blocking_, Guarded(std::move(fn)));
+  }
+  void PostIo(std::function<void()> fn) { boost::asio::post(io_, Guarded(std::move(fn))); }
 
  private:
+  static std::function<void()> Guarded(std::function<void()> fn) {
+    return [fn = std::move(fn)] {
+      try {
+        fn();
+      } catch (...) {
+      }
+    };
+  }
   int worker_threads_;
   boost::asio::io_context io_;
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard_;

@@ -3,6 +3,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <exception>
+#include <new>
+#include <string>
 
 #include "core/errors.h"
 
@@ -139,6 +142,18 @@ Status ErrnoToStatus(int err, std::string_view what) {
       return Status(StatusCode::kUnavailable, msg + " (I/O error)");
     default:
       return Status(StatusCode::kInternal, msg);
+  }
+}
+
+Status CurrentExceptionToStatus(std::string_view what) {
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    return ResourceExhaustedError(std::string(what) + ": out of memory");
+  } catch (const std::exception& e) {
+    return InternalError(std::string(what) + ": unexpected exception: " + e.what());
+  } catch (...) {
+    return InternalError(std::string(what) + ": unexpected exception");
   }
 }
 

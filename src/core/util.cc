@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <sys/stat.h>
@@ -22,6 +23,16 @@ Digest Sha256(const void* data, size_t len) {
   Digest d;
   SHA256(static_cast<const unsigned char*>(data), len, d.data());
   return d;
+}
+
+Digest HmacSha256(const void* key, size_t key_len, const void* data, size_t len) {
+  Digest out{};
+  unsigned int n = 0;
+  // Fails only on a broken OpenSSL; an all-zero MAC then simply never verifies.
+  if (HMAC(EVP_sha256(), key, static_cast<int>(key_len), static_cast<const unsigned char*>(data),
+           len, out.data(), &n) == nullptr)
+    out.fill(0);
+  return out;
 }
 
 Fingerprint BlockFingerprint(const FingerprintKey& key, const void* data, size_t len) {
@@ -193,12 +204,15 @@ Status PwriteAll(int fd, const void* data, size_t n, uint64_t off, const std::st
   return Status::Ok();
 }
 
-Status WriteFileAtomic(const std::string& path, std::string_view data) {
+Status WriteFileAtomic(const std::string& path, std::string_view data, uint32_t mode) {
   VMB_ASSIGN_OR_RETURN(std::string suffix, RandomHex(6));
   std::string tmp = path + ".tmp-" + suffix;
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                  static_cast<mode_t>(mode));
   if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
-  Status st = PwriteAll(fd, data.data(), data.size(), 0, tmp);
+  Status st = ::fchmod(fd, static_cast<mode_t>(mode)) == 0 ? Status::Ok()
+                                                           : ErrnoToStatus(errno, "chmod " + tmp);
+  if (st.ok()) st = PwriteAll(fd, data.data(), data.size(), 0, tmp);
   if (st.ok() && ::fsync(fd) != 0) st = ErrnoToStatus(errno, "fsync " + tmp);
   if (::close(fd) != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + tmp);
   if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)

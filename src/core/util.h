@@ -35,6 +35,9 @@ using Fingerprint = std::array<uint8_t, 16>;
 using FingerprintKey = std::array<uint8_t, 16>;
 Fingerprint BlockFingerprint(const FingerprintKey& key, const void* data, size_t len);
 
+// HMAC-SHA256 of [data, data+len) under `key`.
+Digest HmacSha256(const void* key, size_t key_len, const void* data, size_t len);
+
 std::string ToHex(const void* data, size_t len);
 inline std::string ToHex(const Digest& d) { return ToHex(d.data(), d.size()); }
 // Parses exactly 2n hex chars into out[0, n); false on bad input.
@@ -65,7 +68,8 @@ bool IsValidName(std::string_view name, size_t max_len);
 
 // Writes `data` to `path` atomically and durably: temp file in the same directory, fsync, rename,
 // fsync of the directory. Errors: ErrnoToStatus of the failing call.
-Status WriteFileAtomic(const std::string& path, std::string_view data);
+// The file gets exactly `mode` (not reduced by the umask).
+Status WriteFileAtomic(const std::string& path, std::string_view data, uint32_t mode = 0600);
 // Writes all of [data, data+n) at offset `off` of `fd`, retrying short writes and EINTR.
 // Errors: ErrnoToStatus(errno, "write " + what).
 Status PwriteAll(int fd, const void* data, size_t n, uint64_t off, const std::string& what);

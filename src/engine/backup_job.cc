@@ -73,6 +73,7 @@ struct BackupJob::Impl {
   std::shared_ptr<BackupTarget> target;
   BackupSpec spec;
   std::string name;
+  std::string vm_name, vm_namespace;  // the VM identity, from the metadata ("" = unnamed)
   mutable std::mutex result_mu;
   std::optional<BackupInfo> result;
   // Last member: destroyed first, so the driver thread is cancelled and joined before anything it
@@ -103,10 +104,26 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
       return InvalidArgumentError(field + ".dirty_ranges needs spec.parent (the dirty map's base)");
   }
   if (spec.vm_metadata_json.empty()) spec.vm_metadata_json = "{}";
+  // Writers apply the limits readers check (docs/FORMAT.md "Limits").
+  if (spec.vm_metadata_json.size() > kMaxVmMetadataBytes)
+    return InvalidArgumentError("spec.vm_metadata_json is larger than " +
+                                std::to_string(kMaxVmMetadataBytes) + " bytes");
+  if (!JsonDepthWithin(spec.vm_metadata_json, kMaxJsonDepth - 8))
+    return InvalidArgumentError("spec.vm_metadata_json nests deeper than " +
+                                std::to_string(kMaxJsonDepth - 8) + " levels");
   json meta = json::parse(spec.vm_metadata_json, nullptr, false);
   if (meta.is_discarded() || !meta.is_object())
     return InvalidArgumentError("spec.vm_metadata_json must be a JSON object");
   auto impl = std::make_unique<Impl>();
+  // The VM identity: optional, but valid names when given (records and references key on it).
+  for (auto [field, out] :
+       {std::pair{"name", &impl->vm_name}, std::pair{"namespace", &impl->vm_namespace}}) {
+    if (!meta.contains(field)) continue;
+    if (!meta[field].is_string() || !IsValidVmName(meta[field].get<std::string>()))
+      return InvalidArgumentError(std::string("spec.vm_metadata_json: \"") + field +
+                                  "\" must be a string of 1-253 of [A-Za-z0-9._-]");
+    *out = meta[field].get<std::string>();
+  }
   if (spec.name.empty()) {
     std::string base = meta.contains("name") && meta["name"].is_string()
                            ? meta["name"].get<std::string>()
@@ -180,22 +197,24 @@ Status BackupJob::Impl::Execute() {
   }
   VMB_ASSIGN_OR_RETURN(std::shared_ptr<const RepoIndex> index, repo.LoadIndex());
 
-  // Fingerprint reference backup: the parent, else the newest backup of the same VM. Failing to
-  // find or load one only costs speed (every block is hashed), never correctness.
-  FingerprintKey fkey{};
-  const bool fingerprints = repo.fingerprint_key(&fkey);
+  // Fingerprints need this host's keys (from its state directory, never from the target);
+  // without them every block is hashed and none are recorded.
+  std::optional<FingerprintKeys> fkeys;
+  if (auto k = target->impl()->FingerprintKeys(); k.ok()) fkeys = *k;
+  const bool fingerprints = fkeys.has_value();
+  // Fingerprint reference backup: one of the same VM identity (a named VM: unnamed ones never
+  // serve), the parent when it qualifies, else the newest such backup. Failing to find or load
+  // one only costs speed (every block is hashed), never correctness.
   std::optional<BackupInfo> ref;
-  if (fingerprints && spec.use_fingerprints) {
+  if (fingerprints && spec.use_fingerprints && !vm_name.empty()) {
     if (parent) {
-      ref = parent;
+      if (parent->vm_name == vm_name && parent->vm_namespace == vm_namespace) ref = parent;
     } else {
-      json m = json::parse(spec.vm_metadata_json, nullptr, false);
-      const std::string vm = m.is_object() ? m.value("name", "") : "";
-      const std::string ns = m.is_object() ? m.value("namespace", "") : "";
       auto list = repo.ListBackups();
       if (list.ok()) {
         for (auto& b : list->backups)
-          if (b.vm_name == vm && b.vm_namespace == ns && (!ref || b.created_at > ref->created_at))
+          if (b.vm_name == vm_name && b.vm_namespace == vm_namespace &&
+              (!ref || b.created_at > ref->created_at))
             ref = std::move(b);
       }
     }
@@ -236,7 +255,7 @@ Status BackupJob::Impl::Execute() {
       auto it = std::find_if(ref->volumes.begin(), ref->volumes.end(),
                              [&](const VolumeBackupInfo& rv) { return rv.name == v.name; });
       if (it != ref->volumes.end() && it->block_size == bs && !it->fingerprints_key.empty()) {
-        auto fps = repo.LoadFingerprints(ref->name, *it);
+        auto fps = repo.LoadFingerprints(ref->name, *it, *fkeys);
         if (fps.ok()) {
           if (w->parent != nullptr && ref->name == spec.parent) {
             w->ref = w->parent;
@@ -276,126 +295,132 @@ Status BackupJob::Impl::Execute() {
     const uint64_t nblocks = w.plan.size();
     const uint64_t size = w.index.volume_size;
     std::atomic<uint64_t> next{0};
-    RunOnWorkers(rt, nworkers, [&](int slot) {
-      std::unique_ptr<char[]> buf(new char[bs]);
-      PackBuilder& pack = packs[static_cast<size_t>(slot)];
-      // Counters are kept per worker and published once per batch: on a sparse 1 TiB volume the
-      // shared atomics, updated per block, cost more than the work itself.
-      struct {
-        uint64_t data = 0, zero = 0, hole = 0, fresh = 0, reused = 0, stored = 0, read = 0,
-                 scanned = 0, blocks = 0;
-      } c;
-      std::vector<BlockFingerprintEntry> fps;
-      auto publish = [&] {
-        if (!fps.empty()) {
-          std::lock_guard<std::mutex> l(w.fps_mu);
-          w.fps.insert(w.fps.end(), fps.begin(), fps.end());
-          fps.clear();
-        }
-        w.data_blocks += c.data;
-        w.zero_blocks += c.zero;
-        w.hole_blocks += c.hole;
-        w.bytes_new += c.fresh;
-        w.bytes_reused += c.reused;
-        w.bytes_stored += c.stored;
-        pc.bytes_new += c.fresh;
-        pc.bytes_reused += c.reused;
-        pc.bytes_read += c.read;
-        pc.bytes_scanned += c.scanned;
-        pc.blocks_done += c.blocks;
-        c = {};
-        run.MaybeReport();
-      };
-      for (;;) {
-        if (run.cancelled() || error.has_error() || uploader.failed()) break;
-        // Blocks are claimed kClaim at a time: fewer shared updates, longer sequential reads.
-        const uint64_t first = next.fetch_add(kClaim, std::memory_order_relaxed);
-        if (first >= nblocks) break;
-        const uint64_t last = std::min(nblocks, first + kClaim);
-        for (uint64_t b = first; b < last && !error.has_error(); ++b) {
-          const uint64_t off = b * bs;
-          const size_t len = static_cast<size_t>(std::min<uint64_t>(bs, size - off));
-          c.scanned += len;
-          c.blocks += 1;
-          switch (w.plan[b]) {
-            case Plan::kHole:
-              w.index.kinds[b] = BlockKind::kHole;
-              ++c.hole;
-              break;
-            case Plan::kCopy: {
-              BlockKind k = w.parent->kinds[b];
-              w.index.kinds[b] = k;
-              w.index.digests[b] = w.parent->digests[b];
-              if (k == BlockKind::kData) {
-                if (index->Find(w.parent->digests[b]) == nullptr) {
-                  error.Set(DataLossError("block at offset " + std::to_string(off) +
-                                          " of volume '" + w.info.name + "' in parent backup '" +
-                                          spec.parent + "' is not in any pack index"));
+    Status ran = RunOnWorkers(
+        rt, nworkers,
+        [&](int slot) {
+          std::unique_ptr<char[]> buf(new char[bs]);
+          PackBuilder& pack = packs[static_cast<size_t>(slot)];
+          // Counters are kept per worker and published once per batch: on a sparse 1 TiB volume the
+          // shared atomics, updated per block, cost more than the work itself.
+          struct {
+            uint64_t data = 0, zero = 0, hole = 0, fresh = 0, reused = 0, stored = 0, read = 0,
+                     scanned = 0, blocks = 0;
+          } c;
+          std::vector<BlockFingerprintEntry> fps;
+          auto publish = [&] {
+            if (!fps.empty()) {
+              std::lock_guard<std::mutex> l(w.fps_mu);
+              w.fps.insert(w.fps.end(), fps.begin(), fps.end());
+              fps.clear();
+            }
+            w.data_blocks += c.data;
+            w.zero_blocks += c.zero;
+            w.hole_blocks += c.hole;
+            w.bytes_new += c.fresh;
+            w.bytes_reused += c.reused;
+            w.bytes_stored += c.stored;
+            pc.bytes_new += c.fresh;
+            pc.bytes_reused += c.reused;
+            pc.bytes_read += c.read;
+            pc.bytes_scanned += c.scanned;
+            pc.blocks_done += c.blocks;
+            c = {};
+            run.MaybeReport();
+          };
+          for (;;) {
+            if (run.cancelled() || error.has_error() || uploader.failed()) break;
+            // Blocks are claimed kClaim at a time: fewer shared updates, longer sequential reads.
+            const uint64_t first = next.fetch_add(kClaim, std::memory_order_relaxed);
+            if (first >= nblocks) break;
+            const uint64_t last = std::min(nblocks, first + kClaim);
+            for (uint64_t b = first; b < last && !error.has_error(); ++b) {
+              const uint64_t off = b * bs;
+              const size_t len = static_cast<size_t>(std::min<uint64_t>(bs, size - off));
+              c.scanned += len;
+              c.blocks += 1;
+              switch (w.plan[b]) {
+                case Plan::kHole:
+                  w.index.kinds[b] = BlockKind::kHole;
+                  ++c.hole;
+                  break;
+                case Plan::kCopy: {
+                  BlockKind k = w.parent->kinds[b];
+                  w.index.kinds[b] = k;
+                  w.index.digests[b] = w.parent->digests[b];
+                  if (k == BlockKind::kData) {
+                    if (index->Find(w.parent->digests[b]) == nullptr) {
+                      error.Set(DataLossError(
+                          "block at offset " + std::to_string(off) + " of volume '" + w.info.name +
+                          "' in parent backup '" + spec.parent + "' is not in any pack index"));
+                      break;
+                    }
+                    ++c.data;
+                    c.reused += len;
+                    if (w.ref == w.parent) {  // the parent's fingerprints stay valid for copies
+                      if (const Fingerprint* rf = w.ref_fps.Find(b)) fps.push_back({b, *rf});
+                    }
+                  } else {
+                    ++(k == BlockKind::kZero ? c.zero : c.hole);
+                  }
                   break;
                 }
-                ++c.data;
-                c.reused += len;
-                if (w.ref == w.parent) {  // the parent's fingerprints stay valid for copies
-                  if (const Fingerprint* rf = w.ref_fps.Find(b)) fps.push_back({b, *rf});
-                }
-              } else {
-                ++(k == BlockKind::kZero ? c.zero : c.hole);
-              }
-              break;
-            }
-            case Plan::kRead: {
-              auto r = w.snap->ReadAt(off, buf.get(), len);
-              if (!r.ok()) {
-                error.Set(r.status().WithContext("volume '" + w.info.name + "'"));
-                break;
-              }
-              c.read += len;
-              if (IsAllZero(buf.get(), len)) {
-                w.index.kinds[b] = BlockKind::kZero;
-                ++c.zero;
-                break;
-              }
-              // Unchanged since the reference backup (same keyed fingerprint at this offset, and
-              // its block still indexed)? Then its digest is this block's: no SHA-256 needed.
-              const Digest* known = nullptr;
-              if (fingerprints) {
-                const Fingerprint fp = BlockFingerprint(fkey, buf.get(), len);
-                fps.push_back({b, fp});
-                const VolumeIndex* ri = w.ref;
-                if (ri != nullptr && b < ri->block_count() && ri->kinds[b] == BlockKind::kData &&
-                    std::min<uint64_t>(bs, ri->volume_size - off) == len) {
-                  const Fingerprint* rf = w.ref_fps.Find(b);
-                  if (rf != nullptr && *rf == fp && index->Find(ri->digests[b]) != nullptr)
-                    known = &ri->digests[b];
-                }
-              }
-              const Digest d = known != nullptr ? *known : Sha256(buf.get(), len);
-              w.index.kinds[b] = BlockKind::kData;
-              w.index.digests[b] = d;
-              ++c.data;
-              if (index->Find(d) != nullptr || !claims.TryClaim(d)) {
-                c.reused += len;
-                break;
-              }
-              const PackEntry& e = pack.Add(d, buf.get(), len);
-              c.fresh += len;
-              c.stored += e.stored_len;
-              if (pack.full()) {
-                auto sealed = pack.Seal();
-                if (!sealed.ok()) {
-                  error.Set(sealed.status());
+                case Plan::kRead: {
+                  auto r = w.snap->ReadAt(off, buf.get(), len);
+                  if (!r.ok()) {
+                    error.Set(r.status().WithContext("volume '" + w.info.name + "'"));
+                    break;
+                  }
+                  c.read += len;
+                  if (IsAllZero(buf.get(), len)) {
+                    w.index.kinds[b] = BlockKind::kZero;
+                    ++c.zero;
+                    break;
+                  }
+                  // Unchanged since the reference backup (same keyed fingerprint at this offset,
+                  // and its block still indexed)? Then its digest is this block's: no SHA-256
+                  // needed.
+                  const Digest* known = nullptr;
+                  if (fingerprints) {
+                    const Fingerprint fp = BlockFingerprint(fkeys->gmac, buf.get(), len);
+                    fps.push_back({b, fp});
+                    const VolumeIndex* ri = w.ref;
+                    if (ri != nullptr && b < ri->block_count() &&
+                        ri->kinds[b] == BlockKind::kData &&
+                        std::min<uint64_t>(bs, ri->volume_size - off) == len) {
+                      const Fingerprint* rf = w.ref_fps.Find(b);
+                      if (rf != nullptr && *rf == fp && index->Find(ri->digests[b]) != nullptr)
+                        known = &ri->digests[b];
+                    }
+                  }
+                  const Digest d = known != nullptr ? *known : Sha256(buf.get(), len);
+                  w.index.kinds[b] = BlockKind::kData;
+                  w.index.digests[b] = d;
+                  ++c.data;
+                  if (index->Find(d) != nullptr || !claims.TryClaim(d)) {
+                    c.reused += len;
+                    break;
+                  }
+                  const PackEntry& e = pack.Add(d, buf.get(), len);
+                  c.fresh += len;
+                  c.stored += e.stored_len;
+                  if (pack.full()) {
+                    auto sealed = pack.Seal();
+                    if (!sealed.ok()) {
+                      error.Set(sealed.status());
+                      break;
+                    }
+                    uploader.Submit(std::move(*sealed));
+                  }
                   break;
                 }
-                uploader.Submit(std::move(*sealed));
               }
-              break;
             }
+            publish();
           }
-        }
-        publish();
-      }
-      publish();
-    });
+          publish();
+        },
+        "backup of volume '" + w.info.name + "'");
+    error.Set(ran);
     VMB_RETURN_IF_ERROR(error.Get());
     if (run.cancelled()) break;
     if (uploader.failed()) break;
@@ -424,8 +449,8 @@ Status BackupJob::Impl::Execute() {
   BackupInfo rec;
   rec.name = name;
   json meta = json::parse(spec.vm_metadata_json, nullptr, false);
-  rec.vm_name = meta.value("name", "");
-  rec.vm_namespace = meta.value("namespace", "");
+  rec.vm_name = vm_name;
+  rec.vm_namespace = vm_namespace;
   rec.created_at = created_at;
   rec.parent = spec.parent;
   rec.state = "Ready";
@@ -440,16 +465,24 @@ Status BackupJob::Impl::Execute() {
     w.info.bytes_stored = w.bytes_stored;
     VMB_ASSIGN_OR_RETURN(std::string index_rand, RandomHex(4));
     w.info.index_key = VolumeIndexKey(name, w.info.name + "." + index_rand);
+    std::string bytes = EncodeVolumeIndex(w.index);
+    const Digest index_sha256 = Sha256(bytes);
+    w.info.index_sha256 = ToHex(index_sha256);
     if (fingerprints) {
+      // Stored masked under a fresh salt, authenticated and bound to this volume index.
       VolumeFingerprints f;
       f.volume_size = w.info.size;
       f.block_size = bs;
+      f.key_id = fkeys->id;
+      VMB_RETURN_IF_ERROR(RandomBytes(f.salt.data(), f.salt.size()));
+      f.index_sha256 = index_sha256;
       f.entries = std::move(w.fps);
       std::sort(f.entries.begin(), f.entries.end(),
                 [](const BlockFingerprintEntry& a, const BlockFingerprintEntry& b) {
                   return a.block < b.block;
                 });
-      std::string fbytes = EncodeFingerprints(f);
+      VMB_RETURN_IF_ERROR(ApplyFingerprintMasks(*fkeys, f.salt, &f.entries));
+      std::string fbytes = EncodeFingerprints(f, fkeys->auth);
       VMB_ASSIGN_OR_RETURN(std::string fp_rand, RandomHex(4));
       w.info.fingerprints_key = FingerprintsKey(name, w.info.name + "." + fp_rand);
       w.info.fingerprints_sha256 = ToHex(Sha256(fbytes));
@@ -458,8 +491,6 @@ Status BackupJob::Impl::Execute() {
                               .WithContext("write block fingerprints of '" + w.info.name + "'"));
       pc.bytes_written += fbytes.size();
     }
-    std::string bytes = EncodeVolumeIndex(w.index);
-    w.info.index_sha256 = ToHex(Sha256(bytes));
     VMB_RETURN_IF_ERROR(repo.store()
                             .Put(w.info.index_key, bytes, PutOptions{})
                             .WithContext("write volume index of '" + w.info.name + "'"));

@@ -1,6 +1,7 @@
 // JobRunner implementation (see job_runner.h).
 #include "engine/job_runner.h"
 
+#include "core/errors.h"
 #include "core/util.h"
 
 namespace vmbackup::internal {
@@ -22,7 +23,12 @@ Status JobRunner::Start() {
   state_ = JobState::kInProgress;
   start_ = MonotonicSeconds();
   driver_ = std::thread([this] {
-    Status st = cancelled() ? CancelledError("cancelled before it started") : body_();
+    Status st;
+    try {
+      st = cancelled() ? CancelledError("cancelled before it started") : body_();
+    } catch (...) {
+      st = CurrentExceptionToStatus("job");
+    }
     if (st.ok() && cancelled()) st = CancelledError("cancelled");
     SetPhase(Progress::Phase::kDone);
     MaybeReport(/*force=*/true);

@@ -4,30 +4,47 @@
 #include <thread>
 #include <vector>
 
+#include "core/errors.h"
 #include "core/runtime.h"
 
 namespace vmbackup::internal {
 
-void RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn) {
+Status RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn,
+                    const std::string& what) {
   std::mutex mu;
   std::condition_variable cv;
   int left = n;
+  FirstError error;
   for (int i = 0; i < n; ++i) {
     rt.impl()->PostWork([&, i] {
-      fn(i);
+      try {
+        fn(i);
+      } catch (...) {
+        error.Set(CurrentExceptionToStatus(what));
+      }
       std::lock_guard<std::mutex> l(mu);
       if (--left == 0) cv.notify_all();
     });
   }
   std::unique_lock<std::mutex> l(mu);
   cv.wait(l, [&] { return left == 0; });
+  return error.Get();
 }
 
-void RunOnThreads(int n, const std::function<void(int)>& fn) {
+Status RunOnThreads(int n, const std::function<void(int)>& fn, const std::string& what) {
+  FirstError error;
   std::vector<std::thread> threads;
   threads.reserve(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) threads.emplace_back([&fn, i] { fn(i); });
+  for (int i = 0; i < n; ++i)
+    threads.emplace_back([&, i] {
+      try {
+        fn(i);
+      } catch (...) {
+        error.Set(CurrentExceptionToStatus(what));
+      }
+    });
   for (auto& t : threads) t.join();
+  return error.Get();
 }
 
 bool ClaimSet::TryClaim(const Digest& d) {

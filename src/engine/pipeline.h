@@ -19,11 +19,15 @@
 
 namespace vmbackup::internal {
 
-// Runs fn(0..n-1) on the runtime's worker pool and returns when all have returned.
-void RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn);
+// Runs fn(0..n-1) on the runtime's worker pool and returns when all have returned. An exception
+// escaping fn is returned as a Status (CurrentExceptionToStatus naming `what`; the first wins).
+[[nodiscard]] Status RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn,
+                                  const std::string& what);
 // Runs fn(0..n-1) on n threads of their own: for tasks that spend much of their time waiting for
 // reads from the target, so that more of them than cores keep both the network and the CPUs busy.
-void RunOnThreads(int n, const std::function<void(int)>& fn);
+// Exceptions as RunOnWorkers.
+[[nodiscard]] Status RunOnThreads(int n, const std::function<void(int)>& fn,
+                                  const std::string& what);
 
 // Digests of new blocks claimed by this job: the first claimant stores the block, others reference
 // it.

@@ -3,10 +3,13 @@
 #include "vmbackup/restore_plan.h"
 
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
@@ -23,11 +26,63 @@ using nlohmann::json;
 
 namespace {
 
-bool Exists(const std::string& path, bool* is_block) {
+// What a destination path is when the restore is planned, and again when it starts.
+struct Destination {
+  enum Kind { kNew, kFile, kDevice } kind = kNew;
+  std::string write_path;  // the device's real path, or the path itself
+  uint64_t device_size = 0;
+};
+
+// Classifies `path`. A symbolic link is followed only when `follow_devices` (explicit
+// destinations: /dev/vg/lv is one) and only to a block device; any other link is a file to
+// replace, never written through. Errors: kAlreadyExists when it exists and !overwrite;
+// kFailedPrecondition for a device in use or too small, or a path that is neither file nor device.
+StatusOr<Destination> Classify(const std::string& path, bool follow_devices, bool overwrite,
+                               uint64_t volume_size) {
+  Destination d;
+  d.write_path = path;
   struct stat sb;
-  if (::lstat(path.c_str(), &sb) != 0) return false;
-  *is_block = S_ISBLK(sb.st_mode);
-  return true;
+  if (::lstat(path.c_str(), &sb) != 0) {
+    if (errno == ENOENT) return d;
+    return ErrnoToStatus(errno, "destination " + path);
+  }
+  if (S_ISLNK(sb.st_mode) && follow_devices) {
+    char real[PATH_MAX];
+    struct stat rs;
+    if (::realpath(path.c_str(), real) != nullptr && ::stat(real, &rs) == 0 &&
+        S_ISBLK(rs.st_mode)) {
+      d.write_path = real;
+      sb = rs;
+    }
+  }
+  if (!overwrite)
+    return AlreadyExistsError("destination " + path + " exists (set overwrite to replace it)");
+  if (S_ISBLK(sb.st_mode)) {
+    d.kind = Destination::kDevice;
+    // O_EXCL on a block device: EBUSY while it is mounted or held (LVM, another O_EXCL opener).
+    int fd = ::open(d.write_path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EBUSY)
+        return FailedPreconditionError("destination " + path + " (" + d.write_path +
+                                       ") is in use (mounted or held by another program)");
+      return ErrnoToStatus(errno, "open destination device " + d.write_path);
+    }
+    int rc = ::ioctl(fd, BLKGETSIZE64, &d.device_size);
+    int err = errno;
+    ::close(fd);
+    if (rc != 0) return ErrnoToStatus(err, "size of destination device " + d.write_path);
+    if (d.device_size < volume_size)
+      return FailedPreconditionError(
+          "destination device " + d.write_path + " holds " + std::to_string(d.device_size) +
+          " bytes, less than the volume's " + std::to_string(volume_size));
+    return d;
+  }
+  if (S_ISREG(sb.st_mode) || S_ISLNK(sb.st_mode)) {
+    d.kind = Destination::kFile;
+    return d;
+  }
+  return FailedPreconditionError("destination " + path +
+                                 " is neither a regular file nor a block device");
 }
 
 std::string AbsolutePath(const std::string& p) {
@@ -43,15 +98,15 @@ struct RestorePlan::Impl {
   std::shared_ptr<BackupTarget> target;
   RestoreSpec spec;
   BackupInfo backup;
-  std::vector<VolumeDestination>
-      dests;  // one per backup volume, in backup order (empty path = skip)
+  std::vector<VolumeDestination> dests;  // the volumes restored, in backup order
+  std::vector<bool> explicit_dest;       // per dests entry: given in spec.volumes
   std::unique_ptr<JobRunner> runner;
 
   Status Execute();
   // Writes one volume. For a regular-file destination the data goes to a temporary file, whose
   // path is appended to `pending` (renamed into place only when every volume succeeded).
-  Status RestoreVolume(const VolumeBackupInfo& v, const std::string& dest, const RepoIndex& index,
-                       const VolumeIndex& vidx,
+  Status RestoreVolume(const VolumeBackupInfo& v, const std::string& dest, bool follow_devices,
+                       const RepoIndex& index, const VolumeIndex& vidx,
                        std::vector<std::pair<std::string, std::string>>* pending);
 };
 
@@ -79,34 +134,45 @@ StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<Backu
   }
   if (!spec.new_vm_name.empty() && !IsValidName(spec.new_vm_name, 128))
     return InvalidArgumentError("spec.new_vm_name must be 1-128 of [A-Za-z0-9._-]");
+  if ((spec.file_mode & ~0777u) != 0)
+    return InvalidArgumentError("spec.file_mode must be permission bits (0 to 0777)");
   if (!spec.dest_dir.empty()) {
     struct stat sb;
     if (::stat(spec.dest_dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode))
       return NotFoundError("spec.dest_dir: directory " + spec.dest_dir + " does not exist");
     // vm.json records absolute volume paths, whatever the caller's working directory was.
     spec.dest_dir = AbsolutePath(spec.dest_dir);
+    while (spec.dest_dir.size() > 1 && spec.dest_dir.back() == '/') spec.dest_dir.pop_back();
   }
   std::set<std::string> seen;
   for (const auto& v : impl->backup.volumes) {
     std::string path;
-    if (explicit_dest.count(v.name))
+    const bool is_explicit = explicit_dest.count(v.name) != 0;
+    if (is_explicit) {
       path = explicit_dest[v.name];
-    else if (!spec.dest_dir.empty())
+    } else if (!spec.dest_dir.empty()) {
+      // The name comes from the target: it must be a plain volume name (the record decoder
+      // already refused anything else), and the path must lie directly inside dest_dir.
+      if (!IsValidVolumeName(v.name))
+        return DataLossError("backup '" + spec.backup + "' has a volume named '" + v.name +
+                             "', which is not a valid volume name (hostile record?)");
       path = spec.dest_dir + "/" + v.name + ".img";
-    else if (spec.volumes.empty())
+      if (DirName(path) != spec.dest_dir || path.find('\0') != std::string::npos)
+        return DataLossError("volume '" + v.name + "' would be restored outside " + spec.dest_dir);
+    } else if (spec.volumes.empty()) {
       return InvalidArgumentError("spec: give dest_dir or an explicit destination per volume");
+    }
     if (path.empty()) continue;  // explicit list that leaves this volume out
     if (!seen.insert(path).second)
       return InvalidArgumentError("spec: two volumes restore to the same path " + path);
-    bool is_block = false;
-    if (Exists(path, &is_block) && !is_block && !spec.overwrite)
-      return AlreadyExistsError("destination " + path + " exists (set overwrite to replace it)");
+    VMB_ASSIGN_OR_RETURN(Destination d, Classify(path, is_explicit, spec.overwrite, v.size));
+    if (d.kind == Destination::kDevice && !seen.insert("device:" + d.write_path).second)
+      return InvalidArgumentError("spec: two volumes restore to the same device " + d.write_path);
     impl->dests.push_back({v.name, path});
+    impl->explicit_dest.push_back(is_explicit);
   }
   if (!spec.dest_dir.empty()) {
-    bool b;
-    if (Exists(spec.dest_dir + "/vm.json", &b) && !spec.overwrite)
-      return AlreadyExistsError("destination " + spec.dest_dir + "/vm.json exists (set overwrite)");
+    VMB_RETURN_IF_ERROR(Classify(spec.dest_dir + "/vm.json", false, spec.overwrite, 0).status());
   }
   impl->target = std::move(target);
   impl->spec = std::move(spec);
@@ -153,7 +219,8 @@ Status RestorePlan::Impl::Execute() {
     for (const auto& p : pending) ::unlink(p.first.c_str());
   };
   for (size_t i = 0; i < vols.size(); ++i) {
-    Status st = RestoreVolume(*vols[i].first, dests[i].path, *index, vols[i].second, &pending);
+    Status st = RestoreVolume(*vols[i].first, dests[i].path, explicit_dest[i], *index,
+                              vols[i].second, &pending);
     if (st.ok() && run.cancelled())
       st = CancelledError("restore of backup '" + backup.name + "' cancelled");
     if (!st.ok()) {
@@ -189,28 +256,50 @@ Status RestorePlan::Impl::Execute() {
     }
     meta["volumes"] = vols_json;
     meta["restoredFrom"] = backup.name;
-    VMB_RETURN_IF_ERROR(WriteFileAtomic(spec.dest_dir + "/vm.json", meta.dump(2) + "\n"));
+    VMB_RETURN_IF_ERROR(
+        WriteFileAtomic(spec.dest_dir + "/vm.json", meta.dump(2) + "\n", spec.file_mode));
   }
   return Status::Ok();
 }
 
 Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::string& dest,
-                                        const RepoIndex& index, const VolumeIndex& vidx,
+                                        bool follow_devices, const RepoIndex& index,
+                                        const VolumeIndex& vidx,
                                         std::vector<std::pair<std::string, std::string>>* pending) {
   JobRunner& run = *runner;
   ProgressCounters& pc = run.counters();
   Repository& repo = *target->impl()->repo;
   Runtime& rt = *target->impl()->runtime;
-  bool is_block = false;
-  const bool exists = Exists(dest, &is_block);
-  if (exists && !is_block && !spec.overwrite)
-    return AlreadyExistsError("destination " + dest + " exists (set overwrite to replace it)");
-  // Regular files: write a temporary file beside the destination, rename when complete.
+  // Checked again: time passed since Create.
+  VMB_ASSIGN_OR_RETURN(Destination d, Classify(dest, follow_devices, spec.overwrite, v.size));
+  const bool is_block = d.kind == Destination::kDevice;
+  // Regular files: write a temporary file beside the destination, rename when complete. Block
+  // devices: written in place, opened exclusively (no mounted or otherwise held device).
   VMB_ASSIGN_OR_RETURN(std::string tmp_rand, RandomHex(4));
-  const std::string tmp = is_block ? dest : dest + ".vmbackup-partial-" + tmp_rand;
-  int fd = is_block ? ::open(dest.c_str(), O_WRONLY | O_CLOEXEC)
-                    : ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
+  const std::string tmp = is_block ? d.write_path : dest + ".vmbackup-partial-" + tmp_rand;
+  int fd = is_block ? ::open(tmp.c_str(), O_WRONLY | O_EXCL | O_CLOEXEC)
+                    : ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                             spec.file_mode);
+  if (fd < 0) {
+    if (is_block && errno == EBUSY)
+      return FailedPreconditionError("destination " + dest + " (" + tmp +
+                                     ") is in use (mounted or held by another program)");
+    return ErrnoToStatus(errno, "create " + tmp);
+  }
+  struct stat opened;
+  if (::fstat(fd, &opened) != 0 ||
+      (is_block ? !S_ISBLK(opened.st_mode) : !S_ISREG(opened.st_mode))) {
+    ::close(fd);
+    if (!is_block) ::unlink(tmp.c_str());
+    return FailedPreconditionError("destination " + dest + " changed while the restore started");
+  }
+  // The mode the host asked for, whatever the process umask.
+  if (!is_block && ::fchmod(fd, spec.file_mode) != 0) {
+    Status st = ErrnoToStatus(errno, "chmod " + tmp);
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return st;
+  }
   auto cleanup = [&] {
     ::close(fd);
     if (!is_block) ::unlink(tmp.c_str());
@@ -288,71 +377,75 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   // the time, and the others decompress, verify and write meanwhile.
   const int ntasks = std::max(2, rt.worker_threads() * 2);
   std::atomic<uint64_t> unflushed{0};
-  RunOnThreads(ntasks, [&](int) {
-    std::unique_ptr<char[]> raw(new char[bs]);
-    std::string buf;  // the current fetch unit, reused across units
-    for (;;) {
-      if (run.cancelled() || error.has_error()) return;
-      const size_t ui = next_unit.fetch_add(1, std::memory_order_relaxed);
-      if (ui >= units.size()) break;
-      const Unit& u = units[ui];
-      const std::string key = PackKey(index.pack_id(pieces[u.first].pack));
-      Status got = repo.store().GetInto(key, u.begin, u.end - u.begin, &buf);
-      if (!got.ok()) {
-        error.Set(got.code() == StatusCode::kNotFound
-                      ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
-                                      " is missing")
-                      : got.WithContext(where(pieces[u.first].block) + ", object " + key));
-        return;
-      }
-      const std::string* data = &buf;
-      pc.bytes_read += data->size();
-      for (size_t i = u.first; i < u.last; ++i) {
-        const Piece& p = pieces[i];
-        const size_t len = block_len(p.block);
-        Status st = DecodeBlock(p.loc->codec, data->data() + (p.offset - u.begin),
-                                p.loc->stored_len, raw.get(), len);
-        if (st.ok() && Sha256(raw.get(), len) != vidx.digests[p.block])
-          st = DataLossError("digest mismatch (corrupt block)");
-        if (!st.ok()) {
-          error.Set(DataLossError(where(p.block) + ", object " + key + " at " +
-                                  std::to_string(p.offset) + ": " + st.message()));
-          return;
+  Status ran = RunOnThreads(
+      ntasks,
+      [&](int) {
+        std::unique_ptr<char[]> raw(new char[bs]);
+        std::string buf;  // the current fetch unit, reused across units
+        for (;;) {
+          if (run.cancelled() || error.has_error()) return;
+          const size_t ui = next_unit.fetch_add(1, std::memory_order_relaxed);
+          if (ui >= units.size()) break;
+          const Unit& u = units[ui];
+          const std::string key = PackKey(index.pack_id(pieces[u.first].pack));
+          Status got = repo.store().GetInto(key, u.begin, u.end - u.begin, &buf);
+          if (!got.ok()) {
+            error.Set(got.code() == StatusCode::kNotFound
+                          ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
+                                          " is missing")
+                          : got.WithContext(where(pieces[u.first].block) + ", object " + key));
+            return;
+          }
+          const std::string* data = &buf;
+          pc.bytes_read += data->size();
+          for (size_t i = u.first; i < u.last; ++i) {
+            const Piece& p = pieces[i];
+            const size_t len = block_len(p.block);
+            Status st = DecodeBlock(p.loc->codec, data->data() + (p.offset - u.begin),
+                                    p.loc->stored_len, raw.get(), len);
+            if (st.ok() && Sha256(raw.get(), len) != vidx.digests[p.block])
+              st = DataLossError("digest mismatch (corrupt block)");
+            if (!st.ok()) {
+              error.Set(DataLossError(where(p.block) + ", object " + key + " at " +
+                                      std::to_string(p.offset) + ": " + st.message()));
+              return;
+            }
+            st = PwriteAll(fd, raw.get(), len, p.block * bs, tmp);
+            if (!st.ok()) {
+              error.Set(st);
+              return;
+            }
+            pc.bytes_written += len;
+            pc.bytes_scanned += len;
+            pc.blocks_done += 1;
+            run.MaybeReport();
+            if (run.cancelled()) return;
+          }
+          // Start write-back every 64 MiB so the final fsync does not find the whole volume dirty.
+          if (unflushed.fetch_add(u.end - u.begin) > (64u << 20)) {
+            unflushed.store(0);
+            ::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+          }
+          run.MaybeReport();
         }
-        st = PwriteAll(fd, raw.get(), len, p.block * bs, tmp);
-        if (!st.ok()) {
-          error.Set(st);
-          return;
+        // Block devices keep old contents: zero and hole blocks must be written as zeros.
+        std::memset(raw.get(), 0, bs);
+        for (;;) {
+          if (run.cancelled() || error.has_error()) return;
+          const size_t zi = next_zero.fetch_add(1, std::memory_order_relaxed);
+          if (zi >= zero_blocks.size()) break;
+          const uint64_t b = zero_blocks[zi];
+          Status st = PwriteAll(fd, raw.get(), block_len(b), b * bs, tmp);
+          if (!st.ok()) {
+            error.Set(st);
+            return;
+          }
+          pc.bytes_scanned += block_len(b);
+          pc.blocks_done += 1;
         }
-        pc.bytes_written += len;
-        pc.bytes_scanned += len;
-        pc.blocks_done += 1;
-        run.MaybeReport();
-        if (run.cancelled()) return;
-      }
-      // Start write-back every 64 MiB so the final fsync does not find the whole volume dirty.
-      if (unflushed.fetch_add(u.end - u.begin) > (64u << 20)) {
-        unflushed.store(0);
-        ::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-      }
-      run.MaybeReport();
-    }
-    // Block devices keep old contents: zero and hole blocks must be written as zeros.
-    std::memset(raw.get(), 0, bs);
-    for (;;) {
-      if (run.cancelled() || error.has_error()) return;
-      const size_t zi = next_zero.fetch_add(1, std::memory_order_relaxed);
-      if (zi >= zero_blocks.size()) break;
-      const uint64_t b = zero_blocks[zi];
-      Status st = PwriteAll(fd, raw.get(), block_len(b), b * bs, tmp);
-      if (!st.ok()) {
-        error.Set(st);
-        return;
-      }
-      pc.bytes_scanned += block_len(b);
-      pc.blocks_done += 1;
-    }
-  });
+      },
+      "restore of volume '" + v.name + "'");
+  error.Set(ran);
   // Holes and zero blocks of regular files need no write: the file was sized sparse.
   if (!is_block) {
     for (uint64_t b = 0; b < nblocks; ++b) {

@@ -2,6 +2,7 @@
 #include "repo/format.h"
 
 #include <lz4.h>
+#include <openssl/crypto.h>
 
 #include <algorithm>
 #include <cstring>
@@ -43,6 +44,49 @@ std::string BackupNameFromRecordKey(const std::string& key) {
   return Between(key, kRecordPrefix, ".json");
 }
 
+// ---- names and limits ----
+bool IsValidBackupName(std::string_view name) { return IsValidName(name, kMaxBackupName); }
+bool IsValidVolumeName(std::string_view name) { return IsValidName(name, kMaxVolumeName); }
+bool IsValidVmName(std::string_view name) { return name.empty() || IsValidName(name, kMaxVmName); }
+bool IsValidBlockSize(uint64_t bs) {
+  return bs >= kMinBlockSize && bs <= kMaxBlockSize && (bs & (bs - 1)) == 0;
+}
+
+static constexpr size_t kVolumeIndexHeader = 8 + 4 + 4 + 8 + 8;
+static constexpr size_t kVolumeIndexEntry = 33;
+
+bool VolumeIndexSize(uint64_t size, uint32_t block_size, uint64_t* out) {
+  if (!IsValidBlockSize(block_size) || size > kMaxVolumeSize) return false;
+  // At most 2^50 / 2^16 = 2^34 blocks: 33 * 2^34 fits in 64 bits comfortably.
+  *out = kVolumeIndexHeader + BlockCount(size, block_size) * kVolumeIndexEntry + 32;
+  return true;
+}
+
+bool JsonDepthWithin(std::string_view text, int max_depth) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return false;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return true;
+}
+
 // ---- checksummed JSON envelope ----
 static std::string Envelope(const char* kind, const json& body) {
   json doc;
@@ -55,16 +99,21 @@ static std::string Envelope(const char* kind, const json& body) {
 
 static StatusOr<json> OpenEnvelope(std::string_view bytes, const char* kind,
                                    const std::string& what) {
+  // Depth first: nlohmann's printer (used for the checksum) and destructor recurse.
+  if (!JsonDepthWithin(bytes, kMaxJsonDepth))
+    return DataLossError(what + " nests JSON deeper than " + std::to_string(kMaxJsonDepth) +
+                         " levels (corrupt or hostile)");
   json doc = json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded() || !doc.is_object())
     return DataLossError(what + " is not valid JSON (truncated or corrupt)");
   if (!doc.contains("format") || doc["format"] != kind)
     return DataLossError(what + " is not a " + kind + " object");
-  if (!doc.contains("version") || !doc["version"].is_number_integer())
-    return DataLossError(what + " has no format version");
-  if (doc["version"].get<int>() > kFormatVersion)
+  if (!doc.contains("version") || !doc["version"].is_number_integer() ||
+      doc["version"].get<int64_t>() < 1)
+    return DataLossError(what + " has no valid format version");
+  if (doc["version"].get<int64_t>() > kFormatVersion)
     return FailedPreconditionError(what + " has format version " +
-                                   std::to_string(doc["version"].get<int>()) +
+                                   std::to_string(doc["version"].get<int64_t>()) +
                                    "; this library reads up to " + std::to_string(kFormatVersion));
   if (!doc.contains("body") || !doc["body"].is_object() || !doc.contains("sha256") ||
       !doc["sha256"].is_string())
@@ -73,6 +122,67 @@ static StatusOr<json> OpenEnvelope(std::string_view bytes, const char* kind,
     return DataLossError(what + " fails its checksum (corrupt)");
   return std::move(doc["body"]);
 }
+
+// ---- typed, bounded fields of a decoded JSON body ----
+namespace {
+
+// Reads the fields of one JSON object of a target, naming `what` (the object) and the field in
+// every error. Failures are kDataLoss: whatever the cause, the object is not what a writer made.
+class Fields {
+ public:
+  Fields(const json& j, std::string what) : j_(j), what_(std::move(what)) {}
+  Status Err(const std::string& field, const std::string& why) const {
+    return DataLossError(what_ + ": field '" + field + "' " + why);
+  }
+  Status String(const char* field, size_t max_len, std::string* out, bool optional = false) const {
+    auto it = j_.find(field);
+    if (it == j_.end()) return optional ? Status::Ok() : Err(field, "is missing");
+    if (!it->is_string()) return Err(field, "is not a string");
+    const std::string& v = it->get_ref<const std::string&>();
+    if (v.size() > max_len) return Err(field, "is longer than " + std::to_string(max_len));
+    if (v.find('\0') != std::string::npos) return Err(field, "holds a NUL character");
+    *out = v;
+    return Status::Ok();
+  }
+  Status U64(const char* field, uint64_t max, uint64_t* out) const {
+    auto it = j_.find(field);
+    if (it == j_.end()) return Err(field, "is missing");
+    if (!it->is_number_unsigned() && !(it->is_number_integer() && it->get<int64_t>() >= 0))
+      return Err(field, "is not a non-negative integer");
+    const uint64_t v = it->get<uint64_t>();
+    if (v > max) return Err(field, "is " + std::to_string(v) + ", above " + std::to_string(max));
+    *out = v;
+    return Status::Ok();
+  }
+  Status U32(const char* field, uint32_t max, uint32_t* out) const {
+    uint64_t v = 0;
+    VMB_RETURN_IF_ERROR(U64(field, max, &v));
+    *out = static_cast<uint32_t>(v);
+    return Status::Ok();
+  }
+  Status Double(const char* field, double* out) const {
+    auto it = j_.find(field);
+    if (it == j_.end()) return Err(field, "is missing");
+    if (!it->is_number()) return Err(field, "is not a number");
+    *out = it->get<double>();
+    return Status::Ok();
+  }
+  Status Hex(const char* field, size_t len, std::string* out, bool optional = false) const {
+    VMB_RETURN_IF_ERROR(String(field, len, out, optional));
+    if (out->empty() && optional) return Status::Ok();
+    if (out->size() != len || out->find_first_not_of("0123456789abcdef") != std::string::npos)
+      return Err(field, "is not " + std::to_string(len) + " lowercase hex characters");
+    return Status::Ok();
+  }
+
+ private:
+  const json& j_;
+  std::string what_;
+};
+
+constexpr size_t kMaxTimeString = 64;
+
+}  // namespace
 
 // ---- descriptor ----
 std::string EncodeDescriptor(const RepoDescriptor& d) {
@@ -88,26 +198,29 @@ std::string EncodeDescriptor(const RepoDescriptor& d) {
 }
 
 StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes) {
-  VMB_ASSIGN_OR_RETURN(json b, OpenEnvelope(bytes, "vmbackup-repository", "repository descriptor"));
+  const std::string what = std::string("repository descriptor ") + kDescriptorKey;
+  if (bytes.size() > kMaxDescriptorBytes)
+    return DataLossError(what + " is larger than " + std::to_string(kMaxDescriptorBytes) +
+                         " bytes (corrupt or hostile)");
+  VMB_ASSIGN_OR_RETURN(json b, OpenEnvelope(bytes, "vmbackup-repository", what));
   RepoDescriptor d;
-  try {
-    d.id = b.at("id").get<std::string>();
-    d.block_size = b.at("block_size").get<uint32_t>();
-    d.pack_size = b.at("pack_size").get<uint32_t>();
-    d.created_at = b.value("created_at", "");
-    d.fingerprint_key = b.value("fingerprint_key", "");
-    if (b.at("hash") != "sha256" || b.at("compression") != "lz4")
-      return FailedPreconditionError("repository uses an unsupported hash or compression");
-  } catch (const json::exception& e) {
-    return DataLossError(std::string("repository descriptor: ") + e.what());
-  }
-  if (d.block_size < kMinBlockSize || d.block_size > kMaxBlockSize ||
-      (d.block_size & (d.block_size - 1)) != 0)
-    return DataLossError("repository descriptor has an invalid block size");
-  if (!d.fingerprint_key.empty() &&
-      (d.fingerprint_key.size() != 32 ||
-       d.fingerprint_key.find_first_not_of("0123456789abcdef") != std::string::npos))
-    return DataLossError("repository descriptor has an invalid fingerprint key");
+  Fields f(b, what);
+  VMB_RETURN_IF_ERROR(f.Hex("id", 32, &d.id));
+  VMB_RETURN_IF_ERROR(f.U32("block_size", kMaxBlockSize, &d.block_size));
+  if (!IsValidBlockSize(d.block_size))
+    return f.Err("block_size", "is not a power of two from 64 KiB to 16 MiB");
+  VMB_RETURN_IF_ERROR(f.U32("pack_size", kMaxPackSize, &d.pack_size));
+  if (d.pack_size < d.block_size) return f.Err("pack_size", "is smaller than block_size");
+  VMB_RETURN_IF_ERROR(f.String("created_at", kMaxTimeString, &d.created_at, true));
+  // Only repositories made by earlier versions have it (FORMAT.md "Block fingerprints"); it is
+  // checked but never used: a key stored on the target protects nothing.
+  VMB_RETURN_IF_ERROR(f.Hex("fingerprint_key", 32, &d.fingerprint_key, true));
+  std::string hash, compression;
+  VMB_RETURN_IF_ERROR(f.String("hash", 32, &hash));
+  VMB_RETURN_IF_ERROR(f.String("compression", 32, &compression));
+  if (hash != "sha256" || compression != "lz4")
+    return FailedPreconditionError(what + " uses hash '" + hash + "' and compression '" +
+                                   compression + "'; this library knows sha256 and lz4");
   return d;
 }
 
@@ -234,7 +347,9 @@ StatusOr<std::vector<PackEntry>> DecodePackIndex(std::string_view b, const std::
   if (b.size() < header + 32 || b.substr(0, 8) != kPackIndexMagic)
     return DataLossError(what + " is not a pack index (bad magic or truncated)");
   if (!ChecksumOk(b)) return DataLossError(what + " fails its checksum (corrupt)");
-  uint32_t count = GetU32(b.data() + 12);
+  if (GetU32(b.data() + 8) != 1) return DataLossError(what + " has an unknown version");
+  const uint64_t count = GetU32(b.data() + 12);
+  // 64-bit arithmetic: count < 2^32 and the entry size is 56, so nothing wraps.
   if (b.size() != header + count * kPackEntrySize + 32)
     return DataLossError(what + " has the wrong size for its entry count");
   std::string id(b.substr(16, 32));
@@ -242,14 +357,30 @@ StatusOr<std::vector<PackEntry>> DecodePackIndex(std::string_view b, const std::
   if (id != pack_id) return DataLossError(what + " belongs to another pack (" + id + ")");
   std::vector<PackEntry> out(count);
   const char* p = b.data() + header;
-  for (uint32_t i = 0; i < count; ++i, p += kPackEntrySize) {
-    std::memcpy(out[i].digest.data(), p, 32);
-    out[i].offset = GetU64(p + 32);
-    out[i].stored_len = GetU32(p + 40);
-    out[i].raw_len = GetU32(p + 44);
-    uint8_t c = static_cast<uint8_t>(p[48]);
-    if (c > 1) return DataLossError(what + " has an unknown codec");
-    out[i].codec = static_cast<Codec>(c);
+  uint64_t end_of_previous = kPackMagic.size();
+  for (uint64_t i = 0; i < count; ++i, p += kPackEntrySize) {
+    PackEntry& e = out[i];
+    std::memcpy(e.digest.data(), p, 32);
+    e.offset = GetU64(p + 32);
+    e.stored_len = GetU32(p + 40);
+    e.raw_len = GetU32(p + 44);
+    const uint8_t c = static_cast<uint8_t>(p[48]);
+    const std::string entry = what + " entry " + std::to_string(i);
+    if (c > 1) return DataLossError(entry + " has an unknown codec");
+    e.codec = static_cast<Codec>(c);
+    if (e.raw_len == 0 || e.raw_len > kMaxBlockSize)
+      return DataLossError(entry + " has an invalid block length " + std::to_string(e.raw_len));
+    const uint64_t max_stored =
+        e.codec == Codec::kNone
+            ? e.raw_len
+            : static_cast<uint64_t>(LZ4_compressBound(static_cast<int>(e.raw_len)));
+    if (e.stored_len == 0 || e.stored_len > max_stored ||
+        (e.codec == Codec::kNone && e.stored_len != e.raw_len))
+      return DataLossError(entry + " has an invalid stored length " + std::to_string(e.stored_len));
+    // Blocks follow each other in the pack: no overlap, nothing beyond the largest pack.
+    if (e.offset < end_of_previous || e.offset > uint64_t{kMaxPackSize} * 2)
+      return DataLossError(entry + " has an invalid offset " + std::to_string(e.offset));
+    end_of_previous = e.offset + e.stored_len;
   }
   return out;
 }
@@ -276,8 +407,9 @@ StatusOr<std::vector<PackEntry>> DecodePackTrailer(std::string_view pack,
 }
 
 // ---- block fingerprints ----
-static constexpr std::string_view kFingerprintsMagic = "VMBVFP01";
-static constexpr size_t kFingerprintsHeader = 8 + 4 + 4 + 8 + 8;
+static constexpr std::string_view kFingerprintsMagicV1 = "VMBVFP01";
+static constexpr std::string_view kFingerprintsMagic = "VMBVFP02";
+static constexpr size_t kFingerprintsHeader = 8 + 4 + 4 + 8 + 8 + 16 + 16 + 32;
 static constexpr size_t kFingerprintEntrySize = 8 + 16;
 
 const Fingerprint* VolumeFingerprints::Find(uint64_t block) const {
@@ -287,39 +419,67 @@ const Fingerprint* VolumeFingerprints::Find(uint64_t block) const {
   return it != entries.end() && it->block == block ? &it->fp : nullptr;
 }
 
-std::string EncodeFingerprints(const VolumeFingerprints& f) {
+uint64_t MaxFingerprintsSize(uint64_t size, uint32_t block_size) {
+  if (!IsValidBlockSize(block_size) || size > kMaxVolumeSize) return 0;
+  return kFingerprintsHeader + BlockCount(size, block_size) * kFingerprintEntrySize + 32;
+}
+
+std::string EncodeFingerprints(const VolumeFingerprints& f,
+                               const std::array<uint8_t, 32>& auth_key) {
   std::string s;
   s.reserve(kFingerprintsHeader + f.entries.size() * kFingerprintEntrySize + 32);
   s.append(kFingerprintsMagic);
-  PutU32(&s, 1);
+  PutU32(&s, 2);
   PutU32(&s, f.block_size);
   PutU64(&s, f.volume_size);
   PutU64(&s, f.entries.size());
+  s.append(reinterpret_cast<const char*>(f.key_id.data()), f.key_id.size());
+  s.append(reinterpret_cast<const char*>(f.salt.data()), f.salt.size());
+  s.append(reinterpret_cast<const char*>(f.index_sha256.data()), f.index_sha256.size());
   for (const auto& e : f.entries) {
     PutU64(&s, e.block);
     s.append(reinterpret_cast<const char*>(e.fp.data()), e.fp.size());
   }
-  Digest sum = Sha256(s);
-  s.append(reinterpret_cast<const char*>(sum.data()), 32);
+  Digest mac = HmacSha256(auth_key.data(), auth_key.size(), s.data(), s.size());
+  s.append(reinterpret_cast<const char*>(mac.data()), 32);
   return s;
 }
 
+bool FingerprintsAuthentic(std::string_view b, const std::array<uint8_t, 32>& auth_key) {
+  if (b.size() < 32) return false;
+  Digest mac = HmacSha256(auth_key.data(), auth_key.size(), b.data(), b.size() - 32);
+  return mac != Digest{} && CRYPTO_memcmp(mac.data(), b.data() + b.size() - 32, 32) == 0;
+}
+
 StatusOr<VolumeFingerprints> DecodeFingerprints(std::string_view b, const std::string& what) {
+  if (b.size() >= 8 && b.substr(0, 8) == kFingerprintsMagicV1)
+    return FailedPreconditionError(what +
+                                   " is a version-1 fingerprint object, whose key was kept "
+                                   "on the target; it is never used");
   if (b.size() < kFingerprintsHeader + 32 || b.substr(0, 8) != kFingerprintsMagic)
     return DataLossError(what + " is not a fingerprint object (bad magic or truncated)");
-  if (!ChecksumOk(b)) return DataLossError(what + " fails its checksum (corrupt)");
+  if (GetU32(b.data() + 8) != 2) return DataLossError(what + " has an unknown version");
   VolumeFingerprints f;
   f.block_size = GetU32(b.data() + 12);
   f.volume_size = GetU64(b.data() + 16);
   const uint64_t count = GetU64(b.data() + 24);
-  if (count != (b.size() - kFingerprintsHeader - 32) / kFingerprintEntrySize ||
+  if (!IsValidBlockSize(f.block_size) || f.volume_size > kMaxVolumeSize)
+    return DataLossError(what + " has an invalid block size or volume size");
+  const uint64_t nblocks = BlockCount(f.volume_size, f.block_size);
+  // Compared by division first, so a hostile count cannot wrap the product.
+  if (count > nblocks || count != (b.size() - kFingerprintsHeader - 32) / kFingerprintEntrySize ||
       kFingerprintsHeader + count * kFingerprintEntrySize + 32 != b.size())
     return DataLossError(what + " has the wrong size for its entry count");
+  std::memcpy(f.key_id.data(), b.data() + 32, 16);
+  std::memcpy(f.salt.data(), b.data() + 48, 16);
+  std::memcpy(f.index_sha256.data(), b.data() + 64, 32);
   f.entries.resize(count);
   const char* p = b.data() + kFingerprintsHeader;
   for (uint64_t i = 0; i < count; ++i, p += kFingerprintEntrySize) {
     f.entries[i].block = GetU64(p);
     std::memcpy(f.entries[i].fp.data(), p + 8, 16);
+    if (f.entries[i].block >= nblocks)
+      return DataLossError(what + " names a block past the end of the volume");
     if (i > 0 && f.entries[i].block <= f.entries[i - 1].block)
       return DataLossError(what + " is not sorted by block");
   }
@@ -331,7 +491,7 @@ static constexpr std::string_view kVolumeIndexMagic = "VMBVIDX1";
 
 std::string EncodeVolumeIndex(const VolumeIndex& v) {
   std::string s;
-  s.reserve(40 + v.kinds.size() * 33 + 32);
+  s.reserve(kVolumeIndexHeader + v.kinds.size() * kVolumeIndexEntry + 32);
   s.append(kVolumeIndexMagic);
   PutU32(&s, 1);
   PutU32(&s, v.block_size);
@@ -350,21 +510,27 @@ std::string EncodeVolumeIndex(const VolumeIndex& v) {
 }
 
 StatusOr<VolumeIndex> DecodeVolumeIndex(std::string_view b, const std::string& what) {
-  const size_t header = 8 + 4 + 4 + 8 + 8;
+  const size_t header = kVolumeIndexHeader;
   if (b.size() < header + 32 || b.substr(0, 8) != kVolumeIndexMagic)
     return DataLossError(what + " is not a volume index (bad magic or truncated)");
   if (!ChecksumOk(b)) return DataLossError(what + " fails its checksum (corrupt)");
+  if (GetU32(b.data() + 8) != 1) return DataLossError(what + " has an unknown version");
   VolumeIndex v;
   v.block_size = GetU32(b.data() + 12);
   v.volume_size = GetU64(b.data() + 16);
-  uint64_t count = GetU64(b.data() + 24);
-  if (v.block_size == 0 || count != (v.volume_size + v.block_size - 1) / v.block_size ||
-      b.size() != header + count * 33 + 32)
+  const uint64_t count = GetU64(b.data() + 24);
+  uint64_t expected = 0;
+  if (!VolumeIndexSize(v.volume_size, v.block_size, &expected))
+    return DataLossError(what + " has an invalid block size or volume size");
+  // The entry count must match both the volume size and the object's real length (compared by
+  // division, so a hostile count cannot wrap the product).
+  if (b.size() != expected || count != BlockCount(v.volume_size, v.block_size) ||
+      count != (b.size() - header - 32) / kVolumeIndexEntry)
     return DataLossError(what + " has inconsistent sizes");
   v.kinds.resize(count);
   v.digests.resize(count);
   const char* p = b.data() + header;
-  for (uint64_t i = 0; i < count; ++i, p += 33) {
+  for (uint64_t i = 0; i < count; ++i, p += kVolumeIndexEntry) {
     uint8_t k = static_cast<uint8_t>(p[0]);
     if (k > 2) return DataLossError(what + " has an unknown block kind");
     v.kinds[i] = static_cast<BlockKind>(k);
@@ -412,42 +578,85 @@ std::string EncodeRecord(const BackupInfo& r) {
   return Envelope("vmbackup-record", b);
 }
 
+// True when `key` is "volumes/<backup>/<volume>.<8 hex>.<ext>": the only keys a writer gives a
+// volume's objects, so a record can never point at another backup's objects or outside volumes/.
+static bool IsVolumeObjectKey(const std::string& key, const std::string& backup,
+                              const std::string& volume, std::string_view ext) {
+  const std::string prefix = "volumes/" + backup + "/" + volume + ".";
+  if (key.size() != prefix.size() + 8 + 1 + ext.size() || key.compare(0, prefix.size(), prefix))
+    return false;
+  std::string_view rand(key.data() + prefix.size(), 8);
+  return rand.find_first_not_of("0123456789abcdef") == std::string_view::npos &&
+         key[prefix.size() + 8] == '.' && key.compare(prefix.size() + 9, ext.size(), ext) == 0;
+}
+
 StatusOr<BackupInfo> DecodeRecord(std::string_view bytes, const std::string& what) {
+  if (bytes.size() > kMaxRecordBytes)
+    return DataLossError(what + " is larger than " + std::to_string(kMaxRecordBytes) +
+                         " bytes (corrupt or hostile)");
   VMB_ASSIGN_OR_RETURN(json b, OpenEnvelope(bytes, "vmbackup-record", what));
   BackupInfo r;
-  try {
-    r.name = b.at("name").get<std::string>();
-    r.vm_name = b.at("vm_name").get<std::string>();
-    r.vm_namespace = b.at("vm_namespace").get<std::string>();
-    r.created_at = b.at("created_at").get<std::string>();
-    r.completed_at = b.at("completed_at").get<std::string>();
-    r.parent = b.at("parent").get<std::string>();
-    r.state = b.at("state").get<std::string>();
-    r.vm_metadata_json = b.at("vm_metadata").dump();
-    r.bytes_total = b.at("bytes_total").get<uint64_t>();
-    r.bytes_new = b.at("bytes_new").get<uint64_t>();
-    r.bytes_reused = b.at("bytes_reused").get<uint64_t>();
-    r.bytes_stored = b.at("bytes_stored").get<uint64_t>();
-    r.seconds = b.at("seconds").get<double>();
-    for (const auto& v : b.at("volumes")) {
-      VolumeBackupInfo vi;
-      vi.name = v.at("name").get<std::string>();
-      vi.size = v.at("size").get<uint64_t>();
-      vi.block_size = v.at("block_size").get<uint32_t>();
-      vi.data_blocks = v.at("data_blocks").get<uint64_t>();
-      vi.zero_blocks = v.at("zero_blocks").get<uint64_t>();
-      vi.hole_blocks = v.at("hole_blocks").get<uint64_t>();
-      vi.bytes_new = v.at("bytes_new").get<uint64_t>();
-      vi.bytes_reused = v.at("bytes_reused").get<uint64_t>();
-      vi.bytes_stored = v.at("bytes_stored").get<uint64_t>();
-      vi.index_key = v.at("index_key").get<std::string>();
-      vi.index_sha256 = v.at("index_sha256").get<std::string>();
-      vi.fingerprints_key = v.value("fingerprints_key", "");
-      vi.fingerprints_sha256 = v.value("fingerprints_sha256", "");
-      r.volumes.push_back(std::move(vi));
+  Fields f(b, what);
+  constexpr uint64_t kAny = ~uint64_t{0};
+  VMB_RETURN_IF_ERROR(f.String("name", kMaxBackupName, &r.name));
+  if (!IsValidBackupName(r.name)) return f.Err("name", "is not a valid backup name");
+  VMB_RETURN_IF_ERROR(f.String("vm_name", kMaxVmName, &r.vm_name));
+  if (!IsValidVmName(r.vm_name)) return f.Err("vm_name", "is not a valid VM name");
+  VMB_RETURN_IF_ERROR(f.String("vm_namespace", kMaxVmName, &r.vm_namespace));
+  if (!IsValidVmName(r.vm_namespace)) return f.Err("vm_namespace", "is not a valid namespace");
+  VMB_RETURN_IF_ERROR(f.String("created_at", kMaxTimeString, &r.created_at));
+  VMB_RETURN_IF_ERROR(f.String("completed_at", kMaxTimeString, &r.completed_at));
+  VMB_RETURN_IF_ERROR(f.String("parent", kMaxBackupName, &r.parent));
+  if (!r.parent.empty() && !IsValidBackupName(r.parent))
+    return f.Err("parent", "is not a valid backup name");
+  VMB_RETURN_IF_ERROR(f.String("state", 16, &r.state));
+  if (r.state != "Ready") return f.Err("state", "is not \"Ready\"");
+  auto meta = b.find("vm_metadata");
+  if (meta == b.end() || !meta->is_object()) return f.Err("vm_metadata", "is not an object");
+  r.vm_metadata_json = meta->dump();
+  VMB_RETURN_IF_ERROR(f.U64("bytes_total", kAny, &r.bytes_total));
+  VMB_RETURN_IF_ERROR(f.U64("bytes_new", kAny, &r.bytes_new));
+  VMB_RETURN_IF_ERROR(f.U64("bytes_reused", kAny, &r.bytes_reused));
+  VMB_RETURN_IF_ERROR(f.U64("bytes_stored", kAny, &r.bytes_stored));
+  VMB_RETURN_IF_ERROR(f.Double("seconds", &r.seconds));
+  auto vols = b.find("volumes");
+  if (vols == b.end() || !vols->is_array()) return f.Err("volumes", "is not an array");
+  if (vols->empty() || vols->size() > kMaxVolumesPerBackup)
+    return f.Err("volumes", "must hold 1 to " + std::to_string(kMaxVolumesPerBackup) + " volumes");
+  for (size_t i = 0; i < vols->size(); ++i) {
+    const json& v = (*vols)[i];
+    const std::string vwhat = what + " volumes[" + std::to_string(i) + "]";
+    if (!v.is_object()) return DataLossError(vwhat + " is not an object");
+    Fields g(v, vwhat);
+    VolumeBackupInfo vi;
+    VMB_RETURN_IF_ERROR(g.String("name", kMaxVolumeName, &vi.name));
+    if (!IsValidVolumeName(vi.name)) return g.Err("name", "is not a valid volume name");
+    for (const auto& seen : r.volumes)
+      if (seen.name == vi.name) return g.Err("name", "'" + vi.name + "' appears twice");
+    VMB_RETURN_IF_ERROR(g.U64("size", kMaxVolumeSize, &vi.size));
+    VMB_RETURN_IF_ERROR(g.U32("block_size", kMaxBlockSize, &vi.block_size));
+    if (!IsValidBlockSize(vi.block_size))
+      return g.Err("block_size", "is not a power of two from 64 KiB to 16 MiB");
+    const uint64_t nblocks = BlockCount(vi.size, vi.block_size);
+    VMB_RETURN_IF_ERROR(g.U64("data_blocks", nblocks, &vi.data_blocks));
+    VMB_RETURN_IF_ERROR(g.U64("zero_blocks", nblocks, &vi.zero_blocks));
+    VMB_RETURN_IF_ERROR(g.U64("hole_blocks", nblocks, &vi.hole_blocks));
+    if (vi.data_blocks + vi.zero_blocks + vi.hole_blocks != nblocks)
+      return DataLossError(vwhat + " block counts do not add up to the volume's blocks");
+    VMB_RETURN_IF_ERROR(g.U64("bytes_new", kAny, &vi.bytes_new));
+    VMB_RETURN_IF_ERROR(g.U64("bytes_reused", kAny, &vi.bytes_reused));
+    VMB_RETURN_IF_ERROR(g.U64("bytes_stored", kAny, &vi.bytes_stored));
+    VMB_RETURN_IF_ERROR(g.String("index_key", 512, &vi.index_key));
+    if (!IsVolumeObjectKey(vi.index_key, r.name, vi.name, "vidx"))
+      return g.Err("index_key", "is not this backup's volume index key");
+    VMB_RETURN_IF_ERROR(g.Hex("index_sha256", 64, &vi.index_sha256));
+    VMB_RETURN_IF_ERROR(g.String("fingerprints_key", 512, &vi.fingerprints_key, true));
+    if (!vi.fingerprints_key.empty()) {
+      if (!IsVolumeObjectKey(vi.fingerprints_key, r.name, vi.name, "vfp"))
+        return g.Err("fingerprints_key", "is not this backup's fingerprints key");
+      VMB_RETURN_IF_ERROR(g.Hex("fingerprints_sha256", 64, &vi.fingerprints_sha256));
     }
-  } catch (const json::exception& e) {
-    return DataLossError(what + " is incomplete: " + e.what());
+    r.volumes.push_back(std::move(vi));
   }
   return r;
 }

@@ -25,6 +25,36 @@ inline constexpr uint32_t kDefaultPackSize = 32 * 1024 * 1024;
 inline constexpr uint32_t kMinBlockSize = 64 * 1024;
 inline constexpr uint32_t kMaxBlockSize = 16 * 1024 * 1024;
 
+// ---- limits: everything read from a target is checked against them (docs/FORMAT.md "Limits") ----
+inline constexpr uint32_t kMaxPackSize = 1024u * 1024 * 1024;  // descriptor pack_size
+inline constexpr uint64_t kMaxVolumeSize = 1ull << 50;         // 1 PiB per volume
+inline constexpr size_t kMaxVolumesPerBackup = 4096;
+inline constexpr size_t kMaxBackupName = 200;
+inline constexpr size_t kMaxVolumeName = 128;
+inline constexpr size_t kMaxVmName = 253;  // VM name and namespace (Kubernetes DNS names)
+inline constexpr int kMaxJsonDepth = 64;   // nesting of any JSON object on the target
+inline constexpr uint64_t kMaxDescriptorBytes = 64 * 1024;
+inline constexpr uint64_t kMaxRecordBytes = 16ull << 20;  // a record, VM metadata included
+inline constexpr uint64_t kMaxVmMetadataBytes = 8ull << 20;
+
+// True when `name` is a valid backup name / volume name / VM name or namespace (empty allowed
+// for VM names: an unnamed VM).
+bool IsValidBackupName(std::string_view name);
+bool IsValidVolumeName(std::string_view name);
+bool IsValidVmName(std::string_view name);
+// Number of blocks of a volume of `size` bytes (no overflow for any input).
+inline uint64_t BlockCount(uint64_t size, uint32_t block_size) {
+  return size / block_size + (size % block_size != 0 ? 1 : 0);
+}
+// A block size a reader accepts: a power of two from kMinBlockSize to kMaxBlockSize.
+bool IsValidBlockSize(uint64_t block_size);
+// The exact size of the volume index of a volume of `size` bytes; false when the volume is larger
+// than kMaxVolumeSize or the block size is invalid.
+bool VolumeIndexSize(uint64_t size, uint32_t block_size, uint64_t* out);
+// False when `text` nests arrays/objects deeper than `max_depth` (checked before parsing, so no
+// recursive parser, printer or destructor ever sees deeper input).
+bool JsonDepthWithin(std::string_view text, int max_depth);
+
 // ---- keys ----
 inline constexpr const char* kDescriptorKey = "repository.json";
 inline constexpr const char* kIndexPrefix = "index/";
@@ -45,8 +75,8 @@ struct RepoDescriptor {
   uint32_t block_size = kDefaultBlockSize;
   uint32_t pack_size = kDefaultPackSize;
   std::string created_at;
-  // Secret key of the block fingerprints, 32 hex chars; empty in repositories made before
-  // fingerprints existed (their backups hash every block).
+  // Only in repositories made by versions before fingerprint format 2: the key of version-1
+  // fingerprints, stored on the target (so it protected nothing). Checked, never used.
   std::string fingerprint_key;
 };
 std::string EncodeDescriptor(const RepoDescriptor& d);
@@ -134,17 +164,34 @@ struct BlockFingerprintEntry {
   uint64_t block = 0;
   Fingerprint fp{};
 };
+// Version 2 (docs/FORMAT.md "Block fingerprints"): each stored tag is the block's keyed
+// fingerprint masked with a pseudo-random value unique to (salt, block), under keys that only the
+// host holds; the object is authenticated by an HMAC under the host's key and bound to the volume
+// index it goes with.
+using FingerprintKeyId = std::array<uint8_t, 16>;
+using FingerprintSalt = std::array<uint8_t, 16>;
 struct VolumeFingerprints {
   uint64_t volume_size = 0;
   uint32_t block_size = 0;
+  FingerprintKeyId key_id{};  // which host key made the object (public, derived from the key)
+  FingerprintSalt salt{};     // random per object: makes every stored mask unique
+  Digest index_sha256{};      // SHA-256 of the volume index object this object goes with
   std::vector<BlockFingerprintEntry> entries;  // data blocks only, sorted by block
   // The fingerprint recorded for `block`, or nullptr.
   const Fingerprint* Find(uint64_t block) const;
 };
 std::string FingerprintsKey(const std::string& backup, const std::string& volume);
-std::string EncodeFingerprints(const VolumeFingerprints& f);
-// kDataLoss naming `what` on a bad magic, size, order or checksum.
+// Encodes `f` and appends HMAC-SHA256(auth_key, everything before).
+std::string EncodeFingerprints(const VolumeFingerprints& f,
+                               const std::array<uint8_t, 32>& auth_key);
+// Parses a version-2 object (magic, sizes, order, block numbers inside the volume); the HMAC is
+// checked separately by FingerprintsAuthentic. kDataLoss naming `what` when malformed;
+// kFailedPrecondition for a version-1 object (its key was stored on the target: never trusted).
 StatusOr<VolumeFingerprints> DecodeFingerprints(std::string_view bytes, const std::string& what);
+// True when the trailing HMAC of an encoded object verifies under `auth_key`.
+bool FingerprintsAuthentic(std::string_view bytes, const std::array<uint8_t, 32>& auth_key);
+// The largest fingerprints object of a volume of `size` bytes (0 when the size is invalid).
+uint64_t MaxFingerprintsSize(uint64_t size, uint32_t block_size);
 
 // ---- backup record ----
 std::string EncodeRecord(const BackupInfo& info);

@@ -20,7 +20,7 @@ StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectSto
                                                        bool create, uint32_t block_size,
                                                        uint32_t pack_size) {
   for (int attempt = 0; attempt < 3; ++attempt) {
-    auto bytes = store->Get(kDescriptorKey);
+    auto bytes = store->GetAtMost(kDescriptorKey, kMaxDescriptorBytes);
     if (bytes.ok()) {
       VMB_ASSIGN_OR_RETURN(RepoDescriptor d, DecodeDescriptor(*bytes));
       return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
@@ -29,7 +29,6 @@ StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectSto
     if (!create) return NotFoundError("no vmbackup repository at " + store->Describe());
     RepoDescriptor d;
     VMB_ASSIGN_OR_RETURN(d.id, RandomHex(16));
-    VMB_ASSIGN_OR_RETURN(d.fingerprint_key, RandomHex(16));
     d.block_size = block_size;
     d.pack_size = pack_size;
     d.created_at = NowRfc3339();
@@ -53,7 +52,7 @@ StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {
   if (index_ && fresh.empty()) return index_;
   auto next = std::make_shared<RepoIndex>(index_ ? *index_ : RepoIndex());
   for (const auto& id : fresh) {
-    auto bytes = store_->Get(PackIndexKey(id));
+    auto bytes = store_->GetAtMost(PackIndexKey(id), kMaxWholeObjectRead);
     if (!bytes.ok()) {
       if (bytes.status().code() == StatusCode::kNotFound) continue;  // deleted meanwhile
       return bytes.status();
@@ -87,7 +86,7 @@ StatusOr<BackupList> Repository::ListBackups() const {
   for (const auto& o : keys) {
     std::string name = BackupNameFromRecordKey(o.key);
     if (name.empty()) continue;
-    auto bytes = store_->Get(o.key);
+    auto bytes = store_->GetAtMost(o.key, kMaxRecordBytes);
     if (!bytes.ok()) {
       if (bytes.status().code() == StatusCode::kNotFound) continue;
       if (bytes.status().code() == StatusCode::kDataLoss) {
@@ -111,7 +110,7 @@ StatusOr<BackupList> Repository::ListBackups() const {
 
 StatusOr<BackupInfo> Repository::GetBackup(const std::string& name) const {
   if (!IsValidName(name, 200)) return InvalidArgumentError("bad backup name '" + name + "'");
-  auto bytes = store_->Get(RecordKey(name));
+  auto bytes = store_->GetAtMost(RecordKey(name), kMaxRecordBytes);
   if (!bytes.ok()) {
     if (bytes.status().code() == StatusCode::kNotFound)
       return NotFoundError("backup '" + name + "' not found on " + store_->Describe());
@@ -138,8 +137,8 @@ Status Repository::DeleteBackup(const std::string& name) {
 }
 
 StatusOr<std::string> Repository::GetPinned(const std::string& key, const std::string& sha256_hex,
-                                            const std::string& what) const {
-  auto bytes = store_->Get(key);
+                                            uint64_t max_size, const std::string& what) const {
+  auto bytes = store_->GetAtMost(key, max_size);
   if (!bytes.ok()) {
     if (bytes.status().code() == StatusCode::kNotFound) return DataLossError(what + " is missing");
     return bytes.status();
@@ -153,27 +152,37 @@ StatusOr<VolumeIndex> Repository::LoadVolumeIndex(const std::string& backup,
                                                   const VolumeBackupInfo& v) const {
   const std::string what =
       "volume index " + v.index_key + " (backup '" + backup + "', volume '" + v.name + "')";
-  VMB_ASSIGN_OR_RETURN(std::string bytes, GetPinned(v.index_key, v.index_sha256, what));
+  // The record (checked by DecodeRecord) fixes the index's exact size: nothing larger is read.
+  uint64_t expected = 0;
+  if (!VolumeIndexSize(v.size, v.block_size, &expected))
+    return DataLossError(what + ": the record gives an invalid size or block size");
+  VMB_ASSIGN_OR_RETURN(std::string bytes, GetPinned(v.index_key, v.index_sha256, expected, what));
   VMB_ASSIGN_OR_RETURN(VolumeIndex idx, DecodeVolumeIndex(bytes, what));
-  if (idx.volume_size != v.size) return DataLossError(what + " disagrees with the record's size");
+  if (idx.volume_size != v.size || idx.block_size != v.block_size)
+    return DataLossError(what + " disagrees with the record's size or block size");
   return idx;
 }
 
 StatusOr<VolumeFingerprints> Repository::LoadFingerprints(const std::string& backup,
-                                                          const VolumeBackupInfo& v) const {
+                                                          const VolumeBackupInfo& v,
+                                                          const FingerprintKeys& keys) const {
   const std::string what =
       "fingerprints " + v.fingerprints_key + " (backup '" + backup + "', volume '" + v.name + "')";
   if (v.fingerprints_key.empty()) return NotFoundError("backup '" + backup + "' has no " + what);
   VMB_ASSIGN_OR_RETURN(std::string bytes,
-                       GetPinned(v.fingerprints_key, v.fingerprints_sha256, what));
+                       GetPinned(v.fingerprints_key, v.fingerprints_sha256,
+                                 MaxFingerprintsSize(v.size, v.block_size), what));
   VMB_ASSIGN_OR_RETURN(VolumeFingerprints f, DecodeFingerprints(bytes, what));
+  if (f.key_id != keys.id)
+    return FailedPreconditionError(what + " was made with another host's key");
+  if (!FingerprintsAuthentic(bytes, keys.auth))
+    return DataLossError(what + " fails its authentication code (changed on the target)");
+  if (ToHex(f.index_sha256) != v.index_sha256)
+    return DataLossError(what + " belongs to another volume index than the record's");
   if (f.volume_size != v.size || f.block_size != v.block_size)
     return DataLossError(what + " disagrees with the record's size or block size");
+  VMB_RETURN_IF_ERROR(ApplyFingerprintMasks(keys, f.salt, &f.entries));
   return f;
-}
-
-bool Repository::fingerprint_key(FingerprintKey* out) const {
-  return BytesFromHex(desc_.fingerprint_key, out->data(), out->size());
 }
 
 }  // namespace vmbackup::internal

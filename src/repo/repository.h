@@ -18,6 +18,7 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include "repo/fingerprints.h"
 #include "repo/format.h"
 #include "store/object_store.h"
 
@@ -70,12 +71,13 @@ class Repository {
   Status DeleteBackup(const std::string& name);
   // Fetches and verifies a volume's index (checksum, and the record's index_sha256).
   StatusOr<VolumeIndex> LoadVolumeIndex(const std::string& backup, const VolumeBackupInfo& v) const;
-  // The volume's block fingerprints, checked against the record. kNotFound when the backup has
-  // none, kDataLoss when missing or corrupt.
+  // The volume's block fingerprints, unmasked, when this host's `keys` made them: pinned by the
+  // record, HMAC verified, bound to the record's volume index, sizes matching. kNotFound when the
+  // backup has none; kFailedPrecondition when another key made them (another host, or a version-1
+  // object); kDataLoss when missing, corrupt or not authentic.
   StatusOr<VolumeFingerprints> LoadFingerprints(const std::string& backup,
-                                                const VolumeBackupInfo& v) const;
-  // The repository's fingerprint key; false for repositories made before fingerprints existed.
-  bool fingerprint_key(FingerprintKey* out) const;
+                                                const VolumeBackupInfo& v,
+                                                const FingerprintKeys& keys) const;
 
  private:
   Repository(std::unique_ptr<ObjectStore> store, RepoDescriptor desc)
@@ -85,8 +87,9 @@ class Repository {
   RepoDescriptor desc_;
   // The object `key`, which the record pins by `sha256_hex`: kDataLoss naming `what` when it is
   // missing or its checksum differs; the store's error otherwise.
+  // Objects larger than `max_size` are kDataLoss too (never read whole).
   StatusOr<std::string> GetPinned(const std::string& key, const std::string& sha256_hex,
-                                  const std::string& what) const;
+                                  uint64_t max_size, const std::string& what) const;
   std::mutex index_mu_;  // serializes LoadIndex
   std::shared_ptr<const RepoIndex> index_;
   std::set<std::string> loaded_;  // pack ids whose index is in index_ (or known damaged)

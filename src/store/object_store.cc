@@ -8,8 +8,16 @@ namespace vmbackup::internal {
 
 void ObjectStore::PutAsync(std::string key, std::shared_ptr<const std::string> data,
                            PutOptions opts, std::function<void(Status)> done) {
-  runtime_->impl()->PostBlocking([this, key = std::move(key), data = std::move(data), opts,
-                                  done = std::move(done)] { done(Put(key, *data, opts)); });
+  runtime_->impl()->PostBlocking(
+      [this, key = std::move(key), data = std::move(data), opts, done = std::move(done)] {
+        Status st;
+        try {
+          st = Put(key, *data, opts);
+        } catch (...) {
+          st = CurrentExceptionToStatus("put " + key);
+        }
+        done(st);
+      });
 }
 
 Status ObjectStore::GetInto(const std::string& key, uint64_t offset, uint64_t length,
@@ -22,8 +30,16 @@ Status ObjectStore::GetInto(const std::string& key, uint64_t offset, uint64_t le
 
 void ObjectStore::GetAsync(std::string key, uint64_t offset, uint64_t length,
                            std::function<void(StatusOr<std::string>)> done) {
-  runtime_->impl()->PostBlocking([this, key = std::move(key), offset, length,
-                                  done = std::move(done)] { done(Get(key, offset, length)); });
+  runtime_->impl()->PostBlocking(
+      [this, key = std::move(key), offset, length, done = std::move(done)] {
+        StatusOr<std::string> r = InternalError("get " + key);
+        try {
+          r = Get(key, offset, length);
+        } catch (...) {
+          r = CurrentExceptionToStatus("get " + key);
+        }
+        done(std::move(r));
+      });
 }
 
 StatusOr<std::vector<ObjectInfo>> ObjectStore::ListAll(const std::string& prefix) {

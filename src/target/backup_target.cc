@@ -124,6 +124,15 @@ StatusOr<TargetConfig> ParseTargetConfig(std::string_view text) {
   return c;
 }
 
+StatusOr<internal::FingerprintKeys> BackupTarget::Impl::FingerprintKeys() {
+  std::lock_guard<std::mutex> l(keys_mu_);
+  if (!keys_) {
+    VMB_ASSIGN_OR_RETURN(internal::HostSecret secret, internal::LoadOrCreateHostSecret(state_dir));
+    keys_ = internal::DeriveFingerprintKeys(secret, repo->descriptor().id);
+  }
+  return *keys_;
+}
+
 BackupTarget::BackupTarget(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 BackupTarget::~BackupTarget() = default;
 
@@ -145,6 +154,7 @@ StatusOr<std::shared_ptr<BackupTarget>> BackupTarget::Open(const TargetConfig& c
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->runtime = options.runtime ? options.runtime : Runtime::Default();
+  impl->state_dir = options.state_dir.empty() ? internal::DefaultStateDir() : options.state_dir;
   std::unique_ptr<internal::ObjectStore> store;
   switch (config.type) {
     case TargetConfig::Type::kFile: {

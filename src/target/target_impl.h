@@ -4,7 +4,10 @@
 #define VMBACKUP_TARGET_TARGET_IMPL_H_
 
 #include <memory>
+#include <mutex>
+#include <optional>
 
+#include "repo/fingerprints.h"
 #include "repo/repository.h"
 #include "vmbackup/backup_target.h"
 
@@ -14,6 +17,16 @@ struct BackupTarget::Impl {
   TargetConfig config;
   std::shared_ptr<Runtime> runtime;
   std::unique_ptr<internal::Repository> repo;
+  std::string state_dir;  // the host's state directory (TargetOptions::state_dir or the default)
+
+  // This host's fingerprint keys for the repository, loaded (or created) from the state directory
+  // on first use and cached. The error of LoadOrCreateHostSecret otherwise (not cached: the host
+  // may fix the directory and try again).
+  StatusOr<internal::FingerprintKeys> FingerprintKeys();
+
+ private:
+  std::mutex keys_mu_;
+  std::optional<internal::FingerprintKeys> keys_;
 };
 
 }  // namespace vmbackup

@@ -121,7 +121,7 @@ TEST(RecordTest, RoundTripKeepsEveryField) {
   v.size = 10;
   v.block_size = 65536;
   v.data_blocks = 1;
-  v.index_key = "volumes/b1/disk.x.vidx";
+  v.index_key = "volumes/b1/disk.0123abcd.vidx";
   v.index_sha256 = std::string(64, 'a');
   r.volumes.push_back(v);
   auto back = DecodeRecord(EncodeRecord(r), "rec");
@@ -149,7 +149,7 @@ TEST(RecordTest, TamperedOrTruncatedRecordIsDataLoss) {
 
 TEST(DescriptorTest, NewerVersionIsRefused) {
   RepoDescriptor d;
-  d.id = "x";
+  d.id = "0123456789abcdef0123456789abcdef";
   std::string enc = EncodeDescriptor(d);
   ASSERT_OK(DecodeDescriptor(enc));
   std::string newer = enc;
