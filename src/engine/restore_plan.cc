@@ -390,9 +390,17 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
           const std::string key = PackKey(index.pack_id(pieces[u.first].pack));
           Status got = repo.store().GetInto(key, u.begin, u.end - u.begin, &buf);
           if (!got.ok()) {
-            error.Set(got.code() == StatusCode::kNotFound
+            // Missing, or shorter than its index says (a range past the end): the target's
+            // data is damaged, whatever the store called it.
+            const StatusCode c = got.code();
+            error.Set(c == StatusCode::kNotFound
                           ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
                                           " is missing")
+                      : c == StatusCode::kOutOfRange || c == StatusCode::kDataLoss
+                          ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
+                                          " does not hold bytes " + std::to_string(u.begin) +
+                                          "-" + std::to_string(u.end) +
+                                          " that its pack index lists (" + got.message() + ")")
                           : got.WithContext(where(pieces[u.first].block) + ", object " + key));
             return;
           }
