@@ -1,15 +1,27 @@
 // LocalStore implementation (see local_store.h).
+//
+// Every path below the root is resolved relative to root_fd_, the directory descriptor opened once
+// by OpenLocalStore, never as a string from "/". Lookups of existing paths go through OpenBeneath()
+// (openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or the openat(O_NOFOLLOW) walk); changes use
+// mkdirat / linkat / renameat / unlinkat on a parent directory descriptor obtained that way, with a
+// name that is a single component, so the kernel never follows a link on our behalf. A symbolic
+// link shows up as ELOOP and becomes SymlinkError().
 #include "store/local_store.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "core/errors.h"
 #include "core/util.h"
@@ -22,45 +34,154 @@ constexpr const char* kTmpDir = ".tmp";
 constexpr size_t kDirectMin = 1 << 20;
 constexpr size_t kDirectChunk = 8 << 20;
 constexpr size_t kDirectAlign = 4096;
+// Modes of what the store creates (before the umask): guest data is for the target's owner only.
+constexpr mode_t kFileMode = 0600;
+constexpr mode_t kDirMode = 0700;
+
+std::atomic<bool> g_without_openat2{false};
+
+// An owned file descriptor (closed on destruction).
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { Reset(); }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void Reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  // Closes now; returns close()'s result (0, or -1 with errno).
+  int Close() { return ::close(std::exchange(fd_, -1)); }
+
+ private:
+  int fd_ = -1;
+};
+
+// Splits "a/b/c" into {"a/b", "c"} and "c" into {"", "c"}.
+std::pair<std::string, std::string> SplitKey(const std::string& rel) {
+  auto slash = rel.rfind('/');
+  if (slash == std::string::npos) return {"", rel};
+  return {rel.substr(0, slash), rel.substr(slash + 1)};
+}
+
+// True when `name` in directory `dirfd` is a symbolic link (not followed).
+bool IsLinkAt(int dirfd, const char* name) {
+  struct stat sb;
+  return ::fstatat(dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(sb.st_mode);
+}
+
+// openat2(dirfd, rel, flags, mode) confined below dirfd without following any symbolic link.
+// Returns the descriptor, or -1 with errno (ELOOP: a link was met; ENOSYS: no openat2).
+int Openat2Beneath(int dirfd, const std::string& rel, int flags, mode_t mode) {
+  open_how how{};
+  how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
+  how.mode = (flags & O_CREAT) != 0 ? mode : 0;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  for (int attempt = 0;; ++attempt) {
+    long fd = ::syscall(SYS_openat2, dirfd, rel.c_str(), &how, sizeof how);
+    // EAGAIN: the kernel could not rule out a ".." race; keys have no "..", so it is only retried.
+    if (fd < 0 && (errno == EINTR || errno == EAGAIN) && attempt < 8) continue;
+    return static_cast<int>(fd);
+  }
+}
+
+// The same without openat2: each directory on the way is opened with O_NOFOLLOW relative to the
+// previous one; the last component with O_NOFOLLOW too. `rel` must be a valid key (no "." or "..",
+// no empty segment), which is what keeps the walk below dirfd. A link met on the way is ELOOP.
+int WalkBeneath(int dirfd, const std::string& rel, int flags, mode_t mode) {
+  Fd cur;
+  int at = dirfd;
+  size_t start = 0;
+  while (true) {
+    size_t slash = rel.find('/', start);
+    std::string name =
+        rel.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    const bool last = slash == std::string::npos;
+    const int f =
+        last ? (flags | O_NOFOLLOW | O_CLOEXEC) : (O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = ::openat(at, name.c_str(), f, mode);
+    if (fd < 0) {
+      int err = errno;
+      // O_DIRECTORY | O_NOFOLLOW on a link fails with ENOTDIR (or ELOOP): tell links apart.
+      if ((err == ENOTDIR || err == ELOOP) && IsLinkAt(at, name.c_str())) err = ELOOP;
+      errno = err;
+      return -1;
+    }
+    if (last) return fd;
+    cur = Fd(fd);
+    at = cur.get();
+    start = slash + 1;
+  }
+}
 
 class LocalStore final : public ObjectStore {
  public:
-  LocalStore(std::string root, std::shared_ptr<Runtime> rt)
-      : ObjectStore(std::move(rt)), root_(std::move(root)) {}
+  LocalStore(std::string root, Fd root_fd, bool use_openat2, std::shared_ptr<Runtime> rt)
+      : ObjectStore(std::move(rt)),
+        root_(std::move(root)),
+        root_fd_(std::move(root_fd)),
+        use_openat2_(use_openat2) {}
 
   std::string Describe() const override { return "file://" + root_; }
 
+  // kInvalidArgument (bad key), kPermissionDenied naming the key when a symbolic link is on the
+  // way to it or to .tmp/, or sits at the key (nothing is written through it), kAlreadyExists
+  // (if_absent), kFailedPrecondition (a directory on the way is a file), else the errno mapping of
+  // the failing call. On failure the temporary file is removed and the key is unchanged.
   Status Put(const std::string& key, std::string_view data, const PutOptions& opts) override {
     VMB_RETURN_IF_ERROR(ValidateKey(key));
-    const std::string path = root_ + "/" + key;
-    VMB_RETURN_IF_ERROR(MakeDirs(DirName(path)));
-    VMB_RETURN_IF_ERROR(MakeDirs(root_ + "/" + kTmpDir));
+    const auto [dir, base] = SplitKey(key);
+    const std::string subject = "object " + key;
+    VMB_ASSIGN_OR_RETURN(Fd parent, MakeDirs(dir, subject));
+    VMB_ASSIGN_OR_RETURN(Fd tmp_dir, MakeDirs(kTmpDir, subject));
     VMB_ASSIGN_OR_RETURN(std::string tmp_name, RandomHex(8));
-    const std::string tmp = root_ + "/" + kTmpDir + "/" + tmp_name;
+    const std::string tmp = std::string(kTmpDir) + "/" + tmp_name;
     // Large durable objects (packs) bypass the page cache: the kernel's copy into it cost a sixth
     // of a full backup's CPU time, and a backup should not evict the host's cached VM data.
+    // O_EXCL never follows a link: a planted name fails with EEXIST.
     const bool direct = opts.durable && data.size() >= kDirectMin;
-    int fd = -1;
-    if (direct) fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
-    if (!direct || (fd < 0 && errno == EINVAL))  // EINVAL: the filesystem has no O_DIRECT (tmpfs)
-      fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return ErrnoToStatus(errno, "create " + tmp);
-    Status st = WriteAll(fd, data, direct, Describe() + "/" + key);
-    if (st.ok() && opts.durable && ::fdatasync(fd) != 0)
+    const int create = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    int raw = -1;
+    if (direct) raw = ::openat(tmp_dir.get(), tmp_name.c_str(), create | O_DIRECT, kFileMode);
+    if (!direct || (raw < 0 && errno == EINVAL))  // EINVAL: the filesystem has no O_DIRECT (tmpfs)
+      raw = ::openat(tmp_dir.get(), tmp_name.c_str(), create, kFileMode);
+    if (raw < 0) return ErrnoToStatus(errno, "create " + Describe() + "/" + tmp);
+    Fd fd(raw);
+    Status st = WriteAll(fd.get(), data, direct, Describe() + "/" + key);
+    if (st.ok() && opts.durable && ::fdatasync(fd.get()) != 0)
       st = ErrnoToStatus(errno, "fsync " + Describe() + "/" + key);
-    if (::close(fd) != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + tmp);
-    if (st.ok()) st = Publish(tmp, path, key, opts);
-    // A concurrent Delete (this or another process) removed the then-empty parent directory:
-    // recreate it and try again. Bounded: each round needs another Delete to win the race.
+    if (fd.Close() != 0 && st.ok()) st = ErrnoToStatus(errno, "close " + Describe() + "/" + tmp);
+    if (st.ok()) st = Publish(tmp_dir.get(), tmp_name, parent.get(), base, key, opts);
+    // A concurrent Delete (this or another process) removed the then-empty parent directory (the
+    // rename into the dead directory is ENOENT): recreate it and try again. Bounded: each round
+    // needs another Delete to win the race.
     for (int round = 0; round < 16 && st.code() == StatusCode::kNotFound; ++round) {
-      st = MakeDirs(DirName(path));
-      if (st.ok()) st = Publish(tmp, path, key, opts);
+      auto again = MakeDirs(dir, subject);
+      if (!again.ok()) {
+        st = again.status();
+        break;
+      }
+      parent = std::move(*again);
+      st = Publish(tmp_dir.get(), tmp_name, parent.get(), base, key, opts);
     }
     if (!st.ok()) {
-      ::unlink(tmp.c_str());
+      ::unlinkat(tmp_dir.get(), tmp_name.c_str(), 0);
       return st;
     }
-    if (opts.durable) return FsyncDir(DirName(path));
+    if (opts.durable && ::fsync(parent.get()) != 0)
+      return ErrnoToStatus(errno, "fsync directory " + Describe() + "/" + dir);
     return Status::Ok();
   }
 
@@ -105,18 +226,26 @@ class LocalStore final : public ObjectStore {
     return PwriteAll(fd, data.data() + done, data.size() - done, done, object);
   }
 
-  // Moves the complete temporary file to its final name (link + unlink for if_absent).
-  Status Publish(const std::string& tmp, const std::string& path, const std::string& key,
-                 const PutOptions& opts) {
+  // Moves the complete temporary file `tmp_name` in `tmp_dir` to `base` in `parent` (link + unlink
+  // for if_absent). kAlreadyExists (if_absent and the key exists), kPermissionDenied when a
+  // symbolic link sits at the key (it is left alone), kNotFound when `parent` was removed
+  // meanwhile, else the errno of the failing call.
+  Status Publish(int tmp_dir, const std::string& tmp_name, int parent, const std::string& base,
+                 const std::string& key, const PutOptions& opts) {
     if (opts.if_absent) {
-      if (::link(tmp.c_str(), path.c_str()) != 0) {
-        return errno == EEXIST ? AlreadyExistsError("object " + key + " already exists")
-                               : ErrnoToStatus(errno, "link " + path);
+      if (::linkat(tmp_dir, tmp_name.c_str(), parent, base.c_str(), 0) != 0) {
+        if (errno != EEXIST) return ErrnoToStatus(errno, "link " + Describe() + "/" + key);
+        if (IsLinkAt(parent, base.c_str())) return SymlinkError("object " + key, key);
+        return AlreadyExistsError("object " + key + " already exists");
       }
-      ::unlink(tmp.c_str());
+      ::unlinkat(tmp_dir, tmp_name.c_str(), 0);
       return Status::Ok();
     }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoToStatus(errno, "rename to " + path);
+    // rename() would replace a link at the key without following it; refusing keeps the rule
+    // simple (a link below the root is never used) and leaves the evidence in place.
+    if (IsLinkAt(parent, base.c_str())) return SymlinkError("object " + key, key);
+    if (::renameat(tmp_dir, tmp_name.c_str(), parent, base.c_str()) != 0)
+      return ErrnoToStatus(errno, "rename to " + Describe() + "/" + key);
     return Status::Ok();
   }
 
@@ -126,56 +255,54 @@ class LocalStore final : public ObjectStore {
     return out;
   }
 
+  // kNotFound (missing, or not a regular file), kPermissionDenied (a link on the way),
+  // kOutOfRange (offset past the end), kDataLoss (object shorter than the range, or a whole read
+  // of more than kMaxWholeObjectRead: both detected before anything is allocated).
   Status GetInto(const std::string& key, uint64_t offset, uint64_t length,
                  std::string* out_ptr) override {
     std::string& out = *out_ptr;
     VMB_RETURN_IF_ERROR(ValidateKey(key));
-    const std::string path = root_ + "/" + key;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ErrnoToStatus(errno, "open " + Describe() + "/" + key);
+    // O_NONBLOCK: opening a FIFO planted at the key must not wait for a writer (it is refused
+    // below); it changes nothing for regular files.
+    VMB_ASSIGN_OR_RETURN(Fd fd, OpenBeneath(key, O_RDONLY | O_NONBLOCK, "object " + key, "open"));
     struct stat sb;
-    if (::fstat(fd, &sb) != 0) {
-      int err = errno;
-      ::close(fd);
-      return ErrnoToStatus(err, "stat " + path);
-    }
-    uint64_t size = static_cast<uint64_t>(sb.st_size);
-    if (offset > size || (length > 0 && offset == size)) {
-      ::close(fd);
+    if (::fstat(fd.get(), &sb) != 0) return ErrnoToStatus(errno, "stat " + Describe() + "/" + key);
+    if (!S_ISREG(sb.st_mode)) return NotFoundError("object " + key + " is not a regular file");
+    const uint64_t size = static_cast<uint64_t>(sb.st_size);
+    if (offset > size || (length > 0 && offset == size))
       return OutOfRangeError("range past the end of object " + key);
-    }
-    uint64_t want = length == 0 ? size - offset : length;
+    if (length == 0 && size - offset > kMaxWholeObjectRead) return TooLargeForWholeRead(key, size);
+    if (length > size - offset) return ShortObject(key, offset, length, size - offset);
+    const uint64_t want = length == 0 ? size - offset : length;
     out.resize(want);
     uint64_t got = 0;
     while (got < want) {
-      ssize_t r = ::pread(fd, out.data() + got, want - got, static_cast<off_t>(offset + got));
+      ssize_t r = ::pread(fd.get(), out.data() + got, want - got, static_cast<off_t>(offset + got));
       if (r < 0) {
         if (errno == EINTR) continue;
-        int err = errno;
-        ::close(fd);
-        return ErrnoToStatus(err, "read " + Describe() + "/" + key);
+        return ErrnoToStatus(errno, "read " + Describe() + "/" + key);
       }
-      if (r == 0) break;
+      if (r == 0) break;  // truncated since the fstat
       got += static_cast<uint64_t>(r);
     }
-    ::close(fd);
-    if (got < want) {
-      return DataLossError("object " + key + " is shorter than expected (wanted " +
-                           std::to_string(want) + " bytes at " + std::to_string(offset) + ", got " +
-                           std::to_string(got) + ")");
-    }
+    if (got < want) return ShortObject(key, offset, want, got);
     return Status::Ok();
   }
 
+  // kNotFound (missing, or not a regular file), kPermissionDenied (a symbolic link on the way or
+  // at the key).
   StatusOr<ObjectInfo> Head(const std::string& key) override {
     VMB_RETURN_IF_ERROR(ValidateKey(key));
+    VMB_ASSIGN_OR_RETURN(Fd fd, OpenBeneath(key, O_PATH, "object " + key, "stat"));
     struct stat sb;
-    if (::stat((root_ + "/" + key).c_str(), &sb) != 0)
-      return ErrnoToStatus(errno, "stat " + Describe() + "/" + key);
+    if (::fstat(fd.get(), &sb) != 0) return ErrnoToStatus(errno, "stat " + Describe() + "/" + key);
     if (!S_ISREG(sb.st_mode)) return NotFoundError("object " + key + " is not a file");
     return ObjectInfo{key, static_cast<uint64_t>(sb.st_size)};
   }
 
+  // Regular files only; symbolic links met on the way are skipped and never descended into. The
+  // directory the prefix names (the part before its last '/') being reached through a link is
+  // kPermissionDenied; it being missing is an empty page.
   StatusOr<ListPage> List(const std::string& prefix, const std::string& token,
                           int max_keys) override {
     // Walk the deepest directory the prefix names fully, then filter by the rest of the prefix.
@@ -183,7 +310,14 @@ class LocalStore final : public ObjectStore {
     auto slash = prefix.find_last_of('/');
     if (slash != std::string::npos) dir_part = prefix.substr(0, slash);
     std::vector<std::string> keys;
-    VMB_RETURN_IF_ERROR(Walk(dir_part, prefix, &keys));
+    if (dir_part.empty() || ValidateKey(dir_part).ok()) {  // else no key can match
+      auto dir = OpenDir(dir_part, "list " + prefix, "list");
+      if (dir.ok()) {
+        VMB_RETURN_IF_ERROR(Walk(dir->get(), dir_part, prefix, &keys));
+      } else if (dir.status().code() != StatusCode::kNotFound) {
+        return dir.status();
+      }
+    }
     std::sort(keys.begin(), keys.end());
     ListPage page;
     auto it = token.empty() ? keys.begin() : std::upper_bound(keys.begin(), keys.end(), token);
@@ -192,49 +326,175 @@ class LocalStore final : public ObjectStore {
         page.next_token = page.objects.back().key;
         break;
       }
+      // Deleted or replaced (by a link, say) since the walk: not listed.
+      int raw = Open(*it, O_PATH);
+      if (raw < 0) continue;
+      Fd fd(raw);
       struct stat sb;
-      if (::stat((root_ + "/" + *it).c_str(), &sb) != 0) continue;  // deleted meanwhile
+      if (::fstat(fd.get(), &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
       page.objects.push_back({*it, static_cast<uint64_t>(sb.st_size)});
     }
     return page;
   }
 
+  // Missing keys (also below a missing directory or a file) are fine. A key whose path holds a
+  // symbolic link is kPermissionDenied and nothing is removed for it (the link stays); the keys
+  // before it are deleted, the ones after it are not tried.
   Status Delete(const std::vector<std::string>& keys) override {
     for (const auto& key : keys) {
       VMB_RETURN_IF_ERROR(ValidateKey(key));
-      if (::unlink((root_ + "/" + key).c_str()) != 0 && errno != ENOENT)
+      const auto [dir, base] = SplitKey(key);
+      const std::string subject = "object " + key;
+      auto parent = OpenDir(dir, subject, "delete");
+      if (!parent.ok()) {
+        if (parent.status().code() == StatusCode::kNotFound) continue;
+        return parent.status();
+      }
+      if (IsLinkAt(parent->get(), base.c_str())) return SymlinkError(subject, key);
+      if (::unlinkat(parent->get(), base.c_str(), 0) != 0 && errno != ENOENT)
         return ErrnoToStatus(errno, "delete " + Describe() + "/" + key);
-      // Remove parent directories left empty (fails harmlessly when they are not).
-      for (std::string dir = DirName(root_ + "/" + key); dir.size() > root_.size();
-           dir = DirName(dir)) {
-        if (::rmdir(dir.c_str()) != 0) break;
+      // Remove parent directories left empty (fails harmlessly when they are not). unlinkat with
+      // AT_REMOVEDIR never follows a link at the name (ENOTDIR).
+      for (std::string d = dir; !d.empty();) {
+        auto [up, name] = SplitKey(d);
+        auto up_fd = OpenDir(up, subject, "delete");
+        if (!up_fd.ok() || ::unlinkat(up_fd->get(), name.c_str(), AT_REMOVEDIR) != 0) break;
+        d = up;
       }
     }
     return Status::Ok();
   }
 
  private:
-  // mkdir -p below root_, fsyncing the parent of each directory created.
-  Status MakeDirs(const std::string& dir) {
-    struct stat sb;
-    if (::stat(dir.c_str(), &sb) == 0) {
-      if (S_ISDIR(sb.st_mode)) return Status::Ok();
-      return FailedPreconditionError(dir + " exists and is not a directory");
+  // OpenBeneath's raw form: the descriptor, or -1 with errno (ELOOP: a symbolic link on the way
+  // or at `rel`). `rel` empty is the root itself.
+  int Open(const std::string& rel, int flags, mode_t mode = 0) const {
+    if (rel.empty()) return ::openat(root_fd_.get(), ".", flags | O_CLOEXEC, mode);
+    int fd = use_openat2_ ? Openat2Beneath(root_fd_.get(), rel, flags, mode)
+                          : WalkBeneath(root_fd_.get(), rel, flags, mode);
+    if (fd >= 0 && (flags & O_PATH) != 0) {
+      // An O_PATH open can name a link itself (the walk's O_NOFOLLOW): refuse it all the same.
+      struct stat sb;
+      if (::fstat(fd, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+        ::close(fd);
+        errno = ELOOP;
+        return -1;
+      }
     }
-    if (dir.size() <= root_.size()) return ErrnoToStatus(ENOENT, "target directory " + root_);
-    VMB_RETURN_IF_ERROR(MakeDirs(DirName(dir)));
-    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
-      return ErrnoToStatus(errno, "mkdir " + dir);
-    return FsyncDir(DirName(dir));
+    return fd;
   }
 
-  Status Walk(const std::string& rel_dir, const std::string& prefix,
+  // Opens `rel` (a key or a directory below the root) with `flags`. Errors start with `subject`
+  // ("object <key>", "list <prefix>"):
+  // kPermissionDenied when a symbolic link is on the way (SymlinkError), otherwise the errno
+  // mapping of the open ("<what> file://root/rel: ...").
+  StatusOr<Fd> OpenBeneath(const std::string& rel, int flags, const std::string& subject,
+                           const char* what) const {
+    int fd = Open(rel, flags);
+    if (fd >= 0) return Fd(fd);
+    if (errno == ELOOP || errno == EXDEV) return SymlinkError(subject, rel);
+    return ErrnoToStatus(errno, std::string(what) + " " + Describe() + "/" + rel);
+  }
+
+  // The existing directory `rel` (root when empty), readable (so it can be fsynced and listed).
+  // kNotFound when it or a directory above it is missing or a file; kPermissionDenied through a
+  // link.
+  StatusOr<Fd> OpenDir(const std::string& rel, const std::string& subject, const char* what) const {
+    return OpenBeneath(rel, O_RDONLY | O_DIRECTORY, subject, what);
+  }
+
+  // mkdir -p of `rel` below the root (mode 0700), fsyncing the parent of each directory created;
+  // returns the directory, open for reading. kPermissionDenied starting with `subject` when a
+  // component is a symbolic link, kFailedPrecondition when one is not a directory.
+  StatusOr<Fd> MakeDirs(const std::string& rel, const std::string& subject) {
+    for (int round = 0;; ++round) {
+      int fd = Open(rel, O_RDONLY | O_DIRECTORY);
+      if (fd >= 0) return Fd(fd);
+      if (errno == ELOOP || errno == EXDEV) return SymlinkError(subject, rel);
+      if (errno != ENOENT && errno != ENOTDIR)
+        return ErrnoToStatus(errno, "open directory " + Describe() + "/" + rel);
+      // Walk down from the root, creating what is missing. Each step opens one name with
+      // O_NOFOLLOW relative to the directory above, so the walk cannot leave the root.
+      Fd cur(::openat(root_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!cur.valid()) return ErrnoToStatus(errno, "open target directory " + root_);
+      bool vanished = false;  // a concurrent Delete removed what we just created
+      size_t start = 0;
+      while (start <= rel.size() && !vanished) {
+        size_t slash = rel.find('/', start);
+        if (slash == std::string::npos) slash = rel.size();
+        const std::string name = rel.substr(start, slash - start);
+        const std::string so_far = rel.substr(0, slash);
+        const int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+        int next = ::openat(cur.get(), name.c_str(), flags);
+        if (next < 0 && errno == ENOENT) {
+          if (::mkdirat(cur.get(), name.c_str(), kDirMode) == 0) {
+            if (::fsync(cur.get()) != 0)
+              return ErrnoToStatus(errno, "fsync directory " + Describe() + "/" + so_far);
+          } else if (errno != EEXIST) {
+            return ErrnoToStatus(errno, "mkdir " + Describe() + "/" + so_far);
+          }
+          next = ::openat(cur.get(), name.c_str(), flags);
+          if (next < 0 && errno == ENOENT) {
+            vanished = true;
+            break;
+          }
+        }
+        if (next < 0) {
+          if ((errno == ENOTDIR || errno == ELOOP) && IsLinkAt(cur.get(), name.c_str()))
+            return SymlinkError(subject, so_far);
+          if (errno == ENOTDIR)
+            return FailedPreconditionError(Describe() + "/" + so_far +
+                                           " exists and is not a directory");
+          return ErrnoToStatus(errno, "open directory " + Describe() + "/" + so_far);
+        }
+        cur = Fd(next);
+        start = slash + 1;
+      }
+      if (!vanished) return cur;
+      if (round == 16)
+        return NotFoundError("directory " + Describe() + "/" + rel +
+                             " keeps being removed while it is created");
+    }
+  }
+
+  // kPermissionDenied for `subject` ("object <key>"), whose path meets a symbolic link at or above
+  // `rel`. Names the first link on `rel` when it can be found (a diagnostic only: the check is not
+  // repeated atomically).
+  Status SymlinkError(const std::string& subject, const std::string& rel) const {
+    std::string link = rel;
+    for (size_t end = 0; end != std::string::npos;) {
+      end = rel.find('/', end + 1);
+      const std::string part = rel.substr(0, end);
+      struct stat sb;
+      if (::fstatat(root_fd_.get(), part.c_str(), &sb, AT_SYMLINK_NOFOLLOW) != 0) break;
+      if (S_ISLNK(sb.st_mode)) {
+        link = part;
+        break;
+      }
+    }
+    return PermissionDeniedError(subject + ": " + Describe() + "/" + link +
+                                 " is a symbolic link; links inside a backup target are never "
+                                 "followed (someone else wrote it there: remove it)");
+  }
+
+  static Status ShortObject(const std::string& key, uint64_t offset, uint64_t want, uint64_t got) {
+    return DataLossError("object " + key + " is shorter than expected (wanted " +
+                         std::to_string(want) + " bytes at " + std::to_string(offset) + ", got " +
+                         std::to_string(got) + ")");
+  }
+
+  // Collects the regular files below the directory `dirfd` (= `rel_dir`) whose keys start with
+  // `prefix`. Symbolic links are skipped; subdirectories are opened with O_NOFOLLOW relative to
+  // `dirfd`.
+  Status Walk(int dirfd, const std::string& rel_dir, const std::string& prefix,
               std::vector<std::string>* out) {
-    std::string abs = rel_dir.empty() ? root_ : root_ + "/" + rel_dir;
-    DIR* d = ::opendir(abs.c_str());
+    int dup = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return ErrnoToStatus(errno, "list " + Describe() + "/" + rel_dir);
+    DIR* d = ::fdopendir(dup);
     if (d == nullptr) {
-      if (errno == ENOENT || errno == ENOTDIR) return Status::Ok();
-      return ErrnoToStatus(errno, "list " + abs);
+      int err = errno;
+      ::close(dup);
+      return ErrnoToStatus(err, "list " + Describe() + "/" + rel_dir);
     }
     Status st;
     while (struct dirent* e = ::readdir(d)) {
@@ -243,21 +503,23 @@ class LocalStore final : public ObjectStore {
       if (rel_dir.empty() && name == kTmpDir) continue;
       if (name.find(".tmp-") != std::string::npos) continue;
       std::string rel = rel_dir.empty() ? name : rel_dir + "/" + name;
-      bool is_dir = e->d_type == DT_DIR;
-      if (e->d_type == DT_UNKNOWN) {
+      unsigned char type = e->d_type;
+      if (type == DT_UNKNOWN) {
         struct stat sb;
-        if (::stat((root_ + "/" + rel).c_str(), &sb) != 0) continue;
-        is_dir = S_ISDIR(sb.st_mode);
+        if (::fstatat(dirfd, name.c_str(), &sb, AT_SYMLINK_NOFOLLOW) != 0) continue;
+        type = S_ISDIR(sb.st_mode) ? DT_DIR : S_ISREG(sb.st_mode) ? DT_REG : DT_UNKNOWN;
       }
-      if (is_dir) {
+      if (type == DT_DIR) {
         // Descend only where the prefix can still match.
         std::string as_prefix = rel + "/";
-        if (prefix.compare(0, std::min(prefix.size(), as_prefix.size()), as_prefix, 0,
-                           std::min(prefix.size(), as_prefix.size())) == 0) {
-          st = Walk(rel, prefix, out);
-          if (!st.ok()) break;
-        }
-      } else if (rel.compare(0, prefix.size(), prefix) == 0) {
+        const size_t n = std::min(prefix.size(), as_prefix.size());
+        if (prefix.compare(0, n, as_prefix, 0, n) != 0) continue;
+        int sub = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub < 0) continue;  // removed, or replaced by a link, since readdir
+        Fd sub_fd(sub);
+        st = Walk(sub_fd.get(), rel, prefix, out);
+        if (!st.ok()) break;
+      } else if (type == DT_REG && rel.compare(0, prefix.size(), prefix) == 0) {
         out->push_back(rel);
       }
     }
@@ -265,10 +527,23 @@ class LocalStore final : public ObjectStore {
     return st;
   }
 
-  std::string root_;
+  const std::string root_;  // as configured (messages)
+  const Fd root_fd_;        // the root, resolved once
+  const bool use_openat2_;
 };
 
+// Whether openat2 with our resolve flags works here (kernel >= 5.6 and not filtered by seccomp,
+// which some container runtimes answer with EPERM or ENOSYS).
+bool Openat2Works(int root_fd) {
+  int fd = Openat2Beneath(root_fd, ".", O_PATH | O_DIRECTORY, 0);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
+
 }  // namespace
+
+void SetLocalStoreWithoutOpenat2ForTest(bool without) { g_without_openat2 = without; }
 
 StatusOr<std::unique_ptr<ObjectStore>> OpenLocalStore(const std::string& root_in,
                                                       std::shared_ptr<Runtime> runtime) {
@@ -283,7 +558,12 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenLocalStore(const std::string& root_in
   if (!S_ISDIR(sb.st_mode)) return InvalidArgumentError("target " + root + " is not a directory");
   if (::access(root.c_str(), R_OK | X_OK) != 0)
     return ErrnoToStatus(errno, "target directory " + root);
-  return std::unique_ptr<ObjectStore>(new LocalStore(root, std::move(runtime)));
+  // The configured path is trusted (links included) and resolved here, once.
+  Fd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoToStatus(errno, "target directory " + root);
+  const bool use_openat2 = !g_without_openat2 && Openat2Works(fd.get());
+  return std::unique_ptr<ObjectStore>(
+      new LocalStore(root, std::move(fd), use_openat2, std::move(runtime)));
 }
 
 }  // namespace vmbackup::internal

@@ -1,7 +1,8 @@
 // The NFS target against a real server: nfs-ganesha 4.3 (FSAL VFS) + rpcbind on 127.0.0.1, started
 // by scripts/nfs-server.sh (scripts/test.sh starts it and exports its environment before ctest).
 // Round trips through the public API over NFSv3, NFSv4 and Harvester's URL form; the store's
-// ranged reads, paginated listing, deletes and create-if-absent races; missing, refused and
+// ranged reads, paginated listing, deletes and create-if-absent races; the modes of what it
+// creates and its bounds on what a (possibly hostile) export makes it read; missing, refused and
 // read-only exports; a closed port; ganesha restarted during a backup; and interoperability with
 // libnfs-utils (nfs-ls / nfs-cat read what vmbackup wrote).
 //
@@ -13,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,6 +22,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -340,6 +344,78 @@ TEST_F(NfsTest, IfAbsentRaceHasExactlyOneWinner) {
     EXPECT_EQ(exists.load(), 5);
     EXPECT_EQ(*s.Get(key), "writer-" + std::to_string(winner.load()));
   }
+}
+
+// ---- a target others write to (issue #9) --------------------------------------------------------
+
+// Regression: objects were created 0644 and directories 0755 on the export (the modes libnfs sends
+// in CREATE / MKDIR), so every user of the NFS server's host could read the guests' data.
+TEST_F(NfsTest, ObjectsWereWorldReadableOnTheExport) {
+  ASSERT_FALSE(url4_.empty()) << "NFS_URL_V4 is not set (scripts/nfs-server.sh prints it)";
+  for (const std::string& url : {url3_, url4_}) {
+    const std::string v = url == url3_ ? "v3" : "v4";
+    SCOPED_TRACE(v);
+    auto store = Store(url);
+    ASSERT_OK(store);
+    internal::PutOptions once, fast;
+    once.if_absent = true;
+    fast.durable = false;
+    ASSERT_OK((*store)->Put(v + "/packs/ab/ab01.pack", std::string(kMiB + 5, 'p'), {}));
+    ASSERT_OK((*store)->Put(v + "/records/b.json", "r", once));
+    ASSERT_OK((*store)->Put(v + "/index/i.idx", "i", fast));
+  }
+  // Everything the store created, the prefix directory included, as ganesha wrote it to disk.
+  const std::string root = export_dir_ + "/" + prefix_;
+  std::map<std::string, mode_t> modes;
+  struct stat sb;
+  ASSERT_EQ(::lstat(root.c_str(), &sb), 0);
+  modes[prefix_] = sb.st_mode;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(root)) {
+    ASSERT_EQ(::lstat(e.path().c_str(), &sb), 0) << e.path();
+    modes[std::filesystem::relative(e.path(), export_dir_).string()] = sb.st_mode;
+  }
+  // Per version: v*, packs, packs/ab, records, index + 3 files; plus the prefix and .tmp.
+  EXPECT_EQ(modes.size(), 2u * 8 + 2) << ::testing::PrintToString(modes);
+  EXPECT_TRUE(modes.count(prefix_ + "/.tmp"));
+  for (const auto& [path, mode] : modes) {
+    EXPECT_EQ(mode & 07777, S_ISDIR(mode) ? 0700u : 0600u)
+        << path << " has mode 0" << std::oct << (mode & 07777);
+  }
+}
+
+// Regression: a whole-object read allocated (and read) the size the server reported, so a huge
+// (sparse, cheap) file planted on the export made a restore allocate without bound; and a ranged
+// read past the end of a short object allocated the whole range first.
+TEST_F(NfsTest, WholeReadOfAHugePlantedObjectAllocatedItsSize) {
+  const uint64_t size = internal::kMaxWholeObjectRead + kMiB;  // 65 MiB, sparse
+  // Planted on the exported directory before ganesha ever looks at it (so no cached attributes).
+  const std::string dir = export_dir_ + "/" + prefix_ + "/index";
+  std::filesystem::create_directories(dir);
+  ::vmbackup::testing::WriteAll(dir + "/huge.idx", "x");
+  ASSERT_EQ(::truncate((dir + "/huge.idx").c_str(), static_cast<off_t>(size)), 0);
+  auto store = Store(url3_);
+  ASSERT_OK(store);
+  auto& s = **store;
+  ASSERT_EQ(s.Head("index/huge.idx")->size, size);
+  EXPECT_THAT(s.Get("index/huge.idx"), StatusIs(StatusCode::kDataLoss, "index/huge.idx"));
+  std::string buf;
+  EXPECT_THAT(s.GetInto("index/huge.idx", 0, 0, &buf),
+              StatusIs(StatusCode::kDataLoss, "index/huge.idx"));
+  EXPECT_LT(buf.capacity(), kMiB) << "refused only after allocating the object's size";
+  EXPECT_THAT(s.GetAtMost("index/huge.idx", kMiB),
+              StatusIs(StatusCode::kDataLoss, "index/huge.idx"));
+  auto part = s.Get("index/huge.idx", size - 10, 10);  // ranged reads still work
+  ASSERT_OK(part);
+  EXPECT_EQ(*part, std::string(10, '\0'));
+
+  ASSERT_OK(s.Put("records/r.json", std::string(101, 'r'), {}));
+  EXPECT_THAT(s.GetAtMost("records/r.json", 100),
+              StatusIs(StatusCode::kDataLoss, "records/r.json"));
+  EXPECT_EQ(s.GetAtMost("records/r.json", 101)->size(), 101u);
+  std::string range;
+  EXPECT_THAT(s.GetInto("records/r.json", 2, 1ull << 41, &range),
+              StatusIs(StatusCode::kDataLoss, "shorter"));
+  EXPECT_LT(range.capacity(), kMiB);
 }
 
 // ---- errors -------------------------------------------------------------------------------------

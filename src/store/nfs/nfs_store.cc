@@ -43,6 +43,10 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr const char* kTmpDir = ".tmp";
+// Modes of what the store creates (sent in CREATE / MKDIR; the server may apply its own umask):
+// guest data is for the target's owner only.
+constexpr int kFileMode = 0600;
+constexpr int kDirMode = 0700;
 // libnfs 4.0.0 cannot encode an NFSv4 WRITE of more than about 3.8 KB ("Failed to encode
 // COMPOUND4args"), and reports a write maximum of 0 on v4: v4 writes go in chunks of this size.
 constexpr uint64_t kV4MaxWrite = 3584;
@@ -617,7 +621,7 @@ class NfsStore final : public ObjectStore {
     for (int round = 0; round < 2; ++round) {
       Call call;
       VMB_RETURN_IF_ERROR(
-          Queued(c, nfs_mkdir2_async(c.nfs, dir.c_str(), 0755, OnNfsDone, &call), "mkdir"));
+          Queued(c, nfs_mkdir2_async(c.nfs, dir.c_str(), kDirMode, OnNfsDone, &call), "mkdir"));
       VMB_RETURN_IF_ERROR(Wait(c, call, deadline));
       if (call.err >= 0 || call.err == -EEXIST) return Status::Ok();
       if (call.err != -ENOENT || round == 1)
@@ -794,7 +798,8 @@ class NfsStore final : public ObjectStore {
       for (int round = 0; round < 2; ++round) {
         oc.Reset();
         VMB_RETURN_IF_ERROR(Queued(
-            c, nfs_open2_async(c.nfs, s->tmp.c_str(), O_CREAT | O_WRONLY, 0644, OnNfsDone, &oc),
+            c,
+            nfs_open2_async(c.nfs, s->tmp.c_str(), O_CREAT | O_WRONLY, kFileMode, OnNfsDone, &oc),
             "create"));
         VMB_RETURN_IF_ERROR(Wait(c, oc, deadline));
         if (oc.err == -ENOENT && round == 0) {
@@ -805,7 +810,16 @@ class NfsStore final : public ObjectStore {
       }
       if (oc.err < 0) return CallError(oc, "create temporary file for " + Name(key));
       auto* fh = static_cast<nfsfh*>(oc.ptr);
-      Status st = WriteAll(c, fh, data, "write " + Name(key), deadline);
+      Status st;
+      if (ep_.version == 4) {
+        // libnfs creates exclusively on v4 (EXCLUSIVE4), which carries no attributes: the server
+        // picks the mode (ganesha: 0600, others may differ). Set it explicitly.
+        Call mc;
+        st = Queued(c, nfs_fchmod_async(c.nfs, fh, kFileMode, OnNfsDone, &mc), "chmod");
+        if (st.ok()) st = Wait(c, mc, deadline);
+        if (st.ok() && mc.err < 0) st = CallError(mc, "chmod temporary file of " + Name(key));
+      }
+      if (st.ok()) st = WriteAll(c, fh, data, "write " + Name(key), deadline);
       if (st.ok() && opts.durable && c.nfs != nullptr) {
         Call fc;
         st = Queued(c, nfs_fsync_async(c.nfs, fh, OnNfsDone, &fc), "commit");
@@ -893,6 +907,10 @@ class NfsStore final : public ObjectStore {
     return Status::Ok();
   }
 
+  // One try of Get: OPEN, GETATTR, then the checks below before anything is allocated, READs,
+  // CLOSE. kNotFound (missing, or not a regular file), kOutOfRange (offset past the end), kDataLoss
+  // (a whole read of more than kMaxWholeObjectRead bytes, or an object shorter than the range,
+  // also when it shrank during the read), kUnavailable (retried by Run).
   Status GetAttempt(Conn& c, Clock::time_point deadline, const std::string& key, uint64_t offset,
                     uint64_t length, std::string* out) {
     Call oc;
@@ -907,9 +925,15 @@ class NfsStore final : public ObjectStore {
     if (st.ok() && sc.err < 0) st = CallError(sc, "stat " + Name(key));
     uint64_t got = 0, want = 0;
     if (st.ok()) {
-      uint64_t size = sc.st.nfs_size;
-      if (offset > size || (length > 0 && offset == size)) {
+      const uint64_t size = sc.st.nfs_size;
+      if ((sc.st.nfs_mode & S_IFMT) != S_IFREG) {
+        st = NotFoundError("object " + key + " is not a regular file");
+      } else if (offset > size || (length > 0 && offset == size)) {
         st = OutOfRangeError("range past the end of object " + key);
+      } else if (length == 0 && size - offset > kMaxWholeObjectRead) {
+        st = TooLargeForWholeRead(key, size);
+      } else if (length > size - offset) {
+        st = ShortObject(key, offset, length, size - offset);
       } else {
         want = length == 0 ? size - offset : length;
         out->assign(want, '\0');
@@ -918,12 +942,14 @@ class NfsStore final : public ObjectStore {
     }
     CloseFh(c, fh, deadline);
     VMB_RETURN_IF_ERROR(st);
-    if (got < want) {
-      return DataLossError("object " + key + " is shorter than expected (wanted " +
-                           std::to_string(want) + " bytes at " + std::to_string(offset) + ", got " +
-                           std::to_string(got) + ")");
-    }
+    if (got < want) return ShortObject(key, offset, want, got);
     return Status::Ok();
+  }
+
+  static Status ShortObject(const std::string& key, uint64_t offset, uint64_t want, uint64_t got) {
+    return DataLossError("object " + key + " is shorter than expected (wanted " +
+                         std::to_string(want) + " bytes at " + std::to_string(offset) + ", got " +
+                         std::to_string(got) + ")");
   }
 
   // Collects the objects below `rel_dir` whose keys start with `prefix`.
