@@ -77,6 +77,11 @@ TEST_F(BadVolumeTest, UnreadableVolumeIsPermissionDeniedNamingIt) {
     // helper is copied where that user can execute it, and the test directory made traversable.
     ReportPath("root: chmod 000 volume read by the helper as uid 65534");
     ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+    // The target belongs to the user who backs up to it (the store creates everything 0600 /
+    // 0700): hand it to 65534.
+    ASSERT_EQ(::chown(target_dir_.c_str(), kNobody, kNobody), 0);
+    for (const auto& e : std::filesystem::recursive_directory_iterator(target_dir_))
+      ASSERT_EQ(::lchown(e.path().c_str(), kNobody, kNobody), 0) << e.path();
     const std::string helper = dir_.Sub("helper");
     std::filesystem::copy_file(HelperPath(), helper);
     ASSERT_EQ(::chmod(helper.c_str(), 0755), 0);
