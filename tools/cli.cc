@@ -146,6 +146,7 @@ vmbackup::StatusOr<std::shared_ptr<vmbackup::BackupTarget>> OpenTarget(
   vmbackup::StatusOr<std::string> config = ResolveTargetConfig(arg);
   if (!config.ok()) return config.status();
   vmbackup::TargetOptions options;
+  options.state_dir = ctx.options.state_dir;
   if (ctx.options.threads > 0) {
     if (!ctx.runtime) {
       vmbackup::RuntimeOptions ro;

@@ -47,7 +47,8 @@ enum class ProgressMode { kAuto, kBar, kPlain, kNone };
 struct GlobalOptions {
   bool json = false;
   bool quiet = false;
-  int threads = 0;  // 0 = library default runtime
+  int threads = 0;        // 0 = library default runtime
+  std::string state_dir;  // "" = the library's default (TargetOptions::state_dir)
   ProgressMode progress = ProgressMode::kAuto;
 };
 

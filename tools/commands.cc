@@ -402,6 +402,14 @@ int CmdRestore(Context& ctx, const ParsedArgs& args) {
   spec.dest_dir = AbsolutePath(args.Get("dest-dir").value_or(""));
   spec.new_vm_name = args.Get("new-name").value_or("");
   spec.overwrite = args.Has("overwrite");
+  if (auto m = args.Get("mode")) {
+    char* end = nullptr;
+    const unsigned long mode = std::strtoul(m->c_str(), &end, 8);
+    if (m->empty() || *end != '\0' || mode > 0777)
+      return ctx.UsageError(
+          "restore: --mode expects octal permissions up to 0777, got '" + *m + "'", "restore");
+    spec.file_mode = static_cast<uint32_t>(mode);
+  }
   for (const std::string& a : args.GetAll("volume")) {
     vmbackup::VolumeDestination d;
     if (!ParseNameEqPath(a, &d.volume, &d.path)) {

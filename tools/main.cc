@@ -37,6 +37,9 @@ std::vector<FlagDef> GlobalFlags() {
       {"quiet", false, false, "", "no progress, warnings or summaries (errors still print)"},
       {"threads", true, false, "N", "worker threads of the runtime (default: one per core)"},
       {"progress", true, false, "MODE", "auto (bar on a terminal), bar, plain or none"},
+      {"state-dir", true, false, "DIR",
+       "this host's private state, e.g. the fingerprint key (default $VMBACKUP_STATE_DIR, else "
+       "/var/lib/vmbackup as root)"},
       {"help", false, false, "", "show help"},
   };
 }
@@ -83,16 +86,20 @@ const std::vector<CommandDef>& Commands() {
        CmdShow},
       {"restore",
        "restore BACKUP [--target CONFIG] --dest-dir DIR [--new-name NAME] [--volume NAME=PATH...]\n"
-       "                   [--overwrite]",
+       "                   [--overwrite] [--mode OCTAL]",
        "restore a backup as a new VM",
        "Volumes go to DIR/<volume>.img unless --volume names another destination; DIR/vm.json\n"
        "receives the VM metadata with the new name and the restored paths. Without --overwrite\n"
-       "an existing destination fails the restore before anything is written.\n",
+       "an existing destination (a block device too) fails the restore before anything is\n"
+       "written. A --volume PATH that is a block device, or a link to one (/dev/vg0/lv), is\n"
+       "written in place: it must not be mounted and must be as large as the volume; a failed\n"
+       "restore leaves such a device partly written. Restored files are private (0600).\n",
        {kTargetFlag,
         {"dest-dir", true, false, "DIR", "directory for volumes and vm.json (created)"},
         {"new-name", true, false, "NAME", "name of the restored VM (default: the original)"},
         {"volume", true, true, "NAME=PATH", "explicit destination of one volume"},
-        {"overwrite", false, false, "", "replace existing destination files"}},
+        {"overwrite", false, false, "", "replace existing destinations (files and devices)"},
+        {"mode", true, false, "OCTAL", "permissions of restored files (default 0600)"}},
        CmdRestore},
       {"delete",
        "delete BACKUP [--target CONFIG]",
@@ -253,6 +260,10 @@ int Main(int argc, char** argv) {
                             cmd->name);
     }
     ctx.options.threads = static_cast<int>(n);
+  }
+  if (auto d = parsed.Get("state-dir")) {
+    if (d->empty()) return ctx.UsageError("--state-dir expects a directory", cmd->name);
+    ctx.options.state_dir = *d;
   }
   bool explicit_progress = false;
   if (auto p = parsed.Get("progress")) {

@@ -161,6 +161,10 @@ ordered_json ToJson(const VolumeBackupInfo& v) {
   j["bytes_stored"] = v.bytes_stored;
   j["index_key"] = v.index_key;
   j["index_sha256"] = v.index_sha256;
+  if (!v.fingerprints_key.empty()) {
+    j["fingerprints_key"] = v.fingerprints_key;
+    j["fingerprints_sha256"] = v.fingerprints_sha256;
+  }
   return j;
 }
 
@@ -289,7 +293,7 @@ StatusOr<BackupSpec> ToBackupSpec(const vmb_backup_options* opts) {
 
 StatusOr<RestoreSpec> ToRestoreSpec(const vmb_restore_options* opts) {
   if (opts == nullptr) return InvalidArgumentError("vmb_restore_options: must not be NULL");
-  if (opts->version != VMB_RESTORE_OPTIONS_VERSION) {
+  if (opts->version != 1 && opts->version != VMB_RESTORE_OPTIONS_VERSION) {
     return BadVersion("vmb_restore_options", opts->version, VMB_RESTORE_OPTIONS_VERSION);
   }
   if (opts->backup == nullptr) {
@@ -314,18 +318,22 @@ StatusOr<RestoreSpec> ToRestoreSpec(const vmb_restore_options* opts) {
   }
   spec.progress = WrapProgress(opts->progress, opts->progress_payload);
   spec.progress_interval_ms = opts->progress_interval_ms;
+  // A version 1 caller's struct ends before file_mode: never read it there.
+  if (opts->version >= 2) spec.file_mode = opts->file_mode;
   return spec;
 }
 
 StatusOr<TargetOptions> ToTargetOptions(const vmb_target_options* opts) {
   TargetOptions o;
   if (opts == nullptr) return o;
-  if (opts->version != VMB_TARGET_OPTIONS_VERSION) {
+  if (opts->version != 1 && opts->version != VMB_TARGET_OPTIONS_VERSION) {
     return BadVersion("vmb_target_options", opts->version, VMB_TARGET_OPTIONS_VERSION);
   }
   o.create_if_missing = opts->create_if_missing != 0;
   o.block_size = opts->block_size;
   o.pack_size = opts->pack_size;
+  // A version 1 caller's struct ends before state_dir: never read it there.
+  if (opts->version >= 2 && opts->state_dir != nullptr) o.state_dir = opts->state_dir;
   return o;
 }
 
@@ -460,10 +468,17 @@ void vmb_free(void* ptr) { std::free(ptr); }
 int vmb_target_options_init(vmb_target_options* opts, unsigned int version, vmb_error** error) {
   return Guard(error, [&]() -> Status {
     if (opts == nullptr) return NullArgument("vmb_target_options_init", "opts");
-    if (version != VMB_TARGET_OPTIONS_VERSION) {
+    if (version != 1 && version != VMB_TARGET_OPTIONS_VERSION) {
       return vmbackup::BadVersion("vmb_target_options", version, VMB_TARGET_OPTIONS_VERSION);
     }
-    *opts = vmb_target_options VMB_TARGET_OPTIONS_INIT;
+    const vmb_target_options defaults VMB_TARGET_OPTIONS_INIT;
+    if (version == 1) {
+      // The caller's struct is the version 1 layout: write only its fields.
+      std::memcpy(opts, &defaults, offsetof(vmb_target_options, state_dir));
+      opts->version = 1;
+    } else {
+      *opts = defaults;
+    }
     return Status::Ok();
   });
 }
@@ -644,10 +659,17 @@ void vmb_backup_free(vmb_backup* job) { delete job; }
 int vmb_restore_options_init(vmb_restore_options* opts, unsigned int version, vmb_error** error) {
   return Guard(error, [&]() -> Status {
     if (opts == nullptr) return NullArgument("vmb_restore_options_init", "opts");
-    if (version != VMB_RESTORE_OPTIONS_VERSION) {
+    if (version != 1 && version != VMB_RESTORE_OPTIONS_VERSION) {
       return vmbackup::BadVersion("vmb_restore_options", version, VMB_RESTORE_OPTIONS_VERSION);
     }
-    *opts = vmb_restore_options VMB_RESTORE_OPTIONS_INIT;
+    const vmb_restore_options defaults VMB_RESTORE_OPTIONS_INIT;
+    if (version == 1) {
+      // The caller's struct is the version 1 layout: write only its fields.
+      std::memcpy(opts, &defaults, offsetof(vmb_restore_options, file_mode));
+      opts->version = 1;
+    } else {
+      *opts = defaults;
+    }
     return Status::Ok();
   });
 }

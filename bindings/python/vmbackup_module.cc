@@ -474,7 +474,7 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(std::shared_ptr<BackupTarget> target,
 std::unique_ptr<PyRestorePlan> MakeRestorePlan(
     std::shared_ptr<BackupTarget> target, const std::string& backup, const py::object& dest_dir,
     const py::object& volumes, const std::optional<std::string>& new_vm_name, bool overwrite,
-    const py::object& progress, int progress_interval_ms) {
+    const py::object& progress, int progress_interval_ms, uint32_t file_mode) {
   if (!target) Raise(InvalidArgumentError("target: must not be None"));
   if (progress_interval_ms < 0) {
     Raise(InvalidArgumentError("progress_interval_ms: must not be negative"));
@@ -491,6 +491,7 @@ std::unique_ptr<PyRestorePlan> MakeRestorePlan(
   if (new_vm_name) spec.new_vm_name = *new_vm_name;
   spec.overwrite = overwrite;
   spec.progress_interval_ms = progress_interval_ms;
+  spec.file_mode = file_mode;
   std::shared_ptr<PyProgress> state = MakeProgress(progress);
   spec.progress = MakeCallback(state);
 
@@ -635,21 +636,25 @@ void Bind(py::module_& m) {
       .def_static(
           "open",
           [](const py::object& config, std::shared_ptr<Runtime> runtime, bool create_if_missing,
-             uint32_t block_size, uint32_t pack_size) {
+             uint32_t block_size, uint32_t pack_size, const py::object& state_dir) {
             std::string json = ToJsonText(config);
             TargetOptions options;
             options.runtime = std::move(runtime);
             options.create_if_missing = create_if_missing;
             options.block_size = block_size;
             options.pack_size = pack_size;
+            if (!state_dir.is_none()) options.state_dir = FsPath(state_dir);
             StatusOr<std::shared_ptr<BackupTarget>> target =
                 WithoutGil([&] { return BackupTarget::Open(json, options); });
             return Check(std::move(target));
           },
           "config"_a, py::kw_only(), "runtime"_a = nullptr, "create_if_missing"_a = true,
-          "block_size"_a = 0, "pack_size"_a = 0,
+          "block_size"_a = 0, "pack_size"_a = 0, "state_dir"_a = py::none(),
           "Opens the target described by `config` (Harvester's backup-target JSON, as str or "
-          "dict). Raises InvalidArgumentError naming the bad field, NotFoundError, ...")
+          "dict). state_dir: where this host keeps its fingerprint key (never on the target; "
+          "default $VMBACKUP_STATE_DIR, else /var/lib/vmbackup as root, else "
+          "~/.local/state/vmbackup). Raises InvalidArgumentError naming the bad field, "
+          "NotFoundError, ...")
       .def(
           "test",
           [](const BackupTarget& t) {
@@ -743,13 +748,13 @@ void Bind(py::module_& m) {
       .def(py::init([](std::shared_ptr<BackupTarget> target, const std::string& backup,
                        const py::object& dest_dir, const py::object& volumes,
                        std::optional<std::string> new_vm_name, bool overwrite,
-                       const py::object& progress, int progress_interval_ms) {
+                       const py::object& progress, int progress_interval_ms, uint32_t file_mode) {
              return MakeRestorePlan(std::move(target), backup, dest_dir, volumes, new_vm_name,
-                                    overwrite, progress, progress_interval_ms);
+                                    overwrite, progress, progress_interval_ms, file_mode);
            }),
            "target"_a, "backup"_a, py::kw_only(), "dest_dir"_a = py::none(),
            "volumes"_a = py::none(), "new_vm_name"_a = py::none(), "overwrite"_a = false,
-           "progress"_a = py::none(), "progress_interval_ms"_a = 200)
+           "progress"_a = py::none(), "progress_interval_ms"_a = 200, "file_mode"_a = 0600)
       .def("start", &PyRestorePlan::Start, "Starts restoring and returns at once.")
       .def("wait", &PyRestorePlan::Wait, "timeout"_a = py::none(), kWaitDoc)
       .def(
@@ -805,19 +810,21 @@ void Bind(py::module_& m) {
       [](std::shared_ptr<BackupTarget> target, const std::string& backup,
          const py::object& dest_dir, const py::object& volumes,
          std::optional<std::string> new_vm_name, bool overwrite, const py::object& progress,
-         int progress_interval_ms) {
+         int progress_interval_ms, uint32_t file_mode) {
         std::unique_ptr<PyRestorePlan> plan =
             MakeRestorePlan(std::move(target), backup, dest_dir, volumes, new_vm_name, overwrite,
-                            progress, progress_interval_ms);
+                            progress, progress_interval_ms, file_mode);
         plan->Wait(std::nullopt);
         return Destinations(plan->job());
       },
       "target"_a, "backup"_a, py::kw_only(), "dest_dir"_a = py::none(), "volumes"_a = py::none(),
       "new_vm_name"_a = py::none(), "overwrite"_a = false, "progress"_a = py::none(),
-      "progress_interval_ms"_a = 200,
+      "progress_interval_ms"_a = 200, "file_mode"_a = 0600,
       "Restores backup `backup` and waits; returns {volume name: destination path}. Volumes go to "
       "explicit destinations ({volume: path} or [(volume, path), ...]) or to "
-      "<dest_dir>/<volume>.img; dest_dir also receives vm.json.");
+      "<dest_dir>/<volume>.img; dest_dir also receives vm.json. Restored files get exactly "
+      "file_mode (default 0o600). A block device destination (or a link to one) needs "
+      "overwrite=True and is written in place.");
 
   py::module_::import("atexit").attr("register")(py::cpp_function(&CancelAllJobsAtExit));
 }

@@ -19,6 +19,17 @@ Status ErrnoToStatus(int err, std::string_view what);
 // library runs code on converts exceptions with it, so none reaches std::terminate.
 Status CurrentExceptionToStatus(std::string_view what);
 
+// Runs `f` (returning Status or StatusOr<T>) and turns an exception escaping it into a Status, for
+// the public entry points that run on the caller's thread: no exception crosses the API.
+template <typename F>
+auto GuardExceptions(std::string_view what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (...) {
+    return CurrentExceptionToStatus(what);
+  }
+}
+
 }  // namespace vmbackup::internal
 
 #define VMB_CONCAT_INNER(a, b) a##b

@@ -88,63 +88,70 @@ BackupJob::~BackupJob() = default;
 
 StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTarget> target,
                                                        BackupSpec spec) {
-  if (!target) return InvalidArgumentError("target is null");
-  if (spec.volumes.empty())
-    return InvalidArgumentError("spec.volumes: at least one volume is needed");
-  std::set<std::string> names;
-  for (size_t i = 0; i < spec.volumes.size(); ++i) {
-    const auto& v = spec.volumes[i];
-    const std::string field = "spec.volumes[" + std::to_string(i) + "]";
-    if (!IsValidName(v.name, 128))
-      return InvalidArgumentError(field + ".name '" + v.name + "' must be 1-128 of [A-Za-z0-9._-]");
-    if (!names.insert(v.name).second)
-      return InvalidArgumentError(field + ".name '" + v.name + "' is used twice");
-    if (v.path.empty()) return InvalidArgumentError(field + ".path is empty");
-    if (v.has_dirty_map && spec.parent.empty())
-      return InvalidArgumentError(field + ".dirty_ranges needs spec.parent (the dirty map's base)");
-  }
-  if (spec.vm_metadata_json.empty()) spec.vm_metadata_json = "{}";
-  // Writers apply the limits readers check (docs/FORMAT.md "Limits").
-  if (spec.vm_metadata_json.size() > kMaxVmMetadataBytes)
-    return InvalidArgumentError("spec.vm_metadata_json is larger than " +
-                                std::to_string(kMaxVmMetadataBytes) + " bytes");
-  if (!JsonDepthWithin(spec.vm_metadata_json, kMaxJsonDepth - 8))
-    return InvalidArgumentError("spec.vm_metadata_json nests deeper than " +
-                                std::to_string(kMaxJsonDepth - 8) + " levels");
-  json meta = json::parse(spec.vm_metadata_json, nullptr, false);
-  if (meta.is_discarded() || !meta.is_object())
-    return InvalidArgumentError("spec.vm_metadata_json must be a JSON object");
-  auto impl = std::make_unique<Impl>();
-  // The VM identity: optional, but valid names when given (records and references key on it).
-  for (auto [field, out] :
-       {std::pair{"name", &impl->vm_name}, std::pair{"namespace", &impl->vm_namespace}}) {
-    if (!meta.contains(field)) continue;
-    if (!meta[field].is_string() || !IsValidVmName(meta[field].get<std::string>()))
-      return InvalidArgumentError(std::string("spec.vm_metadata_json: \"") + field +
-                                  "\" must be a string of 1-253 of [A-Za-z0-9._-]");
-    *out = meta[field].get<std::string>();
-  }
-  if (spec.name.empty()) {
-    std::string base = meta.contains("name") && meta["name"].is_string()
-                           ? meta["name"].get<std::string>()
-                           : "backup";
-    if (!IsValidName(base, 120)) base = "backup";
-    VMB_ASSIGN_OR_RETURN(std::string suffix, RandomHex(2));
-    spec.name = base + "-" + NowCompact() + "-" + suffix;
-  }
-  if (!IsValidName(spec.name, 200))
-    return InvalidArgumentError("spec.name '" + spec.name + "' must be 1-200 of [A-Za-z0-9._-]");
-  auto existing = target->GetBackup(spec.name);
-  if (existing.ok() || existing.status().code() == StatusCode::kDataLoss)
-    return AlreadyExistsError("a backup named '" + spec.name + "' already exists on the target");
-  if (existing.status().code() != StatusCode::kNotFound) return existing.status();
-  impl->target = std::move(target);
-  impl->name = spec.name;
-  impl->spec = std::move(spec);
-  Impl* raw = impl.get();
-  impl->runner = std::make_unique<JobRunner>([raw] { return raw->Execute(); }, impl->spec.progress,
-                                             impl->spec.progress_interval_ms);
-  return std::unique_ptr<BackupJob>(new BackupJob(std::move(impl)));
+  return internal::GuardExceptions(
+      "BackupJob::Create", [&]() -> StatusOr<std::unique_ptr<BackupJob>> {
+        if (!target) return InvalidArgumentError("target is null");
+        if (spec.volumes.empty())
+          return InvalidArgumentError("spec.volumes: at least one volume is needed");
+        std::set<std::string> names;
+        for (size_t i = 0; i < spec.volumes.size(); ++i) {
+          const auto& v = spec.volumes[i];
+          const std::string field = "spec.volumes[" + std::to_string(i) + "]";
+          if (!IsValidName(v.name, 128))
+            return InvalidArgumentError(field + ".name '" + v.name +
+                                        "' must be 1-128 of [A-Za-z0-9._-]");
+          if (!names.insert(v.name).second)
+            return InvalidArgumentError(field + ".name '" + v.name + "' is used twice");
+          if (v.path.empty()) return InvalidArgumentError(field + ".path is empty");
+          if (v.has_dirty_map && spec.parent.empty())
+            return InvalidArgumentError(field +
+                                        ".dirty_ranges needs spec.parent (the dirty map's base)");
+        }
+        if (spec.vm_metadata_json.empty()) spec.vm_metadata_json = "{}";
+        // Writers apply the limits readers check (docs/FORMAT.md "Limits").
+        if (spec.vm_metadata_json.size() > kMaxVmMetadataBytes)
+          return InvalidArgumentError("spec.vm_metadata_json is larger than " +
+                                      std::to_string(kMaxVmMetadataBytes) + " bytes");
+        if (!JsonDepthWithin(spec.vm_metadata_json, kMaxJsonDepth - 8))
+          return InvalidArgumentError("spec.vm_metadata_json nests deeper than " +
+                                      std::to_string(kMaxJsonDepth - 8) + " levels");
+        json meta = json::parse(spec.vm_metadata_json, nullptr, false);
+        if (meta.is_discarded() || !meta.is_object())
+          return InvalidArgumentError("spec.vm_metadata_json must be a JSON object");
+        auto impl = std::make_unique<Impl>();
+        // The VM identity: optional, but valid names when given (records and references key on it).
+        for (auto [field, out] :
+             {std::pair{"name", &impl->vm_name}, std::pair{"namespace", &impl->vm_namespace}}) {
+          if (!meta.contains(field)) continue;
+          if (!meta[field].is_string() || !IsValidVmName(meta[field].get<std::string>()))
+            return InvalidArgumentError(std::string("spec.vm_metadata_json: \"") + field +
+                                        "\" must be a string of 1-253 of [A-Za-z0-9._-]");
+          *out = meta[field].get<std::string>();
+        }
+        if (spec.name.empty()) {
+          std::string base = meta.contains("name") && meta["name"].is_string()
+                                 ? meta["name"].get<std::string>()
+                                 : "backup";
+          if (!IsValidName(base, 120)) base = "backup";
+          VMB_ASSIGN_OR_RETURN(std::string suffix, RandomHex(2));
+          spec.name = base + "-" + NowCompact() + "-" + suffix;
+        }
+        if (!IsValidName(spec.name, 200))
+          return InvalidArgumentError("spec.name '" + spec.name +
+                                      "' must be 1-200 of [A-Za-z0-9._-]");
+        auto existing = target->GetBackup(spec.name);
+        if (existing.ok() || existing.status().code() == StatusCode::kDataLoss)
+          return AlreadyExistsError("a backup named '" + spec.name +
+                                    "' already exists on the target");
+        if (existing.status().code() != StatusCode::kNotFound) return existing.status();
+        impl->target = std::move(target);
+        impl->name = spec.name;
+        impl->spec = std::move(spec);
+        Impl* raw = impl.get();
+        impl->runner = std::make_unique<JobRunner>(
+            [raw] { return raw->Execute(); }, impl->spec.progress, impl->spec.progress_interval_ms);
+        return std::unique_ptr<BackupJob>(new BackupJob(std::move(impl)));
+      });
 }
 
 Status BackupJob::Start() { return impl_->runner->Start(); }

@@ -63,8 +63,9 @@ StatusOr<Destination> Classify(const std::string& path, bool follow_devices, boo
     int fd = ::open(d.write_path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
     if (fd < 0) {
       if (errno == EBUSY)
-        return FailedPreconditionError("destination " + path + " (" + d.write_path +
-                                       ") is in use (mounted or held by another program)");
+        return FailedPreconditionError(
+            "destination " + path + (d.write_path != path ? " (" + d.write_path + ")" : "") +
+            " is in use (mounted or held by another program)");
       return ErrnoToStatus(errno, "open destination device " + d.write_path);
     }
     int rc = ::ioctl(fd, BLKGETSIZE64, &d.device_size);
@@ -115,71 +116,79 @@ RestorePlan::~RestorePlan() = default;
 
 StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<BackupTarget> target,
                                                            RestoreSpec spec) {
-  if (!target) return InvalidArgumentError("target is null");
-  if (spec.backup.empty()) return InvalidArgumentError("spec.backup: a backup name is required");
-  auto impl = std::make_unique<Impl>();
-  VMB_ASSIGN_OR_RETURN(impl->backup, target->GetBackup(spec.backup));
-  std::map<std::string, std::string> explicit_dest;
-  for (size_t i = 0; i < spec.volumes.size(); ++i) {
-    const auto& d = spec.volumes[i];
-    const std::string field = "spec.volumes[" + std::to_string(i) + "]";
-    auto it = std::find_if(impl->backup.volumes.begin(), impl->backup.volumes.end(),
-                           [&](const VolumeBackupInfo& v) { return v.name == d.volume; });
-    if (it == impl->backup.volumes.end())
-      return NotFoundError(field + ".volume: backup '" + spec.backup + "' has no volume '" +
-                           d.volume + "'");
-    if (d.path.empty()) return InvalidArgumentError(field + ".path is empty");
-    if (!explicit_dest.emplace(d.volume, d.path).second)
-      return InvalidArgumentError(field + ".volume '" + d.volume + "' is given twice");
-  }
-  if (!spec.new_vm_name.empty() && !IsValidName(spec.new_vm_name, 128))
-    return InvalidArgumentError("spec.new_vm_name must be 1-128 of [A-Za-z0-9._-]");
-  if ((spec.file_mode & ~0777u) != 0)
-    return InvalidArgumentError("spec.file_mode must be permission bits (0 to 0777)");
-  if (!spec.dest_dir.empty()) {
-    struct stat sb;
-    if (::stat(spec.dest_dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode))
-      return NotFoundError("spec.dest_dir: directory " + spec.dest_dir + " does not exist");
-    // vm.json records absolute volume paths, whatever the caller's working directory was.
-    spec.dest_dir = AbsolutePath(spec.dest_dir);
-    while (spec.dest_dir.size() > 1 && spec.dest_dir.back() == '/') spec.dest_dir.pop_back();
-  }
-  std::set<std::string> seen;
-  for (const auto& v : impl->backup.volumes) {
-    std::string path;
-    const bool is_explicit = explicit_dest.count(v.name) != 0;
-    if (is_explicit) {
-      path = explicit_dest[v.name];
-    } else if (!spec.dest_dir.empty()) {
-      // The name comes from the target: it must be a plain volume name (the record decoder
-      // already refused anything else), and the path must lie directly inside dest_dir.
-      if (!IsValidVolumeName(v.name))
-        return DataLossError("backup '" + spec.backup + "' has a volume named '" + v.name +
-                             "', which is not a valid volume name (hostile record?)");
-      path = spec.dest_dir + "/" + v.name + ".img";
-      if (DirName(path) != spec.dest_dir || path.find('\0') != std::string::npos)
-        return DataLossError("volume '" + v.name + "' would be restored outside " + spec.dest_dir);
-    } else if (spec.volumes.empty()) {
-      return InvalidArgumentError("spec: give dest_dir or an explicit destination per volume");
-    }
-    if (path.empty()) continue;  // explicit list that leaves this volume out
-    if (!seen.insert(path).second)
-      return InvalidArgumentError("spec: two volumes restore to the same path " + path);
-    VMB_ASSIGN_OR_RETURN(Destination d, Classify(path, is_explicit, spec.overwrite, v.size));
-    if (d.kind == Destination::kDevice && !seen.insert("device:" + d.write_path).second)
-      return InvalidArgumentError("spec: two volumes restore to the same device " + d.write_path);
-    impl->dests.push_back({v.name, path});
-    impl->explicit_dest.push_back(is_explicit);
-  }
-  if (!spec.dest_dir.empty()) {
-    VMB_RETURN_IF_ERROR(Classify(spec.dest_dir + "/vm.json", false, spec.overwrite, 0).status());
-  }
-  impl->target = std::move(target);
-  impl->spec = std::move(spec);
-  Impl* raw = impl.get();
-  impl->runner = std::make_unique<JobRunner>([raw] { return raw->Execute(); }, impl->spec.progress,
-                                             impl->spec.progress_interval_ms);
-  return std::unique_ptr<RestorePlan>(new RestorePlan(std::move(impl)));
+  return internal::GuardExceptions(
+      "RestorePlan::Create", [&]() -> StatusOr<std::unique_ptr<RestorePlan>> {
+        if (!target) return InvalidArgumentError("target is null");
+        if (spec.backup.empty())
+          return InvalidArgumentError("spec.backup: a backup name is required");
+        auto impl = std::make_unique<Impl>();
+        VMB_ASSIGN_OR_RETURN(impl->backup, target->GetBackup(spec.backup));
+        std::map<std::string, std::string> explicit_dest;
+        for (size_t i = 0; i < spec.volumes.size(); ++i) {
+          const auto& d = spec.volumes[i];
+          const std::string field = "spec.volumes[" + std::to_string(i) + "]";
+          auto it = std::find_if(impl->backup.volumes.begin(), impl->backup.volumes.end(),
+                                 [&](const VolumeBackupInfo& v) { return v.name == d.volume; });
+          if (it == impl->backup.volumes.end())
+            return NotFoundError(field + ".volume: backup '" + spec.backup + "' has no volume '" +
+                                 d.volume + "'");
+          if (d.path.empty()) return InvalidArgumentError(field + ".path is empty");
+          if (!explicit_dest.emplace(d.volume, d.path).second)
+            return InvalidArgumentError(field + ".volume '" + d.volume + "' is given twice");
+        }
+        if (!spec.new_vm_name.empty() && !IsValidName(spec.new_vm_name, 128))
+          return InvalidArgumentError("spec.new_vm_name must be 1-128 of [A-Za-z0-9._-]");
+        if ((spec.file_mode & ~0777u) != 0)
+          return InvalidArgumentError("spec.file_mode must be permission bits (0 to 0777)");
+        if (!spec.dest_dir.empty()) {
+          struct stat sb;
+          if (::stat(spec.dest_dir.c_str(), &sb) != 0 || !S_ISDIR(sb.st_mode))
+            return NotFoundError("spec.dest_dir: directory " + spec.dest_dir + " does not exist");
+          // vm.json records absolute volume paths, whatever the caller's working directory was.
+          spec.dest_dir = AbsolutePath(spec.dest_dir);
+          while (spec.dest_dir.size() > 1 && spec.dest_dir.back() == '/') spec.dest_dir.pop_back();
+        }
+        std::set<std::string> seen;
+        for (const auto& v : impl->backup.volumes) {
+          std::string path;
+          const bool is_explicit = explicit_dest.count(v.name) != 0;
+          if (is_explicit) {
+            path = explicit_dest[v.name];
+          } else if (!spec.dest_dir.empty()) {
+            // The name comes from the target: it must be a plain volume name (the record decoder
+            // already refused anything else), and the path must lie directly inside dest_dir.
+            if (!IsValidVolumeName(v.name))
+              return DataLossError("backup '" + spec.backup + "' has a volume named '" + v.name +
+                                   "', which is not a valid volume name (hostile record?)");
+            path = spec.dest_dir + "/" + v.name + ".img";
+            if (DirName(path) != spec.dest_dir || path.find('\0') != std::string::npos)
+              return DataLossError("volume '" + v.name + "' would be restored outside " +
+                                   spec.dest_dir);
+          } else if (spec.volumes.empty()) {
+            return InvalidArgumentError(
+                "spec: give dest_dir or an explicit destination per volume");
+          }
+          if (path.empty()) continue;  // explicit list that leaves this volume out
+          if (!seen.insert(path).second)
+            return InvalidArgumentError("spec: two volumes restore to the same path " + path);
+          VMB_ASSIGN_OR_RETURN(Destination d, Classify(path, is_explicit, spec.overwrite, v.size));
+          if (d.kind == Destination::kDevice && !seen.insert("device:" + d.write_path).second)
+            return InvalidArgumentError("spec: two volumes restore to the same device " +
+                                        d.write_path);
+          impl->dests.push_back({v.name, path});
+          impl->explicit_dest.push_back(is_explicit);
+        }
+        if (!spec.dest_dir.empty()) {
+          VMB_RETURN_IF_ERROR(
+              Classify(spec.dest_dir + "/vm.json", false, spec.overwrite, 0).status());
+        }
+        impl->target = std::move(target);
+        impl->spec = std::move(spec);
+        Impl* raw = impl.get();
+        impl->runner = std::make_unique<JobRunner>(
+            [raw] { return raw->Execute(); }, impl->spec.progress, impl->spec.progress_interval_ms);
+        return std::unique_ptr<RestorePlan>(new RestorePlan(std::move(impl)));
+      });
 }
 
 Status RestorePlan::Start() { return impl_->runner->Start(); }
@@ -282,8 +291,9 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
                              spec.file_mode);
   if (fd < 0) {
     if (is_block && errno == EBUSY)
-      return FailedPreconditionError("destination " + dest + " (" + tmp +
-                                     ") is in use (mounted or held by another program)");
+      return FailedPreconditionError(
+          "destination " + dest + (tmp != dest ? " (" + tmp + ")" : "") +
+          " is in use (mounted or held by another program)");
     return ErrnoToStatus(errno, "create " + tmp);
   }
   struct stat opened;
@@ -398,9 +408,9 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
                                           " is missing")
                       : c == StatusCode::kOutOfRange || c == StatusCode::kDataLoss
                           ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
-                                          " does not hold bytes " + std::to_string(u.begin) +
-                                          "-" + std::to_string(u.end) +
-                                          " that its pack index lists (" + got.message() + ")")
+                                          " does not hold bytes " + std::to_string(u.begin) + "-" +
+                                          std::to_string(u.end) + " that its pack index lists (" +
+                                          got.message() + ")")
                           : got.WithContext(where(pieces[u.first].block) + ", object " + key));
             return;
           }

@@ -144,60 +144,74 @@ StatusOr<std::shared_ptr<BackupTarget>> BackupTarget::Open(std::string_view conf
 
 StatusOr<std::shared_ptr<BackupTarget>> BackupTarget::Open(const TargetConfig& config,
                                                            const TargetOptions& options) {
-  uint32_t bs = options.block_size == 0 ? internal::kDefaultBlockSize : options.block_size;
-  if (bs < internal::kMinBlockSize || bs > internal::kMaxBlockSize || (bs & (bs - 1)) != 0)
-    return InvalidArgumentError(
-        "TargetOptions.block_size must be a power of two from 64 KiB to 16 MiB");
-  uint32_t ps = options.pack_size == 0 ? internal::kDefaultPackSize : options.pack_size;
-  if (ps < bs || ps > 1024u * 1024 * 1024)
-    return InvalidArgumentError("TargetOptions.pack_size must be between block_size and 1 GiB");
-  auto impl = std::make_unique<Impl>();
-  impl->config = config;
-  impl->runtime = options.runtime ? options.runtime : Runtime::Default();
-  impl->state_dir = options.state_dir.empty() ? internal::DefaultStateDir() : options.state_dir;
-  std::unique_ptr<internal::ObjectStore> store;
-  switch (config.type) {
-    case TargetConfig::Type::kFile: {
-      std::string root = config.endpoint;
-      if (!config.prefix.empty()) root += "/" + config.prefix;
-      VMB_ASSIGN_OR_RETURN(store, internal::OpenLocalStore(root, impl->runtime));
-      break;
-    }
-    case TargetConfig::Type::kS3: {
-      VMB_ASSIGN_OR_RETURN(store, internal::OpenS3Store(config, options, impl->runtime));
-      break;
-    }
-    case TargetConfig::Type::kNfs: {
-      VMB_ASSIGN_OR_RETURN(store, internal::OpenNfsStore(config, options, impl->runtime));
-      break;
-    }
-  }
-  VMB_ASSIGN_OR_RETURN(
-      impl->repo, internal::Repository::Open(std::move(store), options.create_if_missing, bs, ps));
-  return std::shared_ptr<BackupTarget>(new BackupTarget(std::move(impl)));
+  return internal::GuardExceptions(
+      "BackupTarget::Open", [&]() -> StatusOr<std::shared_ptr<BackupTarget>> {
+        uint32_t bs = options.block_size == 0 ? internal::kDefaultBlockSize : options.block_size;
+        if (bs < internal::kMinBlockSize || bs > internal::kMaxBlockSize || (bs & (bs - 1)) != 0)
+          return InvalidArgumentError(
+              "TargetOptions.block_size must be a power of two from 64 KiB to 16 MiB");
+        uint32_t ps = options.pack_size == 0 ? internal::kDefaultPackSize : options.pack_size;
+        if (ps < bs || ps > 1024u * 1024 * 1024)
+          return InvalidArgumentError(
+              "TargetOptions.pack_size must be between block_size and 1 GiB");
+        auto impl = std::make_unique<Impl>();
+        impl->config = config;
+        impl->runtime = options.runtime ? options.runtime : Runtime::Default();
+        impl->state_dir =
+            options.state_dir.empty() ? internal::DefaultStateDir() : options.state_dir;
+        std::unique_ptr<internal::ObjectStore> store;
+        switch (config.type) {
+          case TargetConfig::Type::kFile: {
+            std::string root = config.endpoint;
+            if (!config.prefix.empty()) root += "/" + config.prefix;
+            VMB_ASSIGN_OR_RETURN(store, internal::OpenLocalStore(root, impl->runtime));
+            break;
+          }
+          case TargetConfig::Type::kS3: {
+            VMB_ASSIGN_OR_RETURN(store, internal::OpenS3Store(config, options, impl->runtime));
+            break;
+          }
+          case TargetConfig::Type::kNfs: {
+            VMB_ASSIGN_OR_RETURN(store, internal::OpenNfsStore(config, options, impl->runtime));
+            break;
+          }
+        }
+        VMB_ASSIGN_OR_RETURN(impl->repo, internal::Repository::Open(
+                                             std::move(store), options.create_if_missing, bs, ps));
+        return std::shared_ptr<BackupTarget>(new BackupTarget(std::move(impl)));
+      });
 }
 
 Status BackupTarget::Test() const {
-  auto& store = impl_->repo->store();
-  VMB_ASSIGN_OR_RETURN(std::string probe_id, internal::RandomHex(8));
-  const std::string key = "probe/" + probe_id;
-  const std::string payload = "vmbackup probe " + internal::NowRfc3339();
-  VMB_RETURN_IF_ERROR(store.Put(key, payload, internal::PutOptions{}).WithContext("write probe"));
-  auto back = store.Get(key);
-  Status del = store.Delete({key});
-  if (!back.ok()) return back.status().WithContext("read probe");
-  if (*back != payload) return DataLossError("probe object read back different bytes");
-  return del.WithContext("delete probe");
+  return internal::GuardExceptions("BackupTarget::Test", [&]() -> Status {
+    auto& store = impl_->repo->store();
+    VMB_ASSIGN_OR_RETURN(std::string probe_id, internal::RandomHex(8));
+    const std::string key = "probe/" + probe_id;
+    const std::string payload = "vmbackup probe " + internal::NowRfc3339();
+    VMB_RETURN_IF_ERROR(store.Put(key, payload, internal::PutOptions{}).WithContext("write probe"));
+    auto back = store.Get(key);
+    Status del = store.Delete({key});
+    if (!back.ok()) return back.status().WithContext("read probe");
+    if (*back != payload) return DataLossError("probe object read back different bytes");
+    return del.WithContext("delete probe");
+  });
 }
 
-StatusOr<BackupList> BackupTarget::ListBackups() const { return impl_->repo->ListBackups(); }
+StatusOr<BackupList> BackupTarget::ListBackups() const {
+  return internal::GuardExceptions("BackupTarget::ListBackups",
+                                   [&] { return impl_->repo->ListBackups(); });
+}
 
 StatusOr<BackupInfo> BackupTarget::GetBackup(std::string_view name) const {
-  return impl_->repo->GetBackup(std::string(name));
+  return internal::GuardExceptions("BackupTarget::GetBackup", [&]() -> StatusOr<BackupInfo> {
+    return impl_->repo->GetBackup(std::string(name));
+  });
 }
 
 Status BackupTarget::DeleteBackup(std::string_view name) {
-  return impl_->repo->DeleteBackup(std::string(name));
+  return internal::GuardExceptions("BackupTarget::DeleteBackup", [&]() -> Status {
+    return impl_->repo->DeleteBackup(std::string(name));
+  });
 }
 
 const TargetConfig& BackupTarget::config() const { return impl_->config; }

@@ -262,7 +262,9 @@ static void test_options_init_rejects_unknown_version(void) {
   vmb_error_free(err);
 
   vmb_restore_options r;
-  CHECK_RC(vmb_restore_options_init(&r, 2, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_restore_options_init(&r, 3, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_restore_options_init(&r, VMB_RESTORE_OPTIONS_VERSION, NULL), VMB_OK, NULL);
+  CHECK(r.file_mode == 0600);
   vmb_target_options t;
   CHECK_RC(vmb_target_options_init(&t, VMB_TARGET_OPTIONS_VERSION, NULL), VMB_OK, NULL);
   CHECK(t.create_if_missing == 1 && t.block_size == 0);
@@ -693,6 +695,79 @@ static void test_backup_from_vm_dir(void) {
   CHECK_RC(vmb_backup_run(NULL, g_target, &opts, NULL), VMB_ENOTFOUND, NULL);
 }
 
+static mode_t mode_of(const char* path) {
+  struct stat sb;
+  if (stat(path, &sb) != 0) return 07777;
+  return sb.st_mode & 0777;
+}
+
+/* Target options version 2 name the host's state directory (where the fingerprint key lives);
+ * restore options version 2 choose the restored files' mode. Version 1 structs still work: the
+ * defaults (the default state directory, 0600) apply. */
+static void test_state_dir_and_file_mode_options(void) {
+  char state[4200], key[4300], dest[4200];
+  vmb_error* err = NULL;
+  path_in_tmp(state, sizeof(state), "c-state");
+  vmb_target_options topts;
+  CHECK_RC(vmb_target_options_init(&topts, VMB_TARGET_OPTIONS_VERSION, &err), VMB_OK, err);
+  CHECK(topts.state_dir == NULL);
+  topts.state_dir = state;
+  vmb_target* target = NULL;
+  CHECK_RC(vmb_target_open(&target, g_config, &topts, &err), VMB_OK, err);
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options b = VMB_BACKUP_OPTIONS_INIT;
+  b.name = "c-state-dir";
+  b.vm_metadata_json = "{\"name\": \"c-test-vm\"}";
+  b.volumes = &volume;
+  b.volume_count = 1;
+  char* rec = NULL;
+  CHECK_RC(vmb_backup_run(&rec, target, &b, &err), VMB_OK, err);
+  CHECK(rec != NULL && strstr(rec, "\"fingerprints_key\"") != NULL);
+  vmb_free(rec);
+  snprintf(key, sizeof(key), "%s/fingerprint.key", state);
+  CHECK(mode_of(state) == 0700);
+  CHECK(mode_of(key) == 0600);
+
+  /* Version 1 target options: the struct without state_dir. */
+  vmb_target_options v1;
+  memset(&v1, 0x5a, sizeof(v1));
+  CHECK_RC(vmb_target_options_init(&v1, 1, &err), VMB_OK, err);
+  CHECK(v1.version == 1 && v1.create_if_missing == 1 && v1.block_size == 0);
+  vmb_target* t1 = NULL;
+  CHECK_RC(vmb_target_open(&t1, g_config, &v1, &err), VMB_OK, err);
+  vmb_target_free(t1);
+
+  vmb_volume destination = {"disk0", dest};
+  vmb_restore_options r;
+  CHECK_RC(vmb_restore_options_init(&r, VMB_RESTORE_OPTIONS_VERSION, &err), VMB_OK, err);
+  r.backup = "c-state-dir";
+  r.volumes = &destination;
+  r.volume_count = 1;
+  r.file_mode = 0640;
+  path_in_tmp(dest, sizeof(dest), "c-mode-0640.img");
+  CHECK_RC(vmb_restore_run(target, &r, &err), VMB_OK, err);
+  CHECK(mode_of(dest) == 0640);
+  CHECK(same_bytes(g_volume, dest));
+  r.file_mode = 01777;
+  path_in_tmp(dest, sizeof(dest), "c-mode-bad.img");
+  CHECK_RC(vmb_restore_run(target, &r, &err), VMB_EINVAL, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "file_mode") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+
+  memset(&r, 0x5a, sizeof(r));
+  CHECK_RC(vmb_restore_options_init(&r, 1, &err), VMB_OK, err);
+  CHECK(r.version == 1 && r.backup == NULL && r.progress_interval_ms == 200);
+  r.backup = "c-state-dir";
+  r.volumes = &destination;
+  r.volume_count = 1;
+  path_in_tmp(dest, sizeof(dest), "c-mode-v1.img");
+  CHECK_RC(vmb_restore_run(target, &r, &err), VMB_OK, err);
+  CHECK(mode_of(dest) == 0600);
+  vmb_target_free(target);
+  vmb_error_free(err);
+}
+
 static void test_delete_backup(void) {
   vmb_error* err = NULL;
   CHECK_RC(vmb_target_delete_backup(g_target, "c-api-vmdir", &err), VMB_OK, err);
@@ -743,6 +818,7 @@ int main(void) {
     RUN(test_not_found_errors);
     RUN(test_invalid_backup_options);
     RUN(test_backup_from_vm_dir);
+    RUN(test_state_dir_and_file_mode_options);
     RUN(test_delete_backup);
   } else {
     fprintf(stderr, "target did not open; skipping the tests that need it\n");

@@ -126,6 +126,27 @@ def test_block_size_and_open_options(target_dir, tmp_path):
                                    create_if_missing=False)
 
 
+def test_state_dir_holds_the_fingerprint_key_and_file_mode_sets_restored_modes(target_dir, volume,
+                                                                               tmp_path):
+    state = tmp_path / "state"
+    t = vmbackup.BackupTarget.open({"type": "file", "endpoint": str(target_dir)}, state_dir=state)
+    info = vmbackup.backup(t, "st", volumes={"disk0": volume}, vm_metadata={"name": "py-vm"})
+    assert info.volumes[0].fingerprints_key.endswith(".vfp")
+    assert os.stat(state).st_mode & 0o777 == 0o700
+    assert os.stat(state / "fingerprint.key").st_mode & 0o777 == 0o600
+    assert "fingerprint" not in (target_dir / "repository.json").read_text()
+
+    dest = tmp_path / "private.img"
+    vmbackup.restore(t, "st", volumes={"disk0": dest})
+    assert os.stat(dest).st_mode & 0o777 == 0o600
+    shared = tmp_path / "shared.img"
+    vmbackup.restore(t, "st", volumes={"disk0": shared}, file_mode=0o640)
+    assert os.stat(shared).st_mode & 0o777 == 0o640
+    assert same_bytes(volume, shared)
+    with pytest.raises(vmbackup.InvalidArgumentError, match="file_mode"):
+        vmbackup.restore(t, "st", volumes={"disk0": tmp_path / "x.img"}, file_mode=0o1777)
+
+
 def test_own_runtime(target_dir, volume):
     rt = vmbackup.Runtime(worker_threads=2)
     assert rt.worker_threads == 2

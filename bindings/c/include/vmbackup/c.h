@@ -175,11 +175,17 @@ typedef struct vmb_target_options {
   uint32_t block_size;
   /* Target size of a pack object. Default 0 = 32 MiB. */
   uint32_t pack_size;
+  /* Version 2. Directory where this host keeps its own secrets for backups (the block fingerprint
+   * key; never written to the target), created 0700 when missing. Default NULL =
+   * $VMBACKUP_STATE_DIR, else /var/lib/vmbackup as root, else ~/.local/state/vmbackup. When it
+   * cannot be used, backups hash every block (slower, never wrong). */
+  const char* state_dir;
 } vmb_target_options;
 
-#define VMB_TARGET_OPTIONS_VERSION 1
+/* Version 1 is still accepted: the same struct without state_dir. */
+#define VMB_TARGET_OPTIONS_VERSION 2
 #define VMB_TARGET_OPTIONS_INIT \
-  { VMB_TARGET_OPTIONS_VERSION, 1, 0, 0 }
+  { VMB_TARGET_OPTIONS_VERSION, 1, 0, 0, NULL }
 
 /* Sets *opts to the defaults of `version` (VMB_TARGET_OPTIONS_INIT).
  * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
@@ -366,8 +372,9 @@ typedef struct vmb_restore_options {
   const char* dest_dir;
   /* New name for the restored VM's metadata. Default NULL = keep the original. */
   const char* new_vm_name;
-  /* Non-zero: replace existing destination files. Default 0: an existing destination fails the
-   * restore with VMB_EEXISTS before anything is written. */
+  /* Non-zero: replace existing destinations (files; block devices are written in place). Default
+   * 0: any existing destination, block devices included, fails with VMB_EEXISTS before anything is
+   * written. */
   int overwrite;
   /* Explicit destinations: {volume name in the backup, destination path}. Default NULL / 0 = every
    * volume of the backup goes to dest_dir. */
@@ -378,11 +385,15 @@ typedef struct vmb_restore_options {
   void* progress_payload;
   /* Minimum time between two progress reports, in ms. Default 200; 0 = as often as possible. */
   int progress_interval_ms;
+  /* Version 2. Permission bits of restored volume files and vm.json, exactly (whatever the
+   * umask). Default 0600. */
+  uint32_t file_mode;
 } vmb_restore_options;
 
-#define VMB_RESTORE_OPTIONS_VERSION 1
+/* Version 1 is still accepted: the same struct without file_mode (restored files get 0600). */
+#define VMB_RESTORE_OPTIONS_VERSION 2
 #define VMB_RESTORE_OPTIONS_INIT \
-  { VMB_RESTORE_OPTIONS_VERSION, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, 200 }
+  { VMB_RESTORE_OPTIONS_VERSION, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, 200, 0600 }
 
 /* Sets *opts to the defaults of `version` (VMB_RESTORE_OPTIONS_INIT).
  * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
@@ -392,13 +403,17 @@ VMB_EXTERN int vmb_restore_options_init(vmb_restore_options* opts, unsigned int 
 /* A running or finished restore. */
 typedef struct vmb_restore vmb_restore;
 
-/* Restores and blocks until done. Each volume is written under a temporary name and renamed into
- * place when complete, so on any failure no destination path is created or changed.
+/* Restores and blocks until done. Each volume file is written under a temporary name and renamed
+ * into place when every volume is complete, so on any failure no destination file is created or
+ * changed. A block device (or a symbolic link to one, such as /dev/vg0/lv) is written in place:
+ * it needs overwrite, must not be mounted or held (opened O_EXCL), must be at least as large as
+ * the volume, and a failed restore leaves it partly written (see docs/c_api.md).
  * Returns 0, or:
  *   VMB_EINVAL        bad options (the message names the field; backup NULL, no dest_dir and no
- *                     explicit destinations, unknown version...);
+ *                     explicit destinations, unknown version, file_mode beyond 0777...);
  *   VMB_ENOTFOUND     unknown backup or volume name, or a missing pack object;
  *   VMB_EEXISTS       a destination exists and overwrite is 0;
+ *   VMB_EPRECONDITION a destination device is in use or smaller than its volume;
  *   VMB_EDATALOSS     a block or index is corrupt (the message names backup, volume, offset,
  * object); VMB_ERESOURCE     the destination is full; VMB_EUNAVAILABLE  the target could not be
  * reached; VMB_ECANCELLED    the progress callback returned non-zero. */

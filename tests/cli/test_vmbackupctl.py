@@ -1,0 +1,106 @@
+"""End-to-end tests of vmbackupctl: the real binary against a local-directory target."""
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+
+import pytest
+
+CTL = os.environ.get("VMBACKUPCTL", "vmbackupctl")
+MIB = 1024 * 1024
+
+
+def run(*args, env=None, check=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    p = subprocess.run([CTL, "--progress", "none", *args], capture_output=True, text=True,
+                       env=full_env, timeout=120)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    vol = tmp_path / "disk0.img"
+    vol.write_bytes(random.Random(5).randbytes(2 * MIB))
+    return target, vol
+
+
+def test_state_dir_holds_the_fingerprint_key_off_the_target(setup, tmp_path):
+    target, vol = setup
+    state = tmp_path / "state"
+    run("--state-dir", str(state), "backup", "--target", str(target), "--name", "b1",
+        "--volume", f"disk0={vol}", check=0)
+    assert os.stat(state / "fingerprint.key").st_mode & 0o777 == 0o600
+    assert "fingerprint" not in (target / "repository.json").read_text()
+    assert list((target / "volumes" / "b1").glob("disk0.*.vfp")), "no fingerprints recorded"
+
+
+def test_restore_mode_and_private_default(setup, tmp_path):
+    target, vol = setup
+    run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
+    run("restore", "b1", "--target", str(target), "--dest-dir", str(tmp_path / "r1"), check=0)
+    assert os.stat(tmp_path / "r1" / "disk0.img").st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "r1" / "vm.json").st_mode & 0o777 == 0o600
+    assert sha(tmp_path / "r1" / "disk0.img") == sha(vol)
+    run("restore", "b1", "--target", str(target), "--volume",
+        f"disk0={tmp_path / 'shared.img'}", "--mode", "640", check=0)
+    assert os.stat(tmp_path / "shared.img").st_mode & 0o777 == 0o640
+    bad = run("restore", "b1", "--target", str(target), "--volume",
+              f"disk0={tmp_path / 'x.img'}", "--mode", "9")
+    assert bad.returncode == 2 and "--mode" in bad.stderr
+
+
+def test_hostile_record_is_data_loss_and_writes_nothing_outside(setup, tmp_path):
+    """A record whose volume is named ../../x (checksum recomputed) fails with exit code 9."""
+    target, vol = setup
+    run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
+    doc = json.loads((target / "records" / "b1.json").read_text())
+    body = doc["body"]
+    body["name"] = "evil"
+    body["volumes"][0]["name"] = "../../x"
+    body["volumes"][0]["index_key"] = "volumes/evil/../../x.0123abcd.vidx"
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    doc["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    (target / "records" / "evil.json").write_text(json.dumps(doc))
+    dest = tmp_path / "a" / "b" / "dest"
+    p = run("restore", "evil", "--target", str(target), "--dest-dir", str(dest))
+    assert p.returncode == 9, (p.stdout, p.stderr)
+    assert "field 'name'" in p.stderr
+    assert not (tmp_path / "a" / "x.img").exists()
+    assert not (tmp_path / "x.img").exists()
+    listing = json.loads(run("--json", "list", "--target", str(target), check=0).stdout)
+    assert any("evil" in d for d in listing["damaged"]), listing
+
+
+def test_block_device_restore_needs_overwrite(setup, tmp_path):
+    target, vol = setup
+    if os.geteuid() != 0:
+        pytest.fail("needs root for losetup (CI runs as root)")
+    run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
+    backing = tmp_path / "lv.raw"
+    backing.write_bytes(b"\xab" * (4 * MIB))
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        link = tmp_path / "lv"
+        os.symlink(dev, link)
+        p = run("restore", "b1", "--target", str(target), "--volume", f"disk0={link}")
+        assert p.returncode == 5 and "overwrite" in p.stderr, (p.returncode, p.stderr)
+        run("restore", "b1", "--target", str(target), "--volume", f"disk0={link}",
+            "--overwrite", check=0)
+        assert os.path.islink(link)
+        with open(dev, "rb") as f:
+            assert f.read(2 * MIB) == vol.read_bytes()
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
