@@ -939,7 +939,9 @@ TEST_F(S3Test, MultipartPutAboveThresholdReadsBackAndLeavesNoUploadOpen) {
   auto head = (*store)->Head("big/object.bin");
   ASSERT_OK(head);
   EXPECT_EQ(head->size, size);
-  auto all = (*store)->Get("big/object.bin");
+  // Above kMaxWholeObjectRead: a whole-object Get is refused (see
+  // WholeObjectGetOfObjectAboveTheBoundIsDataLossNamingIt); GetAtMost reads it by range.
+  auto all = (*store)->GetAtMost("big/object.bin", size);
   ASSERT_OK(all);
   EXPECT_EQ(all->size(), size);
   EXPECT_TRUE(*all == data) << "multipart object differs from what was put";
@@ -965,7 +967,7 @@ TEST_F(S3Test, MultipartPutAboveThresholdReadsBackAndLeavesNoUploadOpen) {
   (*store)->PutAsync("big/async.bin", shared, internal::PutOptions{},
                      [&done](Status st) { done.set_value(st); });
   ASSERT_OK(done.get_future().get());
-  auto back = (*store)->Get("big/async.bin");
+  auto back = (*store)->GetAtMost("big/async.bin", shared->size());
   ASSERT_OK(back);
   EXPECT_TRUE(*back == *shared);
 
@@ -981,6 +983,47 @@ TEST_F(S3Test, MultipartPutAboveThresholdReadsBackAndLeavesNoUploadOpen) {
   ASSERT_EQ(rc, 0) << AwsErrors();
   EXPECT_THAT(open, Not(HasSubstr("UploadId"))) << open;
   ASSERT_OK((*store)->Delete({"big/object.bin", "big/async.bin"}));
+}
+
+// ---- bounded reads (issue #9) ----------------------------------------------------------------
+
+// A whole-object read of an object above kMaxWholeObjectRead returned all of it (the store
+// buffered whatever the server sent). Now it is kDataLoss naming the object and its size, decided
+// from the Content-Length before any byte of the body is kept; GetAtMost and ranged reads still
+// read it, and an object of exactly the bound is read whole.
+TEST_F(S3Test, WholeObjectGetOfObjectAboveTheBoundIsDataLossNamingIt) {
+  auto store = Store();
+  ASSERT_OK(store);
+  const uint64_t bound = internal::kMaxWholeObjectRead;
+  {
+    const std::string over(bound + kMiB + 3, '\0');  // zeros: cheap to make; a multipart put
+    ASSERT_OK((*store)->Put("big/over-bound.bin", over, internal::PutOptions{}));
+  }
+  auto whole = (*store)->Get("big/over-bound.bin");
+  ShowStatus(whole);
+  EXPECT_THAT(whole, StatusIs(StatusCode::kDataLoss, "big/over-bound.bin"));
+  EXPECT_THAT(whole.status().message(), HasSubstr(std::to_string(bound + kMiB + 3)));
+  // To the end from an offset: the same bound applies to what is left.
+  EXPECT_THAT((*store)->Get("big/over-bound.bin", kMiB, 0),
+              StatusIs(StatusCode::kDataLoss, "big/over-bound.bin"));
+  auto tail = (*store)->Get("big/over-bound.bin", 2 * kMiB, 0);
+  ASSERT_OK(tail);
+  EXPECT_EQ(tail->size(), bound - kMiB + 3);
+  // GetAtMost with a larger bound reads it (HEAD + one ranged GET); with a smaller one it refuses.
+  auto at_most = (*store)->GetAtMost("big/over-bound.bin", 2 * bound);
+  ASSERT_OK(at_most);
+  EXPECT_EQ(at_most->size(), bound + kMiB + 3);
+  EXPECT_THAT((*store)->GetAtMost("big/over-bound.bin", bound + kMiB),
+              StatusIs(StatusCode::kDataLoss, "big/over-bound.bin"));
+  // Exactly the bound is still one whole-object read.
+  {
+    const std::string exact(bound, 'e');
+    ASSERT_OK((*store)->Put("big/exact-bound.bin", exact, internal::PutOptions{}));
+  }
+  auto exact = (*store)->Get("big/exact-bound.bin");
+  ASSERT_OK(exact);
+  EXPECT_EQ(exact->size(), bound);
+  ASSERT_OK((*store)->Delete({"big/over-bound.bin", "big/exact-bound.bin"}));
 }
 
 // ---- store edge cases ---------------------------------------------------------------------

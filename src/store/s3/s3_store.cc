@@ -13,6 +13,7 @@
 #include "core/runtime.h"
 #include "core/util.h"
 #include "store/s3/http.h"
+#include "store/s3/s3_xml.h"
 #include "store/s3/sigv4.h"
 
 namespace vmbackup::internal {
@@ -21,65 +22,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMultipartThreshold = 64u << 20;
 constexpr size_t kPartSize = 16u << 20;
-
-std::string XmlUnescape(std::string s) {
-  static const std::pair<const char*, const char*> kEnt[] = {
-      {"&lt;", "<"}, {"&gt;", ">"}, {"&quot;", "\""}, {"&apos;", "'"}, {"&amp;", "&"}};
-  for (const auto& [from, to] : kEnt) {
-    size_t pos = 0;
-    while ((pos = s.find(from, pos)) != std::string::npos) {
-      s.replace(pos, std::strlen(from), to);
-      pos += std::strlen(to);
-    }
-  }
-  return s;
-}
-
-std::string XmlEscape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&apos;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
-
-// Contents of every <tag>…</tag> in `xml`, in order (flat scan; S3 responses are simple).
-std::vector<std::string> XmlAll(const std::string& xml, const std::string& tag) {
-  std::vector<std::string> out;
-  const std::string open = "<" + tag + ">", close = "</" + tag + ">";
-  size_t pos = 0;
-  while ((pos = xml.find(open, pos)) != std::string::npos) {
-    size_t b = pos + open.size();
-    size_t e = xml.find(close, b);
-    if (e == std::string::npos) break;
-    out.push_back(XmlUnescape(xml.substr(b, e - b)));
-    pos = e + close.size();
-  }
-  return out;
-}
-
-std::string XmlFirst(const std::string& xml, const std::string& tag) {
-  auto all = XmlAll(xml, tag);
-  return all.empty() ? "" : all.front();
-}
+// The most bytes of a ListObjectsV2 page or DeleteObjects answer (1000 keys take ~400 KiB).
+constexpr uint64_t kMaxListBody = 16u << 20;
 
 std::string Base64(const unsigned char* p, size_t n) {
   std::string out(4 * ((n + 2) / 3) + 1, '\0');
@@ -114,8 +58,8 @@ struct S3Settings {
 
 class S3Store final : public ObjectStore {
  public:
-  S3Store(std::shared_ptr<Runtime> rt, S3Settings s, http::EngineOptions eo)
-      : ObjectStore(rt), s_(std::move(s)), engine_(rt, std::move(eo)) {}
+  S3Store(std::shared_ptr<Runtime> rt, S3Settings s, http::EngineOptions eo, S3TestHooks hooks)
+      : ObjectStore(rt), s_(std::move(s)), hooks_(std::move(hooks)), engine_(rt, std::move(eo)) {}
 
   std::string Describe() const override {
     return "s3://" + s_.bucket +
@@ -135,6 +79,10 @@ class S3Store final : public ObjectStore {
     Clock::time_point started, deadline;
     int attempt = 0;
     std::string last_error;
+    // The most body bytes accepted in a 2xx answer (error answers: http::kMaxErrorBody).
+    uint64_t max_body = http::kMaxErrorBody;
+    // The error for a 2xx answer whose body exceeded max_body; null = a generic kDataLoss.
+    std::function<Status(const http::Response&)> too_large_error;
     std::function<void(http::Response, Status)> done;
   };
 
@@ -159,6 +107,7 @@ class S3Store final : public ObjectStore {
     r.path = path;
     r.query = c->query;
     r.headers = c->headers;
+    if (hooks_.before_sign) hooks_.before_sign(c->method, c->key, &r.headers);
     r.payload_sha256_hex = c->payload_sha256;
     s3::HeaderList signed_headers =
         s3::Sign(r, s_.creds, s_.region, "s3", s3::FormatAmzDate(std::chrono::system_clock::now()));
@@ -170,12 +119,29 @@ class S3Store final : public ObjectStore {
     h.body = c->body;
     h.body_offset = c->body_offset;
     h.body_length = c->body_length;
+    h.max_body = c->max_body;
     ++c->attempt;
     engine_.Submit(std::move(h),
                    [this, c](http::Response resp) { OnResponse(c, std::move(resp)); });
   }
 
   void OnResponse(std::shared_ptr<Call> c, http::Response resp) {
+    if (hooks_.after_response) hooks_.after_response(c->method, c->key, c->headers, &resp);
+    if (!resp.too_large.empty()) {
+      if (resp.status < 300) {
+        // A success answer (or none yet) larger than allowed: the server is broken or hostile;
+        // asking again would not help.
+        Status st = c->too_large_error ? c->too_large_error(resp)
+                                       : DataLossError("S3 " + c->method + " " + KeyForMessage(*c) +
+                                                       " on " + Describe() + ": " + resp.too_large);
+        c->done(std::move(resp), std::move(st));
+        return;
+      }
+      // An error answer with an oversized body: its status still says what happened; the body
+      // is dropped.
+      resp.curl_code = 0;
+      resp.body.clear();
+    }
     std::string why;
     bool transient = false;
     if (resp.curl_code != 0) {
@@ -198,15 +164,25 @@ class S3Store final : public ObjectStore {
       }
       transient = resp.curl_code != CURLE_ABORTED_BY_CALLBACK;
       why = resp.curl_error;
-    } else if (resp.status >= 500 || resp.status == 429) {
-      transient = true;
-      why = "HTTP " + std::to_string(resp.status) + " " + XmlFirst(resp.body, "Code");
-    } else if (resp.status == 400 && XmlFirst(resp.body, "Code") == "RequestTimeout") {
-      transient = true;
-      why = "RequestTimeout";
-    } else if (resp.status == 503 || XmlFirst(resp.body, "Code") == "SlowDown") {
-      transient = true;
-      why = "SlowDown";
+    } else if (resp.status >= 300) {
+      // Only error answers carry an S3 error code; a 2xx body is data (an object may well
+      // contain "<Code>SlowDown</Code>").
+      auto err = ParseS3ErrorBody(resp.body);
+      const std::string code = err.ok() ? err->code : "";
+      if (resp.status >= 500 || resp.status == 429) {
+        transient = true;
+        why = "HTTP " + std::to_string(resp.status) + (code.empty() ? "" : " " + ServerText(code));
+      } else if (resp.status == 400 && code == "RequestTimeout") {
+        transient = true;
+        why = "RequestTimeout";
+      } else if (code == "SlowDown") {
+        transient = true;
+        why = "SlowDown";
+      } else if (resp.status == 409 && code == "ConditionalRequestConflict") {
+        // AWS: a conditional write raced another write of the key; try again.
+        transient = true;
+        why = "ConditionalRequestConflict";
+      }
     }
     if (transient) {
       c->last_error = why;
@@ -245,15 +221,26 @@ class S3Store final : public ObjectStore {
 
   // Maps a completed non-2xx response to a Status naming the S3 error code and request id.
   Status HttpError(const Call& c, const http::Response& r) const {
-    std::string code = XmlFirst(r.body, "Code");
-    std::string msg = XmlFirst(r.body, "Message");
-    std::string rid = XmlFirst(r.body, "RequestId");
-    if (rid.empty() && r.headers.count("x-amz-request-id")) rid = r.headers.at("x-amz-request-id");
+    auto parsed = ParseS3ErrorBody(r.body);
+    S3ErrorBody err = parsed.ok() ? *parsed : S3ErrorBody{};
+    if (err.request_id.empty()) {
+      auto it = r.headers.find("x-amz-request-id");
+      if (it != r.headers.end()) err.request_id = it->second;
+    }
+    return ErrorStatus(c, r.status, err);
+  }
+
+  // The Status for S3 error `err` in an answer with HTTP `status` to call `c`. Everything the
+  // server sent is shortened and stripped of control characters before it goes in the message.
+  Status ErrorStatus(const Call& c, long status, const S3ErrorBody& err) const {
+    const std::string& code = err.code;
+    const std::string msg = ServerText(err.message);
+    const std::string rid = ServerText(err.request_id, 100);
     std::string what = "S3 " + c.method + " " + KeyForMessage(c) + " on " + Describe() + ": HTTP " +
-                       std::to_string(r.status) + (code.empty() ? "" : " " + code) +
+                       std::to_string(status) + (code.empty() ? "" : " " + ServerText(code, 64)) +
                        (msg.empty() ? "" : " (" + msg + ")") +
                        (rid.empty() ? "" : ", request id " + rid);
-    if (r.status == 403 || code == "SignatureDoesNotMatch" || code == "InvalidAccessKeyId" ||
+    if (status == 403 || code == "SignatureDoesNotMatch" || code == "InvalidAccessKeyId" ||
         code == "AccessDenied") {
       std::string hint = code == "SignatureDoesNotMatch" ? "check secretAccessKey"
                          : code == "InvalidAccessKeyId"
@@ -263,13 +250,13 @@ class S3Store final : public ObjectStore {
     }
     if (code == "NoSuchBucket")
       return NotFoundError(what + "; bucket '" + s_.bucket + "' does not exist (check bucketName)");
-    if (r.status == 404) return NotFoundError(what);
-    if (r.status == 412) return AlreadyExistsError(what);
-    if (r.status == 416) return OutOfRangeError(what);
+    if (status == 404) return NotFoundError(what);
+    if (status == 412) return AlreadyExistsError(what);
+    if (status == 416) return OutOfRangeError(what);
     if (code == "BadDigest" || code == "XAmzContentSHA256Mismatch") return DataLossError(what);
-    if (code == "EntityTooLarge" || code == "QuotaExceeded" || r.status == 507)
+    if (code == "EntityTooLarge" || code == "QuotaExceeded" || status == 507)
       return ResourceExhaustedError(what);
-    if (r.status == 400) return InvalidArgumentError(what);
+    if (status == 400) return InvalidArgumentError(what);
     return UnknownError(what);
   }
 
@@ -341,8 +328,9 @@ class S3Store final : public ObjectStore {
     auto create = NewCall("POST", key);
     create->query = {{"uploads", ""}};
     VMB_ASSIGN_OR_RETURN(http::Response cr, Sync(create));
-    const std::string upload_id = XmlFirst(cr.body, "UploadId");
-    if (upload_id.empty()) return UnknownError("S3 CreateMultipartUpload returned no UploadId");
+    auto id = ParseInitiateMultipartUpload(cr.body);
+    if (!id.ok()) return id.status().WithContext("S3 PUT " + key + " on " + Describe());
+    const std::string upload_id = *id;
     auto abort = [&](Status st) {
       auto a = NewCall("DELETE", key);
       a->query = {{"uploadId", upload_id}};
@@ -359,9 +347,9 @@ class S3Store final : public ObjectStore {
       c->body_length = std::min(kPartSize, body->size() - off);
       auto r = Sync(c);
       if (!r.ok()) return abort(r.status().WithContext("upload part " + std::to_string(part)));
-      std::string etag = r->headers.count("etag") ? r->headers.at("etag") : "";
+      auto etag = r->headers.find("etag");
       complete += "<Part><PartNumber>" + std::to_string(part) + "</PartNumber><ETag>" +
-                  XmlEscape(etag) + "</ETag></Part>";
+                  XmlEscape(etag == r->headers.end() ? "" : etag->second) + "</ETag></Part>";
     }
     complete += "</CompleteMultipartUpload>";
     auto done = NewCall("POST", key);
@@ -371,37 +359,67 @@ class S3Store final : public ObjectStore {
     auto r = Sync(done);
     if (!r.ok()) return abort(r.status().WithContext("complete multipart upload"));
     // CompleteMultipartUpload may answer 200 with an <Error> body.
-    if (r->body.find("<Error>") != std::string::npos) {
-      http::Response fake = *r;
-      fake.status = 500;
-      return abort(HttpError(*done, fake));
-    }
+    auto result = ParseCompleteMultipartUpload(r->body);
+    if (!result.ok())
+      return abort(result.status().WithContext("S3 PUT " + key + " on " + Describe()));
+    if (result->has_value()) return abort(ErrorStatus(*done, r->status, **result));
     return Status::Ok();
   }
 
   StatusOr<std::string> Get(const std::string& key, uint64_t offset, uint64_t length) override {
     VMB_RETURN_IF_ERROR(ValidateKey(key));
     auto c = NewCall("GET", key);
-    if (offset > 0 || length > 0) {
+    const bool ranged = offset > 0 || length > 0;
+    const std::string asked = std::to_string(length) + " bytes at " + std::to_string(offset);
+    if (ranged) {
       std::string range = "bytes=" + std::to_string(offset) + "-" +
                           (length > 0 ? std::to_string(offset + length - 1) : "");
       c->headers.push_back({"Range", range});
     }
+    // Never more than asked; a whole-object (or to-the-end) read at most kMaxWholeObjectRead.
+    c->max_body = length > 0 ? length : kMaxWholeObjectRead;
+    c->too_large_error = [this, key, ranged, asked](const http::Response& r) -> Status {
+      if (!ranged && r.content_length.has_value())
+        return TooLargeForWholeRead(key, *r.content_length);
+      if (!ranged)
+        return DataLossError("object " + key + " on " + Describe() + " is larger than the " +
+                             std::to_string(kMaxWholeObjectRead) +
+                             " bytes a whole-object read accepts (" + r.too_large + ")");
+      return DataLossError("S3 answered the read of " + asked + " of object " + key + " on " +
+                           Describe() + " with more than that (HTTP " + std::to_string(r.status) +
+                           ": " + r.too_large + ")" +
+                           (r.status == 200 ? "; the server ignores Range" : ""));
+    };
     auto r = Sync(c);
     if (!r.ok()) {
       if (r.status().code() == StatusCode::kNotFound)
         return NotFoundError("object " + key + " not found on " + Describe());
       return r.status();
     }
+    if (ranged && r->status == 206) {
+      // The bytes must be the range asked for, whatever the server says.
+      auto it = r->headers.find("content-range");
+      if (it == r->headers.end())
+        return DataLossError("S3 answered the read of " + asked + " of object " + key + " on " +
+                             Describe() + " with HTTP 206 but no Content-Range");
+      auto cr = ParseContentRange(it->second);
+      if (!cr.ok())
+        return cr.status().WithContext("S3 read of " + asked + " of object " + key + " on " +
+                                       Describe());
+      if (cr->first != offset || cr->last - cr->first + 1 != r->body.size())
+        return DataLossError("S3 answered the read of " + asked + " of object " + key + " on " +
+                             Describe() + " with " + std::to_string(r->body.size()) +
+                             " bytes of Content-Range " + ServerText(it->second, 80));
+    } else if (ranged && offset > 0) {
+      // A 2xx other than 206: the server ignored Range and the body starts at byte 0.
+      return DataLossError("S3 answered the read of " + asked + " of object " + key + " on " +
+                           Describe() + " with HTTP " + std::to_string(r->status) +
+                           " (the whole object): the server ignores Range");
+    }
     if (length > 0 && r->body.size() != length) {
-      if (r->status == 200 && r->body.size() >= offset + length)
-        return r->body.substr(offset, length);
-      return DataLossError("object " + key + " is shorter than expected (wanted " +
-                           std::to_string(length) + " bytes at " + std::to_string(offset) +
+      return DataLossError("object " + key + " is shorter than expected (wanted " + asked +
                            ", got " + std::to_string(r->body.size()) + ")");
     }
-    if (length == 0 && offset > 0 && r->status == 200)
-      return r->body.substr(std::min<size_t>(offset, r->body.size()));
     return std::move(r->body);
   }
 
@@ -414,8 +432,10 @@ class S3Store final : public ObjectStore {
         return NotFoundError("object " + key + " not found on " + Describe());
       return r.status();
     }
-    uint64_t size =
-        r->headers.count("content-length") ? std::stoull(r->headers.at("content-length")) : 0;
+    auto it = r->headers.find("content-length");
+    const std::string what = "header Content-Length of S3 HEAD " + key + " on " + Describe();
+    if (it == r->headers.end()) return DataLossError(what + " is missing");
+    VMB_ASSIGN_OR_RETURN(uint64_t size, ParseDecimalField(it->second, what));
     return ObjectInfo{key, size};
   }
 
@@ -425,16 +445,10 @@ class S3Store final : public ObjectStore {
     c->query = {
         {"list-type", "2"}, {"prefix", s_.prefix + prefix}, {"max-keys", std::to_string(max_keys)}};
     if (!token.empty()) c->query.push_back({"continuation-token", token});
+    c->max_body = kMaxListBody;
     VMB_ASSIGN_OR_RETURN(http::Response r, Sync(c));
-    ListPage page;
-    for (const auto& contents : XmlAll(r.body, "Contents")) {
-      std::string k = XmlFirst(contents, "Key");
-      if (k.compare(0, s_.prefix.size(), s_.prefix) != 0) continue;
-      std::string size = XmlFirst(contents, "Size");
-      page.objects.push_back({k.substr(s_.prefix.size()), size.empty() ? 0 : std::stoull(size)});
-    }
-    if (XmlFirst(r.body, "IsTruncated") == "true")
-      page.next_token = XmlFirst(r.body, "NextContinuationToken");
+    auto page = ParseListObjectsV2(r.body, s_.prefix, prefix, token, max_keys);
+    if (!page.ok()) return page.status().WithContext("listing '" + prefix + "' on " + Describe());
     return page;
   }
 
@@ -451,12 +465,15 @@ class S3Store final : public ObjectStore {
       c->headers = {{"Content-MD5", Md5Base64(xml)}, {"Content-Type", "application/xml"}};
       c->body = std::make_shared<const std::string>(xml);
       c->body_length = xml.size();
+      c->max_body = kMaxListBody;
       VMB_ASSIGN_OR_RETURN(http::Response r, Sync(c));
-      auto errors = XmlAll(r.body, "Error");
-      if (!errors.empty()) {
+      auto errors = ParseDeleteObjectsResult(r.body);
+      if (!errors.ok()) return errors.status().WithContext("S3 DeleteObjects on " + Describe());
+      if (!errors->empty()) {
+        const S3ErrorBody& e = errors->front();
         return UnknownError("S3 DeleteObjects on " + Describe() + " failed for " +
-                            XmlFirst(errors[0], "Key") + ": " + XmlFirst(errors[0], "Code") + " " +
-                            XmlFirst(errors[0], "Message"));
+                            ServerText(e.key) + ": " + ServerText(e.code, 64) + " " +
+                            ServerText(e.message));
       }
     }
     return Status::Ok();
@@ -467,6 +484,7 @@ class S3Store final : public ObjectStore {
 
  private:
   S3Settings s_;
+  S3TestHooks hooks_;
   http::Engine engine_;
 };
 
@@ -475,6 +493,13 @@ class S3Store final : public ObjectStore {
 StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
                                                    const TargetOptions& options,
                                                    std::shared_ptr<Runtime> runtime) {
+  return OpenS3StoreWithTestHooks(config, options, std::move(runtime), S3TestHooks{});
+}
+
+StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConfig& config,
+                                                                const TargetOptions& options,
+                                                                std::shared_ptr<Runtime> runtime,
+                                                                S3TestHooks hooks) {
   S3Settings s;
   std::string ep = config.endpoint;
   if (ep.empty()) ep = "https://s3." + config.bucket_region + ".amazonaws.com";
@@ -532,7 +557,8 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
   eo.max_connections = options.max_requests_in_flight > 0 ? options.max_requests_in_flight : 16;
   eo.ca_pem = config.cert;
   eo.verify_tls = !options.insecure_skip_tls_verify_for_tests_only;
-  auto store = std::make_unique<S3Store>(std::move(runtime), std::move(s), std::move(eo));
+  auto store =
+      std::make_unique<S3Store>(std::move(runtime), std::move(s), std::move(eo), std::move(hooks));
   VMB_RETURN_IF_ERROR(store->Check());
   return std::unique_ptr<ObjectStore>(std::move(store));
 }

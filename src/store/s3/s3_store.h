@@ -6,9 +6,14 @@
 #ifndef VMBACKUP_STORE_S3_S3_STORE_H_
 #define VMBACKUP_STORE_S3_S3_STORE_H_
 
+#include <functional>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "store/object_store.h"
+#include "store/s3/http.h"
 #include "vmbackup/backup_target.h"
 
 namespace vmbackup::internal {
@@ -20,6 +25,28 @@ namespace vmbackup::internal {
 StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
                                                    const TargetOptions& options,
                                                    std::shared_ptr<Runtime> runtime);
+
+// Fault injection FOR TESTS ONLY: hooks that see every attempt of every request of one store.
+// They run on the thread that sends the attempt (any thread) and on the runtime's io thread, so
+// they must be thread-safe; they must not block.
+struct S3TestHooks {
+  using Headers = std::vector<std::pair<std::string, std::string>>;
+  // Before an attempt is signed: may change the headers that are then signed and sent.
+  // `key` is the object key with the store's prefix ("" for the bucket).
+  std::function<void(const std::string& method, const std::string& key, Headers* headers)>
+      before_sign;
+  // After an attempt completed, before the store looks at the answer: may change it (for example
+  // turn a 200 into a connection reset, as if the answer had been lost after the server acted).
+  std::function<void(const std::string& method, const std::string& key, const Headers& headers,
+                     http::Response* response)>
+      after_response;
+};
+
+// OpenS3Store with test hooks.
+StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConfig& config,
+                                                                const TargetOptions& options,
+                                                                std::shared_ptr<Runtime> runtime,
+                                                                S3TestHooks hooks);
 
 }  // namespace vmbackup::internal
 
