@@ -4,8 +4,10 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
+#include <mutex>
 #include <random>
 
 #include "core/asio.h"
@@ -287,13 +289,23 @@ class S3Store final : public ObjectStore {
     return PutShared(key, body, opts);
   }
 
+  // if_absent: a PUT with If-None-Match: * (after a probe that the server honours it, see
+  // CheckConditionalPuts). A 412 means the key exists: kAlreadyExists, unless an earlier attempt
+  // of this same call may have created it (its answer lost to a broken connection after the
+  // server committed, then retried): then the object is ours, and the call succeeds, exactly
+  // when it holds our bytes.
   Status PutShared(const std::string& key, std::shared_ptr<const std::string> body,
                    const PutOptions& opts) {
+    const std::string exists = "object " + key + " already exists on " + Describe();
     if (opts.if_absent) {
-      auto head = Head(key);
-      if (head.ok())
-        return AlreadyExistsError("object " + key + " already exists on " + Describe());
-      if (head.status().code() != StatusCode::kNotFound) return head.status();
+      VMB_RETURN_IF_ERROR(CheckConditionalPuts());
+      if (body->size() > kMultipartThreshold) {
+        // A multipart upload is not made conditional here: check first. Racy, but nothing the
+        // format creates with if_absent (records, the descriptor) comes near this size.
+        auto head = Head(key);
+        if (head.ok()) return AlreadyExistsError(exists);
+        if (head.status().code() != StatusCode::kNotFound) return head.status();
+      }
     }
     if (body->size() > kMultipartThreshold) return PutMultipart(key, body);
     auto c = NewCall("PUT", key);
@@ -301,9 +313,78 @@ class S3Store final : public ObjectStore {
     c->body_length = body->size();
     if (opts.if_absent) c->headers.push_back({"If-None-Match", "*"});
     auto r = Sync(c);
-    if (r.status().code() == StatusCode::kAlreadyExists)
-      return AlreadyExistsError("object " + key + " already exists on " + Describe());
-    return r.status();
+    if (r.ok()) return Status::Ok();
+    if (r.status().code() != StatusCode::kAlreadyExists) return r.status();  // not a 412
+    if (c->attempt <= 1) return AlreadyExistsError(exists);
+    auto same = HoldsExactly(key, *body);
+    if (!same.ok())
+      return same.status().WithContext("create-if-absent of " + key +
+                                       " was retried and the "
+                                       "object exists; reading it back to compare");
+    return *same ? Status::Ok() : AlreadyExistsError(exists);
+  }
+
+  // True when object `key` holds exactly `data`; false when it holds other bytes (reading no more
+  // than data.size() + what is in flight). The store's errors otherwise (kNotFound, ...).
+  StatusOr<bool> HoldsExactly(const std::string& key, const std::string& data) {
+    auto c = NewCall("GET", key);
+    c->max_body = data.size();
+    auto longer = std::make_shared<std::atomic<bool>>(false);
+    c->too_large_error = [longer](const http::Response& r) {
+      *longer = true;
+      return DataLossError(r.too_large);
+    };
+    auto r = Sync(c);
+    if (*longer) return false;
+    if (!r.ok()) return r.status();
+    return r->body == data;
+  }
+
+  // OK when the server honours If-None-Match: * (it refuses a conditional PUT of an existing key
+  // with 412). Probed once per store, before the first create-if-absent: a probe object under
+  // probe/ is PUT twice with the header, then deleted. kFailedPrecondition when the second PUT
+  // was accepted (then and for every later call); the store's error (nothing remembered) when
+  // the probe itself fails.
+  Status CheckConditionalPuts() {
+    std::lock_guard<std::mutex> l(probe_mu_);
+    if (conditional_ == Conditional::kUnknown) {
+      auto honoured = ProbeIfNoneMatch();
+      if (!honoured.ok())
+        return honoured.status().WithContext("probing whether " + Describe() +
+                                             " honours If-None-Match");
+      conditional_ = *honoured ? Conditional::kHonoured : Conditional::kIgnored;
+    }
+    if (conditional_ == Conditional::kHonoured) return Status::Ok();
+    return FailedPreconditionError(
+        "the S3 server does not honour If-None-Match; vmbackup refuses to publish records there "
+        "because two writers could overwrite each other (" +
+        Describe() +
+        " accepted a second PUT of a probe object with If-None-Match: * instead of answering "
+        "412)");
+  }
+
+  StatusOr<bool> ProbeIfNoneMatch() {
+    VMB_ASSIGN_OR_RETURN(std::string id, RandomHex(8));
+    const std::string key = "probe/if-none-match-" + id;
+    auto body = std::make_shared<const std::string>("vmbackup probe: is If-None-Match honoured?");
+    // The HTTP status of a conditional PUT of the probe: 2xx, or 412.
+    auto put = [&]() -> StatusOr<long> {
+      auto c = NewCall("PUT", key);
+      c->body = body;
+      c->body_length = body->size();
+      c->headers.push_back({"If-None-Match", "*"});
+      auto r = Sync(c);
+      if (r.ok()) return r->status;
+      if (r.status().code() == StatusCode::kAlreadyExists) return 412L;
+      return r.status();
+    };
+    // The first PUT creates the probe (a 412 there can only follow a retried attempt of ours).
+    VMB_ASSIGN_OR_RETURN(long first, put());
+    (void)first;
+    auto second = put();
+    Delete({key}).IgnoreError();  // best effort: a probe left behind is harmless
+    if (!second.ok()) return second.status();
+    return *second == 412;
   }
 
   void PutAsync(std::string key, std::shared_ptr<const std::string> data, PutOptions opts,
@@ -483,8 +564,12 @@ class S3Store final : public ObjectStore {
   Status Check() { return List("", "", 1).status(); }
 
  private:
+  enum class Conditional { kUnknown, kHonoured, kIgnored };
+
   S3Settings s_;
   S3TestHooks hooks_;
+  std::mutex probe_mu_;  // held while probing, so that concurrent callers wait for one probe
+  Conditional conditional_ = Conditional::kUnknown;  // guarded by probe_mu_
   http::Engine engine_;
 };
 

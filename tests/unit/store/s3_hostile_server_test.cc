@@ -416,5 +416,42 @@ TEST_F(S3HostileServerTest, ListingWithSizeThatIsNotANumberIsDataLossNamingTheKe
               StatusIs(StatusCode::kDataLoss, "<Size> of key 'records/a.json'"));
 }
 
+// A server that accepts every PUT, If-None-Match: * or not: a create-if-absent there could
+// silently replace another writer's record. The store finds out with a probe and refuses.
+TEST_F(S3HostileServerTest, IfAbsentPutIsRefusedWhenTheServerIgnoresIfNoneMatch) {
+  FakeHttpServer server([&](const FakeRequest& r, FakeConn& conn) {
+    if (IsListing(r)) return EmptyListing(conn);
+    if (r.method == "PUT") return Answer(conn, "200 OK", "", "");
+    if (r.method == "DELETE") return Answer(conn, "204 No Content", "", "");
+    if (r.method == "POST" && r.target.find("delete") != std::string::npos)
+      return Answer(conn, "200 OK", "", "<DeleteResult></DeleteResult>");
+    return Answer(conn, "404 Not Found", "", "");
+  });
+  auto store = Open(server);
+  ASSERT_OK(store);
+  Status st = (*store)->Put("records/b1.json", "{}", PutOptions{true, true});
+  EXPECT_THAT(
+      st, StatusIs(StatusCode::kFailedPrecondition, "the S3 server does not honour If-None-Match"));
+  EXPECT_THAT(st.message(), HasSubstr("two writers could overwrite each other"));
+  // The record was never sent; the probe went under probe/ and was deleted.
+  std::vector<std::string> log = server.requests();
+  bool probed = false, probe_deleted = false;
+  for (const auto& line : log) {
+    EXPECT_THAT(line, Not(HasSubstr("records/b1.json")));
+    probed = probed || line.rfind("PUT /b/probe/", 0) == 0;
+    probe_deleted = probe_deleted || line.rfind("POST /b?delete", 0) == 0 ||
+                    line.rfind("DELETE /b/probe/", 0) == 0;
+  }
+  EXPECT_TRUE(probed) << ::testing::PrintToString(log);
+  EXPECT_TRUE(probe_deleted) << ::testing::PrintToString(log);
+  // The answer is kept: the next create-if-absent is refused without probing again; plain puts
+  // still work.
+  const size_t before = server.requests().size();
+  EXPECT_THAT((*store)->Put("records/b2.json", "{}", PutOptions{true, true}),
+              StatusIs(StatusCode::kFailedPrecondition, "If-None-Match"));
+  EXPECT_EQ(server.requests().size(), before);
+  EXPECT_OK((*store)->Put("packs/x", "data", PutOptions{}));
+}
+
 }  // namespace
 }  // namespace vmbackup::internal
