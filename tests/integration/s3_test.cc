@@ -95,6 +95,7 @@ std::string ConfigJson(const TargetConfig& c) {
   if (!c.secret_access_key.empty()) j += R"(,"secretAccessKey":)" + JsonStr(c.secret_access_key);
   if (!c.cert.empty()) j += R"(,"cert":)" + JsonStr(c.cert);
   j += std::string(R"(,"virtualHostedStyle":)") + (c.virtual_hosted_style ? "true" : "false");
+  if (c.allow_insecure_http) j += R"(,"allowInsecureHttp":true)";
   if (!c.prefix.empty()) j += R"(,"prefix":)" + JsonStr(c.prefix);
   return j + "}";
 }
@@ -204,6 +205,7 @@ class S3Test : public ::testing::Test {
     switch (a) {
       case Addressing::kPathHttp:
         c.endpoint = srv_.http_endpoint;
+        c.allow_insecure_http = true;  // radosgw's plain HTTP port, on loopback
         break;
       case Addressing::kPathTls:
         c.endpoint = srv_.endpoint;
@@ -526,6 +528,19 @@ TEST_F(S3Test, KeysFromEnvironmentAndSecretsNeverPrinted) {
   EXPECT_EQ(parsed->prefix, prefix_);
   EXPECT_THAT(parsed->ToRedactedJson(), Not(HasSubstr(srv_.secret_key)));
   EXPECT_THAT(parsed->ToRedactedJson(), HasSubstr(srv_.access_key.substr(0, 4)));
+}
+
+// The plain HTTP endpoint of radosgw is refused without the opt-in, before any request.
+TEST_F(S3Test, PlainHttpEndpointIsRefusedWithoutAllowInsecureHttp) {
+  TargetConfig c = Config(Addressing::kPathHttp);
+  c.allow_insecure_http = false;
+  auto t = BackupTarget::Open(ConfigJson(c), Opts());
+  ShowStatus(t);
+  EXPECT_THAT(t, StatusIs(StatusCode::kInvalidArgument, "'allowInsecureHttp'"));
+  EXPECT_THAT(internal::OpenS3Store(c, Opts(), Runtime::Default()),
+              StatusIs(StatusCode::kInvalidArgument, "'allowInsecureHttp'"));
+  c.allow_insecure_http = true;
+  EXPECT_OK(BackupTarget::Open(ConfigJson(c), Opts()));
 }
 
 // ---- 3. radosgw killed during a backup ---------------------------------------------------------

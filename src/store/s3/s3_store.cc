@@ -575,6 +575,14 @@ class S3Store final : public ObjectStore {
 
 }  // namespace
 
+Status CheckS3EndpointIsSecure(const TargetConfig& config) {
+  if (config.allow_insecure_http || config.endpoint.rfind("http://", 0) != 0) return Status::Ok();
+  return InvalidArgumentError(
+      "backup-target setting: field 'endpoint' is a plain http:// URL, whose traffic (backup "
+      "data, metadata and signed requests) anyone on the path can read and change; use https://, "
+      "or set field 'allowInsecureHttp' to true to accept that");
+}
+
 StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
                                                    const TargetOptions& options,
                                                    std::shared_ptr<Runtime> runtime) {
@@ -585,6 +593,7 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConf
                                                                 const TargetOptions& options,
                                                                 std::shared_ptr<Runtime> runtime,
                                                                 S3TestHooks hooks) {
+  VMB_RETURN_IF_ERROR(CheckS3EndpointIsSecure(config));
   S3Settings s;
   std::string ep = config.endpoint;
   if (ep.empty()) ep = "https://s3." + config.bucket_region + ".amazonaws.com";
@@ -592,6 +601,9 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConf
   if (sep == std::string::npos)
     return InvalidArgumentError("backup-target setting: field 'endpoint' has no scheme");
   s.scheme = ep.substr(0, sep);
+  if (s.scheme != "https" && s.scheme != "http")
+    return InvalidArgumentError(
+        "backup-target setting: field 'endpoint' must start with http:// or https://");
   std::string rest = ep.substr(sep + 3);
   auto slash = rest.find('/');
   std::string host = rest.substr(0, slash);

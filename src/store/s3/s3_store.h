@@ -18,8 +18,14 @@
 
 namespace vmbackup::internal {
 
+// OK unless `config` names a plain http:// endpoint without allow_insecure_http: then
+// kInvalidArgument naming the field 'allowInsecureHttp' (ParseTargetConfig and OpenS3Store both
+// refuse such a setting).
+Status CheckS3EndpointIsSecure(const TargetConfig& config);
+
 // Opens the bucket named by `config` and checks that it answers (a one-key listing).
-// Returns kInvalidArgument for a bad endpoint or missing credentials, kPermissionDenied for
+// Returns kInvalidArgument for a bad endpoint (an http:// one without allow_insecure_http, see
+// CheckS3EndpointIsSecure) or missing credentials, kPermissionDenied for
 // rejected credentials (naming the S3 error code and request id), kNotFound for a missing bucket,
 // kUnavailable when the server cannot be reached within the retry budget.
 StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
