@@ -359,6 +359,21 @@ TEST_F(S3HostileServerTest, ErrorAnswerWithEndlessBodyIsCutAndMappedByItsStatus)
   EXPECT_TRUE(record.FirstWasCut()) << "64 MiB of error body were received";
 }
 
+// 270 KiB of response headers (under curl's own 300 KiB limit) were all kept in the header map.
+TEST_F(S3HostileServerTest, AnswerWithFloodOfHeadersIsDataLossNotKept) {
+  FakeHttpServer server([&](const FakeRequest& r, FakeConn& conn) {
+    if (IsListing(r)) return EmptyListing(conn);
+    std::string headers;
+    for (int i = 0; headers.size() < 270 * 1024; ++i)
+      headers += "X-Flood-" + std::to_string(i) + ": " + std::string(100, 'f') + "\r\n";
+    return Answer(conn, "200 OK", headers, "x");
+  });
+  auto store = Open(server);
+  ASSERT_OK(store);
+  EXPECT_THAT((*store)->Get("records/a.json"),
+              StatusIs(StatusCode::kDataLoss, "headers exceed 262144 bytes"));
+}
+
 // std::stoull on Content-Length threw out_of_range (a crash for a program that does not catch)
 // or read "12abc" as 12.
 TEST_F(S3HostileServerTest, HeadWithContentLengthThatIsNotANumberIsDataLossNamingTheHeader) {
