@@ -1,7 +1,20 @@
 // S3Store: an ObjectStore on an S3 bucket (AWS, Ceph RGW, MinIO, ...) over libcurl with our own
 // SigV4 signing. Path-style or virtual-hosted-style addressing, optional key prefix, custom CA,
 // bounded retries with exponential backoff and jitter, multipart upload for large objects,
-// conditional create (If-None-Match: *, after a HEAD check), DeleteObjects in batches of 1000.
+// DeleteObjects in batches of 1000.
+//
+// Every answer is untrusted (issue #9): bodies are bounded by what was asked (see http.h), a
+// whole-object Get above kMaxWholeObjectRead is kDataLoss naming the object, a ranged Get must
+// get exactly its range (Content-Range checked; a 200 at a non-zero offset is kDataLoss), and all
+// XML and numbers go through s3_xml.h (malformed: kDataLoss naming the field or key).
+//
+// Create-if-absent (PutOptions::if_absent) is a PUT with If-None-Match: *. Before the first one a
+// store probes once that the server honours the header; if it does not, every if_absent Put is
+// kFailedPrecondition (and never written). A 412 is kAlreadyExists, except after a retried
+// attempt of the same call: then the object is read back and the Put succeeds when it holds
+// exactly the bytes put (the earlier attempt created it and its answer was lost). Above the
+// multipart threshold (64 MiB) if_absent is a HEAD check before the upload, which is racy.
+//
 // See docs/s3.md. Thread-safe.
 #ifndef VMBACKUP_STORE_S3_S3_STORE_H_
 #define VMBACKUP_STORE_S3_S3_STORE_H_
