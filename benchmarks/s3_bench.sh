@@ -91,7 +91,7 @@ rm -f "$text_chunk"
 SHA=$(sha256sum "$VOL" | cut -d' ' -f1)
 sync
 
-TARGET=$(printf '{"type":"s3","endpoint":"%s","bucketName":"%s","bucketRegion":"us-east-1","prefix":"%s"}' \
+TARGET=$(printf '{"type":"s3","endpoint":"%s","bucketName":"%s","bucketRegion":"us-east-1","prefix":"%s","allowInsecureHttp":true}' \
   "$S3_HTTP_ENDPOINT" "$S3_BUCKET" "$PFX_VMB")  # keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
 
 rgw_lines() { if [ -f "$RGW_LOG" ]; then wc -l <"$RGW_LOG"; else echo 0; fi; }

@@ -26,6 +26,7 @@ std::string TargetConfig::ToRedactedJson() const {
     j["secretAccessKey"] = secret_access_key.empty() ? "" : "***";
     j["cert"] = cert.empty() ? "" : "(PEM, " + std::to_string(cert.size()) + " bytes)";
     j["virtualHostedStyle"] = virtual_hosted_style;
+    j["allowInsecureHttp"] = allow_insecure_http;
   }
   if (!prefix.empty()) j["prefix"] = prefix;
   j["refreshIntervalInSeconds"] = refresh_interval_seconds;
@@ -45,6 +46,20 @@ Status GetString(const json& j, const char* field, std::string* out) {
   return Status::Ok();
 }
 
+// A boolean field; "true" and "false" as strings are accepted too (Harvester settings are
+// strings).
+Status GetBool(const json& j, const char* field, bool* out) {
+  if (!j.contains(field) || j[field].is_null()) return Status::Ok();
+  const json& v = j[field];
+  if (v.is_boolean())
+    *out = v.get<bool>();
+  else if (v.is_string() && (v == "true" || v == "false"))
+    *out = v == "true";
+  else
+    return FieldError(field, "must be a boolean");
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<TargetConfig> ParseTargetConfig(std::string_view text) {
@@ -54,7 +69,7 @@ StatusOr<TargetConfig> ParseTargetConfig(std::string_view text) {
   static const char* kKnown[] = {"type",         "endpoint",           "bucketName",
                                  "bucketRegion", "accessKeyId",        "secretAccessKey",
                                  "cert",         "virtualHostedStyle", "refreshIntervalInSeconds",
-                                 "prefix"};
+                                 "prefix",       "allowInsecureHttp"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* k : kKnown) known = known || it.key() == k;
@@ -82,15 +97,8 @@ StatusOr<TargetConfig> ParseTargetConfig(std::string_view text) {
   VMB_RETURN_IF_ERROR(GetString(j, "secretAccessKey", &c.secret_access_key));
   VMB_RETURN_IF_ERROR(GetString(j, "cert", &c.cert));
   VMB_RETURN_IF_ERROR(GetString(j, "prefix", &c.prefix));
-  if (j.contains("virtualHostedStyle") && !j["virtualHostedStyle"].is_null()) {
-    const json& v = j["virtualHostedStyle"];
-    if (v.is_boolean())
-      c.virtual_hosted_style = v.get<bool>();
-    else if (v.is_string() && (v == "true" || v == "false"))
-      c.virtual_hosted_style = v == "true";
-    else
-      return FieldError("virtualHostedStyle", "must be a boolean");
-  }
+  VMB_RETURN_IF_ERROR(GetBool(j, "virtualHostedStyle", &c.virtual_hosted_style));
+  VMB_RETURN_IF_ERROR(GetBool(j, "allowInsecureHttp", &c.allow_insecure_http));
   if (j.contains("refreshIntervalInSeconds") && !j["refreshIntervalInSeconds"].is_null()) {
     const json& v = j["refreshIntervalInSeconds"];
     if (!v.is_number_integer()) return FieldError("refreshIntervalInSeconds", "must be an integer");
@@ -115,6 +123,7 @@ StatusOr<TargetConfig> ParseTargetConfig(std::string_view text) {
       if (!c.endpoint.empty() && c.endpoint.rfind("http://", 0) != 0 &&
           c.endpoint.rfind("https://", 0) != 0)
         return FieldError("endpoint", "must start with http:// or https:// for an s3 target");
+      VMB_RETURN_IF_ERROR(internal::CheckS3EndpointIsSecure(c));
       break;
     case TargetConfig::Type::kNfs:
       if (c.endpoint.rfind("nfs://", 0) != 0)

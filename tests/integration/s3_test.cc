@@ -11,9 +11,11 @@
 //
 // Without a server (S3_ENDPOINT unset) every test FAILS with a message saying how to start one.
 #include <arpa/inet.h>
+#include <curl/curl.h>
 #include <gtest/gtest.h>
 
 #include <netinet/in.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -93,6 +95,7 @@ std::string ConfigJson(const TargetConfig& c) {
   if (!c.secret_access_key.empty()) j += R"(,"secretAccessKey":)" + JsonStr(c.secret_access_key);
   if (!c.cert.empty()) j += R"(,"cert":)" + JsonStr(c.cert);
   j += std::string(R"(,"virtualHostedStyle":)") + (c.virtual_hosted_style ? "true" : "false");
+  if (c.allow_insecure_http) j += R"(,"allowInsecureHttp":true)";
   if (!c.prefix.empty()) j += R"(,"prefix":)" + JsonStr(c.prefix);
   return j + "}";
 }
@@ -202,6 +205,7 @@ class S3Test : public ::testing::Test {
     switch (a) {
       case Addressing::kPathHttp:
         c.endpoint = srv_.http_endpoint;
+        c.allow_insecure_http = true;  // radosgw's plain HTTP port, on loopback
         break;
       case Addressing::kPathTls:
         c.endpoint = srv_.endpoint;
@@ -233,6 +237,13 @@ class S3Test : public ::testing::Test {
     TargetOptions o;
     o.retry_timeout_seconds = retry_seconds;
     return internal::OpenS3Store(Config(), o, Runtime::Default());
+  }
+
+  // The internal object store on the same prefix with fault-injection hooks.
+  StatusOr<std::unique_ptr<internal::ObjectStore>> StoreWithHooks(internal::S3TestHooks hooks) {
+    TargetOptions o;
+    o.retry_timeout_seconds = 60;
+    return internal::OpenS3StoreWithTestHooks(Config(), o, Runtime::Default(), std::move(hooks));
   }
 
   // The message of `st` must not contain any secret.
@@ -517,6 +528,19 @@ TEST_F(S3Test, KeysFromEnvironmentAndSecretsNeverPrinted) {
   EXPECT_EQ(parsed->prefix, prefix_);
   EXPECT_THAT(parsed->ToRedactedJson(), Not(HasSubstr(srv_.secret_key)));
   EXPECT_THAT(parsed->ToRedactedJson(), HasSubstr(srv_.access_key.substr(0, 4)));
+}
+
+// The plain HTTP endpoint of radosgw is refused without the opt-in, before any request.
+TEST_F(S3Test, PlainHttpEndpointIsRefusedWithoutAllowInsecureHttp) {
+  TargetConfig c = Config(Addressing::kPathHttp);
+  c.allow_insecure_http = false;
+  auto t = BackupTarget::Open(ConfigJson(c), Opts());
+  ShowStatus(t);
+  EXPECT_THAT(t, StatusIs(StatusCode::kInvalidArgument, "'allowInsecureHttp'"));
+  EXPECT_THAT(internal::OpenS3Store(c, Opts(), Runtime::Default()),
+              StatusIs(StatusCode::kInvalidArgument, "'allowInsecureHttp'"));
+  c.allow_insecure_http = true;
+  EXPECT_OK(BackupTarget::Open(ConfigJson(c), Opts()));
 }
 
 // ---- 3. radosgw killed during a backup ---------------------------------------------------------
@@ -939,7 +963,9 @@ TEST_F(S3Test, MultipartPutAboveThresholdReadsBackAndLeavesNoUploadOpen) {
   auto head = (*store)->Head("big/object.bin");
   ASSERT_OK(head);
   EXPECT_EQ(head->size, size);
-  auto all = (*store)->Get("big/object.bin");
+  // Above kMaxWholeObjectRead: a whole-object Get is refused (see
+  // WholeObjectGetOfObjectAboveTheBoundIsDataLossNamingIt); GetAtMost reads it by range.
+  auto all = (*store)->GetAtMost("big/object.bin", size);
   ASSERT_OK(all);
   EXPECT_EQ(all->size(), size);
   EXPECT_TRUE(*all == data) << "multipart object differs from what was put";
@@ -965,7 +991,7 @@ TEST_F(S3Test, MultipartPutAboveThresholdReadsBackAndLeavesNoUploadOpen) {
   (*store)->PutAsync("big/async.bin", shared, internal::PutOptions{},
                      [&done](Status st) { done.set_value(st); });
   ASSERT_OK(done.get_future().get());
-  auto back = (*store)->Get("big/async.bin");
+  auto back = (*store)->GetAtMost("big/async.bin", shared->size());
   ASSERT_OK(back);
   EXPECT_TRUE(*back == *shared);
 
@@ -981,6 +1007,168 @@ TEST_F(S3Test, MultipartPutAboveThresholdReadsBackAndLeavesNoUploadOpen) {
   ASSERT_EQ(rc, 0) << AwsErrors();
   EXPECT_THAT(open, Not(HasSubstr("UploadId"))) << open;
   ASSERT_OK((*store)->Delete({"big/object.bin", "big/async.bin"}));
+}
+
+// ---- bounded reads (issue #9) ----------------------------------------------------------------
+
+// A whole-object read of an object above kMaxWholeObjectRead returned all of it (the store
+// buffered whatever the server sent). Now it is kDataLoss naming the object and its size, decided
+// from the Content-Length before any byte of the body is kept; GetAtMost and ranged reads still
+// read it, and an object of exactly the bound is read whole.
+TEST_F(S3Test, WholeObjectGetOfObjectAboveTheBoundIsDataLossNamingIt) {
+  auto store = Store();
+  ASSERT_OK(store);
+  const uint64_t bound = internal::kMaxWholeObjectRead;
+  {
+    const std::string over(bound + kMiB + 3, '\0');  // zeros: cheap to make; a multipart put
+    ASSERT_OK((*store)->Put("big/over-bound.bin", over, internal::PutOptions{}));
+  }
+  auto whole = (*store)->Get("big/over-bound.bin");
+  ShowStatus(whole);
+  EXPECT_THAT(whole, StatusIs(StatusCode::kDataLoss, "big/over-bound.bin"));
+  EXPECT_THAT(whole.status().message(), HasSubstr(std::to_string(bound + kMiB + 3)));
+  // To the end from an offset: the same bound applies to what is left.
+  EXPECT_THAT((*store)->Get("big/over-bound.bin", kMiB, 0),
+              StatusIs(StatusCode::kDataLoss, "big/over-bound.bin"));
+  auto tail = (*store)->Get("big/over-bound.bin", 2 * kMiB, 0);
+  ASSERT_OK(tail);
+  EXPECT_EQ(tail->size(), bound - kMiB + 3);
+  // GetAtMost with a larger bound reads it (HEAD + one ranged GET); with a smaller one it refuses.
+  auto at_most = (*store)->GetAtMost("big/over-bound.bin", 2 * bound);
+  ASSERT_OK(at_most);
+  EXPECT_EQ(at_most->size(), bound + kMiB + 3);
+  EXPECT_THAT((*store)->GetAtMost("big/over-bound.bin", bound + kMiB),
+              StatusIs(StatusCode::kDataLoss, "big/over-bound.bin"));
+  // Exactly the bound is still one whole-object read.
+  {
+    const std::string exact(bound, 'e');
+    ASSERT_OK((*store)->Put("big/exact-bound.bin", exact, internal::PutOptions{}));
+  }
+  auto exact = (*store)->Get("big/exact-bound.bin");
+  ASSERT_OK(exact);
+  EXPECT_EQ(exact->size(), bound);
+  ASSERT_OK((*store)->Delete({"big/over-bound.bin", "big/exact-bound.bin"}));
+}
+
+// ---- conditional create (issue #9) ---------------------------------------------------------
+
+bool HasIfNoneMatch(const internal::S3TestHooks::Headers& headers) {
+  for (const auto& [name, value] : headers)
+    if (strcasecmp(name.c_str(), "If-None-Match") == 0) return true;
+  return false;
+}
+
+bool EndsWith(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// A record PUT with If-None-Match whose 200 was lost (the connection broke after radosgw had
+// committed) was retried, got 412 because of its own first attempt, and failed with
+// kAlreadyExists although the record was published: the backup job failed. The hook turns the
+// first 200 into a connection reset, which the store retries like any other.
+TEST_F(S3Test, CreateIfAbsentWhoseSuccessAnswerWasLostIsRetriedAndReportedOk) {
+  std::atomic<int> lost{0};
+  internal::S3TestHooks hooks;
+  hooks.after_response = [&lost](const std::string& method, const std::string& key,
+                                 const internal::S3TestHooks::Headers& headers,
+                                 internal::http::Response* r) {
+    if (method == "PUT" && HasIfNoneMatch(headers) && EndsWith(key, "records/lost.json") &&
+        r->curl_code == 0 && r->status == 200 && lost.fetch_add(1) == 0) {
+      r->curl_code = CURLE_RECV_ERROR;
+      r->curl_error = "injected: connection reset after the server committed the PUT";
+      r->status = 0;
+    }
+  };
+  auto store = StoreWithHooks(hooks);
+  ASSERT_OK(store);
+  const std::string record = R"({"name":"lost","v":1})";
+  Status st = (*store)->Put("records/lost.json", record, internal::PutOptions{true, true});
+  ShowStatus(st);
+  EXPECT_OK(st);
+  // One 200 dropped; the retry met 412 (its own first attempt) and compared the bytes.
+  ASSERT_EQ(lost.load(), 1) << "no success answer was dropped: nothing was tested";
+  auto back = (*store)->Get("records/lost.json");
+  ASSERT_OK(back);
+  EXPECT_EQ(*back, record);
+
+  // Other bytes: the key exists, and it is not ours.
+  EXPECT_THAT((*store)->Put("records/lost.json", R"({"name":"lost","v":2})",
+                            internal::PutOptions{true, true}),
+              StatusIs(StatusCode::kAlreadyExists, "records/lost.json"));
+  // Our bytes, but no attempt of this call can have written them: still kAlreadyExists.
+  EXPECT_THAT((*store)->Put("records/lost.json", record, internal::PutOptions{true, true}),
+              StatusIs(StatusCode::kAlreadyExists, "records/lost.json"));
+}
+
+// The same when the retried attempt meets another writer's object: the 412 of the first attempt
+// is lost, the retry gets 412 too, and the bytes on the bucket are not ours.
+TEST_F(S3Test, CreateIfAbsentRetriedOntoAnotherWritersObjectIsAlreadyExists) {
+  auto plain = Store();
+  ASSERT_OK(plain);
+  ASSERT_OK((*plain)->Put("records/taken.json", R"({"writer":"other"})",
+                          internal::PutOptions{true, true}));
+  std::atomic<int> lost{0};
+  internal::S3TestHooks hooks;
+  hooks.after_response = [&lost](const std::string& method, const std::string& key,
+                                 const internal::S3TestHooks::Headers& headers,
+                                 internal::http::Response* r) {
+    if (method == "PUT" && HasIfNoneMatch(headers) && EndsWith(key, "records/taken.json") &&
+        r->curl_code == 0 && r->status == 412 && lost.fetch_add(1) == 0) {
+      r->curl_code = CURLE_RECV_ERROR;
+      r->curl_error = "injected: connection reset";
+      r->status = 0;
+    }
+  };
+  auto store = StoreWithHooks(hooks);
+  ASSERT_OK(store);
+  EXPECT_THAT(
+      (*store)->Put("records/taken.json", R"({"writer":"me"})", internal::PutOptions{true, true}),
+      StatusIs(StatusCode::kAlreadyExists, "records/taken.json"));
+  EXPECT_EQ(lost.load(), 2) << "the first 412 was not dropped, or the PUT was not retried";
+  auto back = (*plain)->Get("records/taken.json");
+  ASSERT_OK(back);
+  EXPECT_EQ(*back, R"({"writer":"other"})");
+}
+
+// A server that ignores If-None-Match (simulated: a hook strips the header from every request
+// before it is signed) accepted every create-if-absent, so two hosts publishing one record name
+// overwrote each other. The store probes once and refuses; radosgw itself passes the probe, and
+// the probe leaves nothing behind.
+TEST_F(S3Test, IfAbsentPutsAreRefusedWhereIfNoneMatchIsNotHonoured) {
+  std::atomic<int> stripped{0};
+  internal::S3TestHooks hooks;
+  hooks.before_sign = [&stripped](const std::string&, const std::string&,
+                                  internal::S3TestHooks::Headers* headers) {
+    const size_t before = headers->size();
+    std::erase_if(*headers,
+                  [](const auto& h) { return strcasecmp(h.first.c_str(), "If-None-Match") == 0; });
+    stripped += static_cast<int>(before - headers->size());
+  };
+  auto ignoring = StoreWithHooks(hooks);
+  ASSERT_OK(ignoring);
+  Status st = (*ignoring)->Put("records/r1.json", "{}", internal::PutOptions{true, true});
+  ShowStatus(st);
+  EXPECT_THAT(st, StatusIs(StatusCode::kFailedPrecondition,
+                           "the S3 server does not honour If-None-Match; vmbackup refuses to "
+                           "publish records there because two writers could overwrite each "
+                           "other"));
+  EXPECT_GE(stripped.load(), 2) << "the probe did not send If-None-Match";
+  EXPECT_THAT((*ignoring)->Put("records/r2.json", "{}", internal::PutOptions{true, true}),
+              StatusIs(StatusCode::kFailedPrecondition, "If-None-Match"));
+  EXPECT_OK((*ignoring)->Put("packs/plain", "data", internal::PutOptions{})) << "plain puts work";
+
+  auto store = Store();
+  ASSERT_OK(store);
+  auto records = (*store)->ListAll("records/");
+  ASSERT_OK(records);
+  EXPECT_THAT(Keys(*records), IsEmpty()) << "a record was written without a working condition";
+  // radosgw honours If-None-Match: the probe passes, create-if-absent works.
+  EXPECT_OK((*store)->Put("records/r1.json", "{}", internal::PutOptions{true, true}));
+  EXPECT_THAT((*store)->Put("records/r1.json", "{}", internal::PutOptions{true, true}),
+              StatusIs(StatusCode::kAlreadyExists, "records/r1.json"));
+  auto probes = (*store)->ListAll("probe/");
+  ASSERT_OK(probes);
+  EXPECT_THAT(Keys(*probes), IsEmpty()) << "the If-None-Match probe was left behind";
 }
 
 // ---- store edge cases ---------------------------------------------------------------------

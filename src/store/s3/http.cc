@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "core/runtime.h"
+#include "store/s3/s3_xml.h"
 
 namespace vmbackup::internal::http {
 namespace {
@@ -26,26 +27,77 @@ struct Transfer {
   size_t sent = 0;
   curl_slist* headers = nullptr;
   char errbuf[CURL_ERROR_SIZE] = {0};
+  uint64_t status = 0;        // from the last status line seen
+  uint64_t header_bytes = 0;  // of every header line so far
 };
+
+// The most body bytes the answer being received may have.
+uint64_t BodyCap(const Transfer& t) {
+  return t.status >= 200 && t.status < 300 ? t.req.max_body : kMaxErrorBody;
+}
 
 size_t OnWrite(char* p, size_t size, size_t n, void* ud) {
   auto* t = static_cast<Transfer*>(ud);
-  t->resp.body.append(p, size * n);
-  return size * n;
+  const size_t len = size * n;
+  const uint64_t cap = BodyCap(*t);
+  // body.size() <= cap always holds, so this cannot overflow.
+  if (len > cap - t->resp.body.size()) {
+    t->resp.too_large =
+        "the answer's body goes on past the " + std::to_string(cap) + " bytes accepted";
+    return 0;  // a short count: curl stops the transfer with CURLE_WRITE_ERROR
+  }
+  t->resp.body.append(p, len);
+  return len;
+}
+
+// The headers of the final answer are complete: refuse a declared body over the bound before
+// any of it arrives. False stops the transfer.
+bool OnEndOfHeaders(Transfer* t) {
+  if (t->status >= 100 && t->status < 200) return true;  // interim answer; the real one follows
+  if (t->req.method == "HEAD" || !t->resp.content_length.has_value()) return true;
+  const uint64_t cap = BodyCap(*t);
+  const uint64_t declared = *t->resp.content_length;
+  if (declared > cap) {
+    t->resp.too_large = "the answer declares a body of " + std::to_string(declared) +
+                        " bytes (Content-Length), more than the " + std::to_string(cap) +
+                        " accepted";
+    return false;
+  }
+  if (t->status >= 200 && t->status < 300) t->resp.body.reserve(declared);
+  return true;
 }
 
 size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
   auto* t = static_cast<Transfer*>(ud);
-  std::string line(p, size * n);
-  auto colon = line.find(':');
-  if (colon != std::string::npos) {
-    std::string name = line.substr(0, colon);
-    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    size_t b = line.find_first_not_of(" \t", colon + 1);
-    size_t e = line.find_last_not_of(" \t\r\n");
-    t->resp.headers[name] = b == std::string::npos || e < b ? "" : line.substr(b, e - b + 1);
+  const size_t len = size * n;
+  t->header_bytes += len;
+  if (t->header_bytes > kMaxHeaderBytes) {
+    t->resp.too_large = "the answer's headers exceed " + std::to_string(kMaxHeaderBytes) + " bytes";
+    return 0;  // curl stops the transfer with CURLE_WRITE_ERROR
   }
-  return size * n;
+  const std::string_view line(p, len);
+  if (line.substr(0, 5) == "HTTP/") {
+    // A status line: the headers of an earlier (interim) answer no longer count.
+    t->resp.headers.clear();
+    t->resp.content_length.reset();
+    const size_t sp = line.find(' ');
+    t->status =
+        sp == std::string_view::npos ? 0 : ParseDecimalU64(line.substr(sp + 1, 3)).value_or(0);
+    return len;
+  }
+  if (line == "\r\n" || line == "\n") return OnEndOfHeaders(t) ? len : 0;
+  const size_t colon = line.find(':');
+  if (colon != std::string_view::npos) {
+    std::string name(line.substr(0, colon));
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    const size_t b = line.find_first_not_of(" \t", colon + 1);
+    const size_t e = line.find_last_not_of(" \t\r\n");
+    std::string value =
+        b == std::string_view::npos || e < b ? "" : std::string(line.substr(b, e - b + 1));
+    if (name == "content-length") t->resp.content_length = ParseDecimalU64(value);
+    t->resp.headers[name] = std::move(value);
+  }
+  return len;
 }
 
 size_t OnRead(char* p, size_t size, size_t n, void* ud) {
@@ -189,6 +241,7 @@ void Engine::Impl::Finish(CURL* easy, CURLcode code) {
   Transfer* t = nullptr;
   curl_easy_getinfo(easy, CURLINFO_PRIVATE, reinterpret_cast<char**>(&t));
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->resp.status);
+  if (t->resp.status == 0) t->resp.status = static_cast<long>(t->status);
   t->resp.curl_code = static_cast<int>(code);
   if (code != CURLE_OK) t->resp.curl_error = t->errbuf[0] ? t->errbuf : curl_easy_strerror(code);
   curl_multi_remove_handle(multi, easy);

@@ -2,14 +2,23 @@
 // interface (no thread per request), with a shared connection cache (keep-alive reuse) and a cap on
 // connections. Completions are posted to the Runtime's io_context, never run on the loop thread.
 //
+// Every answer is untrusted: the engine never keeps more body bytes than the request allows
+// (Request::max_body for a 2xx answer, kMaxErrorBody for any other) nor more than kMaxHeaderBytes
+// of headers. An answer that declares a longer body in Content-Length is stopped when its headers
+// end, before any body byte is kept; one whose body grows past the bound is stopped there (the
+// write callback returns a short count). Either way the connection is closed and
+// Response::too_large says what was exceeded.
+//
 // Thread-safety: Submit() may be called from any thread. Destruction fails outstanding requests
 // with kCancelled-style errors (curl code CURLE_ABORTED_BY_CALLBACK) and joins the loop thread.
 #ifndef VMBACKUP_STORE_S3_HTTP_H_
 #define VMBACKUP_STORE_S3_HTTP_H_
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +28,11 @@ class Runtime;
 
 namespace vmbackup::internal::http {
 
+// The most body bytes kept of an answer that is not 2xx (S3 error documents are < 1 KiB).
+inline constexpr uint64_t kMaxErrorBody = 1u << 20;
+// The most header bytes (all header lines together) kept of one answer.
+inline constexpr uint64_t kMaxHeaderBytes = 256u << 10;
+
 struct Request {
   std::string method;                       // GET, PUT, POST, HEAD, DELETE
   std::string url;                          // full URL, path already encoded
@@ -27,6 +41,9 @@ struct Request {
   size_t body_offset = 0;
   size_t body_length = 0;
   long timeout_ms = 300000;  // whole transfer
+  // The most body bytes a 2xx answer may have; a longer one is stopped (Response::too_large).
+  // Default kMaxErrorBody: enough for every S3 answer except object reads and listings.
+  uint64_t max_body = kMaxErrorBody;
 };
 
 struct Response {
@@ -34,7 +51,14 @@ struct Response {
   std::string curl_error;  // text for curl_code != 0
   long status = 0;         // HTTP status
   std::string body;
-  std::map<std::string, std::string> headers;  // lower-case names
+  std::map<std::string, std::string> headers;  // lower-case names, of the final answer
+  // The Content-Length of the answer when it was a decimal number; nullopt otherwise.
+  std::optional<uint64_t> content_length;
+  // Non-empty when the engine stopped the transfer because the answer was larger than allowed:
+  // says what exceeded which bound. `body` then holds at most the bound (nothing when the
+  // Content-Length alone was too large), `status` and `headers` are those received, and
+  // curl_code is CURLE_WRITE_ERROR.
+  std::string too_large;
 };
 
 struct EngineOptions {

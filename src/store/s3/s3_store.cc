@@ -4,8 +4,10 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
+#include <mutex>
 #include <random>
 
 #include "core/asio.h"
@@ -13,6 +15,7 @@
 #include "core/runtime.h"
 #include "core/util.h"
 #include "store/s3/http.h"
+#include "store/s3/s3_xml.h"
 #include "store/s3/sigv4.h"
 
 namespace vmbackup::internal {
@@ -21,65 +24,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMultipartThreshold = 64u << 20;
 constexpr size_t kPartSize = 16u << 20;
-
-std::string XmlUnescape(std::string s) {
-  static const std::pair<const char*, const char*> kEnt[] = {
-      {"&lt;", "<"}, {"&gt;", ">"}, {"&quot;", "\""}, {"&apos;", "'"}, {"&amp;", "&"}};
-  for (const auto& [from, to] : kEnt) {
-    size_t pos = 0;
-    while ((pos = s.find(from, pos)) != std::string::npos) {
-      s.replace(pos, std::strlen(from), to);
-      pos += std::strlen(to);
-    }
-  }
-  return s;
-}
-
-std::string XmlEscape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&apos;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
-
-// Contents of every <tag>…</tag> in `xml`, in order (flat scan; S3 responses are simple).
-std::vector<std::string> XmlAll(const std::string& xml, const std::string& tag) {
-  std::vector<std::string> out;
-  const std::string open = "<" + tag + ">", close = "</" + tag + ">";
-  size_t pos = 0;
-  while ((pos = xml.find(open, pos)) != std::string::npos) {
-    size_t b = pos + open.size();
-    size_t e = xml.find(close, b);
-    if (e == std::string::npos) break;
-    out.push_back(XmlUnescape(xml.substr(b, e - b)));
-    pos = e + close.size();
-  }
-  return out;
-}
-
-std::string XmlFirst(const std::string& xml, const std::string& tag) {
-  auto all = XmlAll(xml, tag);
-  return all.empty() ? "" : all.front();
-}
+// The most bytes of a ListObjectsV2 page or DeleteObjects answer (1000 keys take ~400 KiB).
+constexpr uint64_t kMaxListBody = 16u << 20;
 
 std::string Base64(const unsigned char* p, size_t n) {
   std::string out(4 * ((n + 2) / 3) + 1, '\0');
@@ -114,8 +60,8 @@ struct S3Settings {
 
 class S3Store final : public ObjectStore {
  public:
-  S3Store(std::shared_ptr<Runtime> rt, S3Settings s, http::EngineOptions eo)
-      : ObjectStore(rt), s_(std::move(s)), engine_(rt, std::move(eo)) {}
+  S3Store(std::shared_ptr<Runtime> rt, S3Settings s, http::EngineOptions eo, S3TestHooks hooks)
+      : ObjectStore(rt), s_(std::move(s)), hooks_(std::move(hooks)), engine_(rt, std::move(eo)) {}
 
   std::string Describe() const override {
     return "s3://" + s_.bucket +
@@ -135,6 +81,10 @@ class S3Store final : public ObjectStore {
     Clock::time_point started, deadline;
     int attempt = 0;
     std::string last_error;
+    // The most body bytes accepted in a 2xx answer (error answers: http::kMaxErrorBody).
+    uint64_t max_body = http::kMaxErrorBody;
+    // The error for a 2xx answer whose body exceeded max_body; null = a generic kDataLoss.
+    std::function<Status(const http::Response&)> too_large_error;
     std::function<void(http::Response, Status)> done;
   };
 
@@ -159,6 +109,7 @@ class S3Store final : public ObjectStore {
     r.path = path;
     r.query = c->query;
     r.headers = c->headers;
+    if (hooks_.before_sign) hooks_.before_sign(c->method, c->key, &r.headers);
     r.payload_sha256_hex = c->payload_sha256;
     s3::HeaderList signed_headers =
         s3::Sign(r, s_.creds, s_.region, "s3", s3::FormatAmzDate(std::chrono::system_clock::now()));
@@ -170,12 +121,29 @@ class S3Store final : public ObjectStore {
     h.body = c->body;
     h.body_offset = c->body_offset;
     h.body_length = c->body_length;
+    h.max_body = c->max_body;
     ++c->attempt;
     engine_.Submit(std::move(h),
                    [this, c](http::Response resp) { OnResponse(c, std::move(resp)); });
   }
 
   void OnResponse(std::shared_ptr<Call> c, http::Response resp) {
+    if (hooks_.after_response) hooks_.after_response(c->method, c->key, c->headers, &resp);
+    if (!resp.too_large.empty()) {
+      if (resp.status < 300) {
+        // A success answer (or none yet) larger than allowed: the server is broken or hostile;
+        // asking again would not help.
+        Status st = c->too_large_error ? c->too_large_error(resp)
+                                       : DataLossError("S3 " + c->method + " " + KeyForMessage(*c) +
+                                                       " on " + Describe() + ": " + resp.too_large);
+        c->done(std::move(resp), std::move(st));
+        return;
+      }
+      // An error answer with an oversized body: its status still says what happened; the body
+      // is dropped.
+      resp.curl_code = 0;
+      resp.body.clear();
+    }
     std::string why;
     bool transient = false;
     if (resp.curl_code != 0) {
@@ -198,15 +166,25 @@ class S3Store final : public ObjectStore {
       }
       transient = resp.curl_code != CURLE_ABORTED_BY_CALLBACK;
       why = resp.curl_error;
-    } else if (resp.status >= 500 || resp.status == 429) {
-      transient = true;
-      why = "HTTP " + std::to_string(resp.status) + " " + XmlFirst(resp.body, "Code");
-    } else if (resp.status == 400 && XmlFirst(resp.body, "Code") == "RequestTimeout") {
-      transient = true;
-      why = "RequestTimeout";
-    } else if (resp.status == 503 || XmlFirst(resp.body, "Code") == "SlowDown") {
-      transient = true;
-      why = "SlowDown";
+    } else if (resp.status >= 300) {
+      // Only error answers carry an S3 error code; a 2xx body is data (an object may well
+      // contain "<Code>SlowDown</Code>").
+      auto err = ParseS3ErrorBody(resp.body);
+      const std::string code = err.ok() ? err->code : "";
+      if (resp.status >= 500 || resp.status == 429) {
+        transient = true;
+        why = "HTTP " + std::to_string(resp.status) + (code.empty() ? "" : " " + ServerText(code));
+      } else if (resp.status == 400 && code == "RequestTimeout") {
+        transient = true;
+        why = "RequestTimeout";
+      } else if (code == "SlowDown") {
+        transient = true;
+        why = "SlowDown";
+      } else if (resp.status == 409 && code == "ConditionalRequestConflict") {
+        // AWS: a conditional write raced another write of the key; try again.
+        transient = true;
+        why = "ConditionalRequestConflict";
+      }
     }
     if (transient) {
       c->last_error = why;
@@ -245,15 +223,26 @@ class S3Store final : public ObjectStore {
 
   // Maps a completed non-2xx response to a Status naming the S3 error code and request id.
   Status HttpError(const Call& c, const http::Response& r) const {
-    std::string code = XmlFirst(r.body, "Code");
-    std::string msg = XmlFirst(r.body, "Message");
-    std::string rid = XmlFirst(r.body, "RequestId");
-    if (rid.empty() && r.headers.count("x-amz-request-id")) rid = r.headers.at("x-amz-request-id");
+    auto parsed = ParseS3ErrorBody(r.body);
+    S3ErrorBody err = parsed.ok() ? *parsed : S3ErrorBody{};
+    if (err.request_id.empty()) {
+      auto it = r.headers.find("x-amz-request-id");
+      if (it != r.headers.end()) err.request_id = it->second;
+    }
+    return ErrorStatus(c, r.status, err);
+  }
+
+  // The Status for S3 error `err` in an answer with HTTP `status` to call `c`. Everything the
+  // server sent is shortened and stripped of control characters before it goes in the message.
+  Status ErrorStatus(const Call& c, long status, const S3ErrorBody& err) const {
+    const std::string& code = err.code;
+    const std::string msg = ServerText(err.message);
+    const std::string rid = ServerText(err.request_id, 100);
     std::string what = "S3 " + c.method + " " + KeyForMessage(c) + " on " + Describe() + ": HTTP " +
-                       std::to_string(r.status) + (code.empty() ? "" : " " + code) +
+                       std::to_string(status) + (code.empty() ? "" : " " + ServerText(code, 64)) +
                        (msg.empty() ? "" : " (" + msg + ")") +
                        (rid.empty() ? "" : ", request id " + rid);
-    if (r.status == 403 || code == "SignatureDoesNotMatch" || code == "InvalidAccessKeyId" ||
+    if (status == 403 || code == "SignatureDoesNotMatch" || code == "InvalidAccessKeyId" ||
         code == "AccessDenied") {
       std::string hint = code == "SignatureDoesNotMatch" ? "check secretAccessKey"
                          : code == "InvalidAccessKeyId"
@@ -263,13 +252,13 @@ class S3Store final : public ObjectStore {
     }
     if (code == "NoSuchBucket")
       return NotFoundError(what + "; bucket '" + s_.bucket + "' does not exist (check bucketName)");
-    if (r.status == 404) return NotFoundError(what);
-    if (r.status == 412) return AlreadyExistsError(what);
-    if (r.status == 416) return OutOfRangeError(what);
+    if (status == 404) return NotFoundError(what);
+    if (status == 412) return AlreadyExistsError(what);
+    if (status == 416) return OutOfRangeError(what);
     if (code == "BadDigest" || code == "XAmzContentSHA256Mismatch") return DataLossError(what);
-    if (code == "EntityTooLarge" || code == "QuotaExceeded" || r.status == 507)
+    if (code == "EntityTooLarge" || code == "QuotaExceeded" || status == 507)
       return ResourceExhaustedError(what);
-    if (r.status == 400) return InvalidArgumentError(what);
+    if (status == 400) return InvalidArgumentError(what);
     return UnknownError(what);
   }
 
@@ -300,13 +289,23 @@ class S3Store final : public ObjectStore {
     return PutShared(key, body, opts);
   }
 
+  // if_absent: a PUT with If-None-Match: * (after a probe that the server honours it, see
+  // CheckConditionalPuts). A 412 means the key exists: kAlreadyExists, unless an earlier attempt
+  // of this same call may have created it (its answer lost to a broken connection after the
+  // server committed, then retried): then the object is ours, and the call succeeds, exactly
+  // when it holds our bytes.
   Status PutShared(const std::string& key, std::shared_ptr<const std::string> body,
                    const PutOptions& opts) {
+    const std::string exists = "object " + key + " already exists on " + Describe();
     if (opts.if_absent) {
-      auto head = Head(key);
-      if (head.ok())
-        return AlreadyExistsError("object " + key + " already exists on " + Describe());
-      if (head.status().code() != StatusCode::kNotFound) return head.status();
+      VMB_RETURN_IF_ERROR(CheckConditionalPuts());
+      if (body->size() > kMultipartThreshold) {
+        // A multipart upload is not made conditional here: check first. Racy, but nothing the
+        // format creates with if_absent (records, the descriptor) comes near this size.
+        auto head = Head(key);
+        if (head.ok()) return AlreadyExistsError(exists);
+        if (head.status().code() != StatusCode::kNotFound) return head.status();
+      }
     }
     if (body->size() > kMultipartThreshold) return PutMultipart(key, body);
     auto c = NewCall("PUT", key);
@@ -314,9 +313,78 @@ class S3Store final : public ObjectStore {
     c->body_length = body->size();
     if (opts.if_absent) c->headers.push_back({"If-None-Match", "*"});
     auto r = Sync(c);
-    if (r.status().code() == StatusCode::kAlreadyExists)
-      return AlreadyExistsError("object " + key + " already exists on " + Describe());
-    return r.status();
+    if (r.ok()) return Status::Ok();
+    if (r.status().code() != StatusCode::kAlreadyExists) return r.status();  // not a 412
+    if (c->attempt <= 1) return AlreadyExistsError(exists);
+    auto same = HoldsExactly(key, *body);
+    if (!same.ok())
+      return same.status().WithContext("create-if-absent of " + key +
+                                       " was retried and the "
+                                       "object exists; reading it back to compare");
+    return *same ? Status::Ok() : AlreadyExistsError(exists);
+  }
+
+  // True when object `key` holds exactly `data`; false when it holds other bytes (reading no more
+  // than data.size() + what is in flight). The store's errors otherwise (kNotFound, ...).
+  StatusOr<bool> HoldsExactly(const std::string& key, const std::string& data) {
+    auto c = NewCall("GET", key);
+    c->max_body = data.size();
+    auto longer = std::make_shared<std::atomic<bool>>(false);
+    c->too_large_error = [longer](const http::Response& r) {
+      *longer = true;
+      return DataLossError(r.too_large);
+    };
+    auto r = Sync(c);
+    if (*longer) return false;
+    if (!r.ok()) return r.status();
+    return r->body == data;
+  }
+
+  // OK when the server honours If-None-Match: * (it refuses a conditional PUT of an existing key
+  // with 412). Probed once per store, before the first create-if-absent: a probe object under
+  // probe/ is PUT twice with the header, then deleted. kFailedPrecondition when the second PUT
+  // was accepted (then and for every later call); the store's error (nothing remembered) when
+  // the probe itself fails.
+  Status CheckConditionalPuts() {
+    std::lock_guard<std::mutex> l(probe_mu_);
+    if (conditional_ == Conditional::kUnknown) {
+      auto honoured = ProbeIfNoneMatch();
+      if (!honoured.ok())
+        return honoured.status().WithContext("probing whether " + Describe() +
+                                             " honours If-None-Match");
+      conditional_ = *honoured ? Conditional::kHonoured : Conditional::kIgnored;
+    }
+    if (conditional_ == Conditional::kHonoured) return Status::Ok();
+    return FailedPreconditionError(
+        "the S3 server does not honour If-None-Match; vmbackup refuses to publish records there "
+        "because two writers could overwrite each other (" +
+        Describe() +
+        " accepted a second PUT of a probe object with If-None-Match: * instead of answering "
+        "412)");
+  }
+
+  StatusOr<bool> ProbeIfNoneMatch() {
+    VMB_ASSIGN_OR_RETURN(std::string id, RandomHex(8));
+    const std::string key = "probe/if-none-match-" + id;
+    auto body = std::make_shared<const std::string>("vmbackup probe: is If-None-Match honoured?");
+    // The HTTP status of a conditional PUT of the probe: 2xx, or 412.
+    auto put = [&]() -> StatusOr<long> {
+      auto c = NewCall("PUT", key);
+      c->body = body;
+      c->body_length = body->size();
+      c->headers.push_back({"If-None-Match", "*"});
+      auto r = Sync(c);
+      if (r.ok()) return r->status;
+      if (r.status().code() == StatusCode::kAlreadyExists) return 412L;
+      return r.status();
+    };
+    // The first PUT creates the probe (a 412 there can only follow a retried attempt of ours).
+    VMB_ASSIGN_OR_RETURN(long first, put());
+    (void)first;
+    auto second = put();
+    Delete({key}).IgnoreError();  // best effort: a probe left behind is harmless
+    if (!second.ok()) return second.status();
+    return *second == 412;
   }
 
   void PutAsync(std::string key, std::shared_ptr<const std::string> data, PutOptions opts,
@@ -341,8 +409,9 @@ class S3Store final : public ObjectStore {
     auto create = NewCall("POST", key);
     create->query = {{"uploads", ""}};
     VMB_ASSIGN_OR_RETURN(http::Response cr, Sync(create));
-    const std::string upload_id = XmlFirst(cr.body, "UploadId");
-    if (upload_id.empty()) return UnknownError("S3 CreateMultipartUpload returned no UploadId");
+    auto id = ParseInitiateMultipartUpload(cr.body);
+    if (!id.ok()) return id.status().WithContext("S3 PUT " + key + " on " + Describe());
+    const std::string upload_id = *id;
     auto abort = [&](Status st) {
       auto a = NewCall("DELETE", key);
       a->query = {{"uploadId", upload_id}};
@@ -359,9 +428,9 @@ class S3Store final : public ObjectStore {
       c->body_length = std::min(kPartSize, body->size() - off);
       auto r = Sync(c);
       if (!r.ok()) return abort(r.status().WithContext("upload part " + std::to_string(part)));
-      std::string etag = r->headers.count("etag") ? r->headers.at("etag") : "";
+      auto etag = r->headers.find("etag");
       complete += "<Part><PartNumber>" + std::to_string(part) + "</PartNumber><ETag>" +
-                  XmlEscape(etag) + "</ETag></Part>";
+                  XmlEscape(etag == r->headers.end() ? "" : etag->second) + "</ETag></Part>";
     }
     complete += "</CompleteMultipartUpload>";
     auto done = NewCall("POST", key);
@@ -371,37 +440,67 @@ class S3Store final : public ObjectStore {
     auto r = Sync(done);
     if (!r.ok()) return abort(r.status().WithContext("complete multipart upload"));
     // CompleteMultipartUpload may answer 200 with an <Error> body.
-    if (r->body.find("<Error>") != std::string::npos) {
-      http::Response fake = *r;
-      fake.status = 500;
-      return abort(HttpError(*done, fake));
-    }
+    auto result = ParseCompleteMultipartUpload(r->body);
+    if (!result.ok())
+      return abort(result.status().WithContext("S3 PUT " + key + " on " + Describe()));
+    if (result->has_value()) return abort(ErrorStatus(*done, r->status, **result));
     return Status::Ok();
   }
 
   StatusOr<std::string> Get(const std::string& key, uint64_t offset, uint64_t length) override {
     VMB_RETURN_IF_ERROR(ValidateKey(key));
     auto c = NewCall("GET", key);
-    if (offset > 0 || length > 0) {
+    const bool ranged = offset > 0 || length > 0;
+    const std::string asked = std::to_string(length) + " bytes at " + std::to_string(offset);
+    if (ranged) {
       std::string range = "bytes=" + std::to_string(offset) + "-" +
                           (length > 0 ? std::to_string(offset + length - 1) : "");
       c->headers.push_back({"Range", range});
     }
+    // Never more than asked; a whole-object (or to-the-end) read at most kMaxWholeObjectRead.
+    c->max_body = length > 0 ? length : kMaxWholeObjectRead;
+    c->too_large_error = [this, key, ranged, asked](const http::Response& r) -> Status {
+      if (!ranged && r.content_length.has_value())
+        return TooLargeForWholeRead(key, *r.content_length);
+      if (!ranged)
+        return DataLossError("object " + key + " on " + Describe() + " is larger than the " +
+                             std::to_string(kMaxWholeObjectRead) +
+                             " bytes a whole-object read accepts (" + r.too_large + ")");
+      return DataLossError("S3 answered the read of " + asked + " of object " + key + " on " +
+                           Describe() + " with more than that (HTTP " + std::to_string(r.status) +
+                           ": " + r.too_large + ")" +
+                           (r.status == 200 ? "; the server ignores Range" : ""));
+    };
     auto r = Sync(c);
     if (!r.ok()) {
       if (r.status().code() == StatusCode::kNotFound)
         return NotFoundError("object " + key + " not found on " + Describe());
       return r.status();
     }
+    if (ranged && r->status == 206) {
+      // The bytes must be the range asked for, whatever the server says.
+      auto it = r->headers.find("content-range");
+      if (it == r->headers.end())
+        return DataLossError("S3 answered the read of " + asked + " of object " + key + " on " +
+                             Describe() + " with HTTP 206 but no Content-Range");
+      auto cr = ParseContentRange(it->second);
+      if (!cr.ok())
+        return cr.status().WithContext("S3 read of " + asked + " of object " + key + " on " +
+                                       Describe());
+      if (cr->first != offset || cr->last - cr->first + 1 != r->body.size())
+        return DataLossError("S3 answered the read of " + asked + " of object " + key + " on " +
+                             Describe() + " with " + std::to_string(r->body.size()) +
+                             " bytes of Content-Range " + ServerText(it->second, 80));
+    } else if (ranged && offset > 0) {
+      // A 2xx other than 206: the server ignored Range and the body starts at byte 0.
+      return DataLossError("S3 answered the read of " + asked + " of object " + key + " on " +
+                           Describe() + " with HTTP " + std::to_string(r->status) +
+                           " (the whole object): the server ignores Range");
+    }
     if (length > 0 && r->body.size() != length) {
-      if (r->status == 200 && r->body.size() >= offset + length)
-        return r->body.substr(offset, length);
-      return DataLossError("object " + key + " is shorter than expected (wanted " +
-                           std::to_string(length) + " bytes at " + std::to_string(offset) +
+      return DataLossError("object " + key + " is shorter than expected (wanted " + asked +
                            ", got " + std::to_string(r->body.size()) + ")");
     }
-    if (length == 0 && offset > 0 && r->status == 200)
-      return r->body.substr(std::min<size_t>(offset, r->body.size()));
     return std::move(r->body);
   }
 
@@ -414,8 +513,10 @@ class S3Store final : public ObjectStore {
         return NotFoundError("object " + key + " not found on " + Describe());
       return r.status();
     }
-    uint64_t size =
-        r->headers.count("content-length") ? std::stoull(r->headers.at("content-length")) : 0;
+    auto it = r->headers.find("content-length");
+    const std::string what = "header Content-Length of S3 HEAD " + key + " on " + Describe();
+    if (it == r->headers.end()) return DataLossError(what + " is missing");
+    VMB_ASSIGN_OR_RETURN(uint64_t size, ParseDecimalField(it->second, what));
     return ObjectInfo{key, size};
   }
 
@@ -425,16 +526,10 @@ class S3Store final : public ObjectStore {
     c->query = {
         {"list-type", "2"}, {"prefix", s_.prefix + prefix}, {"max-keys", std::to_string(max_keys)}};
     if (!token.empty()) c->query.push_back({"continuation-token", token});
+    c->max_body = kMaxListBody;
     VMB_ASSIGN_OR_RETURN(http::Response r, Sync(c));
-    ListPage page;
-    for (const auto& contents : XmlAll(r.body, "Contents")) {
-      std::string k = XmlFirst(contents, "Key");
-      if (k.compare(0, s_.prefix.size(), s_.prefix) != 0) continue;
-      std::string size = XmlFirst(contents, "Size");
-      page.objects.push_back({k.substr(s_.prefix.size()), size.empty() ? 0 : std::stoull(size)});
-    }
-    if (XmlFirst(r.body, "IsTruncated") == "true")
-      page.next_token = XmlFirst(r.body, "NextContinuationToken");
+    auto page = ParseListObjectsV2(r.body, s_.prefix, prefix, token, max_keys);
+    if (!page.ok()) return page.status().WithContext("listing '" + prefix + "' on " + Describe());
     return page;
   }
 
@@ -451,12 +546,15 @@ class S3Store final : public ObjectStore {
       c->headers = {{"Content-MD5", Md5Base64(xml)}, {"Content-Type", "application/xml"}};
       c->body = std::make_shared<const std::string>(xml);
       c->body_length = xml.size();
+      c->max_body = kMaxListBody;
       VMB_ASSIGN_OR_RETURN(http::Response r, Sync(c));
-      auto errors = XmlAll(r.body, "Error");
-      if (!errors.empty()) {
+      auto errors = ParseDeleteObjectsResult(r.body);
+      if (!errors.ok()) return errors.status().WithContext("S3 DeleteObjects on " + Describe());
+      if (!errors->empty()) {
+        const S3ErrorBody& e = errors->front();
         return UnknownError("S3 DeleteObjects on " + Describe() + " failed for " +
-                            XmlFirst(errors[0], "Key") + ": " + XmlFirst(errors[0], "Code") + " " +
-                            XmlFirst(errors[0], "Message"));
+                            ServerText(e.key) + ": " + ServerText(e.code, 64) + " " +
+                            ServerText(e.message));
       }
     }
     return Status::Ok();
@@ -466,15 +564,36 @@ class S3Store final : public ObjectStore {
   Status Check() { return List("", "", 1).status(); }
 
  private:
+  enum class Conditional { kUnknown, kHonoured, kIgnored };
+
   S3Settings s_;
+  S3TestHooks hooks_;
+  std::mutex probe_mu_;  // held while probing, so that concurrent callers wait for one probe
+  Conditional conditional_ = Conditional::kUnknown;  // guarded by probe_mu_
   http::Engine engine_;
 };
 
 }  // namespace
 
+Status CheckS3EndpointIsSecure(const TargetConfig& config) {
+  if (config.allow_insecure_http || config.endpoint.rfind("http://", 0) != 0) return Status::Ok();
+  return InvalidArgumentError(
+      "backup-target setting: field 'endpoint' is a plain http:// URL, whose traffic (backup "
+      "data, metadata and signed requests) anyone on the path can read and change; use https://, "
+      "or set field 'allowInsecureHttp' to true to accept that");
+}
+
 StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
                                                    const TargetOptions& options,
                                                    std::shared_ptr<Runtime> runtime) {
+  return OpenS3StoreWithTestHooks(config, options, std::move(runtime), S3TestHooks{});
+}
+
+StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConfig& config,
+                                                                const TargetOptions& options,
+                                                                std::shared_ptr<Runtime> runtime,
+                                                                S3TestHooks hooks) {
+  VMB_RETURN_IF_ERROR(CheckS3EndpointIsSecure(config));
   S3Settings s;
   std::string ep = config.endpoint;
   if (ep.empty()) ep = "https://s3." + config.bucket_region + ".amazonaws.com";
@@ -482,6 +601,9 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
   if (sep == std::string::npos)
     return InvalidArgumentError("backup-target setting: field 'endpoint' has no scheme");
   s.scheme = ep.substr(0, sep);
+  if (s.scheme != "https" && s.scheme != "http")
+    return InvalidArgumentError(
+        "backup-target setting: field 'endpoint' must start with http:// or https://");
   std::string rest = ep.substr(sep + 3);
   auto slash = rest.find('/');
   std::string host = rest.substr(0, slash);
@@ -532,7 +654,8 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
   eo.max_connections = options.max_requests_in_flight > 0 ? options.max_requests_in_flight : 16;
   eo.ca_pem = config.cert;
   eo.verify_tls = !options.insecure_skip_tls_verify_for_tests_only;
-  auto store = std::make_unique<S3Store>(std::move(runtime), std::move(s), std::move(eo));
+  auto store =
+      std::make_unique<S3Store>(std::move(runtime), std::move(s), std::move(eo), std::move(hooks));
   VMB_RETURN_IF_ERROR(store->Check());
   return std::unique_ptr<ObjectStore>(std::move(store));
 }

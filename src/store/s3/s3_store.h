@@ -1,25 +1,71 @@
 // S3Store: an ObjectStore on an S3 bucket (AWS, Ceph RGW, MinIO, ...) over libcurl with our own
 // SigV4 signing. Path-style or virtual-hosted-style addressing, optional key prefix, custom CA,
 // bounded retries with exponential backoff and jitter, multipart upload for large objects,
-// conditional create (If-None-Match: *, after a HEAD check), DeleteObjects in batches of 1000.
+// DeleteObjects in batches of 1000.
+//
+// Every answer is untrusted (issue #9): bodies are bounded by what was asked (see http.h), a
+// whole-object Get above kMaxWholeObjectRead is kDataLoss naming the object, a ranged Get must
+// get exactly its range (Content-Range checked; a 200 at a non-zero offset is kDataLoss), and all
+// XML and numbers go through s3_xml.h (malformed: kDataLoss naming the field or key).
+//
+// Create-if-absent (PutOptions::if_absent) is a PUT with If-None-Match: *. Before the first one a
+// store probes once that the server honours the header; if it does not, every if_absent Put is
+// kFailedPrecondition (and never written). A 412 is kAlreadyExists, except after a retried
+// attempt of the same call: then the object is read back and the Put succeeds when it holds
+// exactly the bytes put (the earlier attempt created it and its answer was lost). Above the
+// multipart threshold (64 MiB) if_absent is a HEAD check before the upload, which is racy.
+//
 // See docs/s3.md. Thread-safe.
 #ifndef VMBACKUP_STORE_S3_S3_STORE_H_
 #define VMBACKUP_STORE_S3_S3_STORE_H_
 
+#include <functional>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "store/object_store.h"
+#include "store/s3/http.h"
 #include "vmbackup/backup_target.h"
 
 namespace vmbackup::internal {
 
+// OK unless `config` names a plain http:// endpoint without allow_insecure_http: then
+// kInvalidArgument naming the field 'allowInsecureHttp' (ParseTargetConfig and OpenS3Store both
+// refuse such a setting).
+Status CheckS3EndpointIsSecure(const TargetConfig& config);
+
 // Opens the bucket named by `config` and checks that it answers (a one-key listing).
-// Returns kInvalidArgument for a bad endpoint or missing credentials, kPermissionDenied for
+// Returns kInvalidArgument for a bad endpoint (an http:// one without allow_insecure_http, see
+// CheckS3EndpointIsSecure) or missing credentials, kPermissionDenied for
 // rejected credentials (naming the S3 error code and request id), kNotFound for a missing bucket,
 // kUnavailable when the server cannot be reached within the retry budget.
 StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
                                                    const TargetOptions& options,
                                                    std::shared_ptr<Runtime> runtime);
+
+// Fault injection FOR TESTS ONLY: hooks that see every attempt of every request of one store.
+// They run on the thread that sends the attempt (any thread) and on the runtime's io thread, so
+// they must be thread-safe; they must not block.
+struct S3TestHooks {
+  using Headers = std::vector<std::pair<std::string, std::string>>;
+  // Before an attempt is signed: may change the headers that are then signed and sent.
+  // `key` is the object key with the store's prefix ("" for the bucket).
+  std::function<void(const std::string& method, const std::string& key, Headers* headers)>
+      before_sign;
+  // After an attempt completed, before the store looks at the answer: may change it (for example
+  // turn a 200 into a connection reset, as if the answer had been lost after the server acted).
+  std::function<void(const std::string& method, const std::string& key, const Headers& headers,
+                     http::Response* response)>
+      after_response;
+};
+
+// OpenS3Store with test hooks.
+StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConfig& config,
+                                                                const TargetOptions& options,
+                                                                std::shared_ptr<Runtime> runtime,
+                                                                S3TestHooks hooks);
 
 }  // namespace vmbackup::internal
 

@@ -39,7 +39,7 @@ std::string TargetSetting(const std::string& kind, const TempDir& dir) {
     return R"({"type":"s3","endpoint":")" + Env("S3_HTTP_ENDPOINT") + R"(","bucketName":")" +
            Env("S3_BUCKET") + R"(","accessKeyId":")" + Env("AWS_ACCESS_KEY_ID") +
            R"(","secretAccessKey":")" + Env("AWS_SECRET_ACCESS_KEY") + R"(","prefix":")" + prefix +
-           R"("})";
+           R"(","allowInsecureHttp":true})";
   }
   if (kind == "nfs") {
     if (Env("NFS_URL_V3").empty()) {

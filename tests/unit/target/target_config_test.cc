@@ -72,7 +72,66 @@ INSTANTIATE_TEST_SUITE_P(
                 "'endpoint' must be an nfs:// URL"},
         BadCase{R"({"type":"file","endpoint":"/x","bucketname":"b"})",
                 "'bucketname' is not a known field"},
-        BadCase{R"({"type":"file","endpoint":"/x","prefix":"../up"})", "'prefix' must be"}));
+        BadCase{R"({"type":"file","endpoint":"/x","prefix":"../up"})", "'prefix' must be"},
+        BadCase{R"({"type":"s3","bucketName":"b","endpoint":"http://x","allowInsecureHttp":1})",
+                "'allowInsecureHttp' must be a boolean"},
+        BadCase{R"({"type":"s3","bucketName":"b","endpoint":"http://x","allowInsecureHttp":"yes"})",
+                "'allowInsecureHttp' must be a boolean"}));
+
+// An http:// endpoint was accepted silently: backup data, metadata and signed requests went over
+// the network in the clear, open to reading and rewriting. It now needs an explicit opt-in.
+TEST(TargetConfigTest, HttpS3EndpointWithoutAllowInsecureHttpIsRefusedNamingTheField) {
+  for (
+      const char* cfg :
+      {R"({"type":"s3","endpoint":"http://s3.example:9000","bucketName":"b"})",
+       R"({"type":"s3","endpoint":"http://s3.example","bucketName":"b","allowInsecureHttp":false})",
+       R"({"type":"s3","endpoint":"http://s3.example","bucketName":"b","allowInsecureHttp":"false"})",
+       R"({"type":"s3","endpoint":"http://s3.example","bucketName":"b","allowInsecureHttp":null})"}) {
+    SCOPED_TRACE(cfg);
+    auto c = ParseTargetConfig(cfg);
+    EXPECT_THAT(c, StatusIs(StatusCode::kInvalidArgument, "'allowInsecureHttp'"));
+    EXPECT_THAT(c.status().message(), ::testing::HasSubstr("http://"));
+  }
+}
+
+TEST(TargetConfigTest, HttpS3EndpointWithAllowInsecureHttpParsesAndIsShownRedacted) {
+  auto c = ParseTargetConfig(
+      R"({"type":"s3","endpoint":"http://s3.example","bucketName":"b","allowInsecureHttp":true,
+          "accessKeyId":"AK","secretAccessKey":"SECRET"})");
+  ASSERT_OK(c);
+  EXPECT_TRUE(c->allow_insecure_http);
+  EXPECT_NE(c->ToRedactedJson().find(R"("allowInsecureHttp":true)"), std::string::npos)
+      << c->ToRedactedJson();
+  EXPECT_EQ(c->ToRedactedJson().find("SECRET"), std::string::npos);
+  auto s = ParseTargetConfig(
+      R"({"type":"s3","endpoint":"http://s3.example","bucketName":"b","allowInsecureHttp":"true"})");
+  ASSERT_OK(s);
+  EXPECT_TRUE(s->allow_insecure_http);
+  // https:// and the default AWS endpoint need nothing.
+  auto tls = ParseTargetConfig(R"({"type":"s3","endpoint":"https://s3.example","bucketName":"b"})");
+  ASSERT_OK(tls);
+  EXPECT_FALSE(tls->allow_insecure_http);
+  EXPECT_NE(tls->ToRedactedJson().find(R"("allowInsecureHttp":false)"), std::string::npos);
+  EXPECT_OK(ParseTargetConfig(R"({"type":"s3","bucketName":"b"})"));
+}
+
+// A TargetConfig built in code (not parsed) is checked when the target is opened, before any
+// request is sent (nothing listens on port 1).
+TEST(TargetConfigTest, HttpS3EndpointInAConfigStructIsRefusedWhenOpened) {
+  TargetConfig c;
+  c.type = TargetConfig::Type::kS3;
+  c.endpoint = "http://127.0.0.1:1";
+  c.bucket_name = "b";
+  c.access_key_id = "AK";
+  c.secret_access_key = "SECRET";
+  TargetOptions o;
+  o.retry_timeout_seconds = 1;
+  EXPECT_THAT(BackupTarget::Open(c, o),
+              StatusIs(StatusCode::kInvalidArgument, "'allowInsecureHttp'"));
+  c.allow_insecure_http = true;
+  EXPECT_THAT(BackupTarget::Open(c, o), StatusIs(StatusCode::kUnavailable, "127.0.0.1:1"))
+      << "with the opt-in the endpoint is used";
+}
 
 TargetOptions Opts(uint32_t block_size, bool create) {
   TargetOptions o;
