@@ -43,12 +43,26 @@ void ObjectStore::GetAsync(std::string key, uint64_t offset, uint64_t length,
 }
 
 StatusOr<std::vector<ObjectInfo>> ObjectStore::ListAll(const std::string& prefix) {
+  // A listing comes from the target: pages must move forward (a server cycling between
+  // continuation tokens would otherwise loop for ever) and the total is bounded.
+  constexpr size_t kMaxListed = 10'000'000;
   std::vector<ObjectInfo> all;
   std::string token;
   do {
     auto page = List(prefix, token, 1000);
     if (!page.ok()) return page.status();
-    for (auto& o : page->objects) all.push_back(std::move(o));
+    for (auto& o : page->objects) {
+      if (!all.empty() && o.key <= all.back().key)
+        return DataLossError("listing of '" + prefix + "' on " + Describe() +
+                             " went backwards at key '" + o.key + "' (broken or hostile server)");
+      all.push_back(std::move(o));
+    }
+    if (all.size() > kMaxListed)
+      return DataLossError("listing of '" + prefix + "' on " + Describe() + " holds more than " +
+                           std::to_string(kMaxListed) + " objects");
+    if (!page->next_token.empty() && page->objects.empty())
+      return DataLossError("listing of '" + prefix + "' on " + Describe() +
+                           " returned an empty page that is not the last one");
     token = page->next_token;
   } while (!token.empty());
   return all;
