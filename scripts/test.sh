@@ -3,7 +3,9 @@
 # warnings as errors, starts the real servers the integration tests need (Ceph radosgw for S3, nfs-ganesha for NFS), runs
 # every suite (unit, integration, C API, Python, header and packaging tests), then the unit tests
 # again under AddressSanitizer+UBSan and ThreadSanitizer.
+# Last, every decoder of target data is fuzzed for a bounded time (scripts/fuzz.sh).
 #   VMBACKUP_SKIP_SANITIZERS=1  skip the sanitizer builds (local iteration only; CI never sets it)
+#   VMBACKUP_SKIP_FUZZ=1        skip the fuzz stage (local iteration only; CI never sets it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -31,5 +33,9 @@ if [ "${VMBACKUP_SKIP_SANITIZERS:-0}" != 1 ]; then
     ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
       ctest --preset "$san" -j2 -L unit --timeout 600
   done
+fi
+if [ "${VMBACKUP_SKIP_FUZZ:-0}" != 1 ]; then
+  echo "== fuzz: every decoder of target data under libFuzzer + ASan/UBSan"
+  bash scripts/fuzz.sh
 fi
 echo "== all suites passed in $(( $(date +%s) - start )) s"

@@ -5,10 +5,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "cancel.h"
 #include "progress.h"
+#include "vm/dirty_map.h"
 
 namespace vmbackupctl {
 namespace {
@@ -49,13 +51,6 @@ std::optional<std::string> OneName(Context& ctx, const ParsedArgs& args, const c
     return std::nullopt;
   }
   return args.positionals()[0];
-}
-
-vmbackup::StatusOr<uint64_t> JsonU64(const nlohmann::json& v, const std::string& what) {
-  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) {
-    return vmbackup::InvalidArgumentError(what + " must be a non-negative integer");
-  }
-  return v.get<uint64_t>();
 }
 
 }  // namespace
@@ -121,43 +116,20 @@ StatusOr<RestoreRun> RunRestorePlan(Context& ctx,
 Status ApplyDirtyMap(const std::string& file, vmbackup::BackupSpec* spec) {
   std::ifstream in(file, std::ios::binary);
   if (!in) return vmbackup::NotFoundError("cannot read dirty map '" + file + "'");
-  nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) {
-    return vmbackup::InvalidArgumentError("dirty map '" + file +
-                                          "': expected a JSON object {volume: [[offset, length]]}");
-  }
-  for (auto it = doc.begin(); it != doc.end(); ++it) {
+  std::ostringstream text;
+  text << in.rdbuf();
+  const std::string what = "dirty map '" + file + "'";
+  StatusOr<std::map<std::string, std::vector<vmbackup::Extent>>> map =
+      vmbackup::internal::ParseDirtyMap(text.str(), what);
+  if (!map.ok()) return map.status();
+  for (auto& [name, extents] : *map) {
     auto vol = std::find_if(spec->volumes.begin(), spec->volumes.end(),
-                            [&](const vmbackup::VolumeSource& v) { return v.name == it.key(); });
+                            [&](const vmbackup::VolumeSource& v) { return v.name == name; });
     if (vol == spec->volumes.end()) {
-      return vmbackup::InvalidArgumentError("dirty map '" + file + "': unknown volume '" +
-                                            it.key() + "'");
-    }
-    if (!it.value().is_array()) {
-      return vmbackup::InvalidArgumentError("dirty map '" + file + "': volume '" + it.key() +
-                                            "' must map to an array of extents");
+      return vmbackup::InvalidArgumentError(what + ": unknown volume '" + name + "'");
     }
     vol->has_dirty_map = true;
-    vol->dirty_ranges.clear();
-    for (const nlohmann::json& e : it.value()) {
-      std::string what = "dirty map '" + file + "' volume '" + it.key() + "': extent";
-      nlohmann::json off, len;
-      if (e.is_array() && e.size() == 2) {
-        off = e[0];
-        len = e[1];
-      } else if (e.is_object() && e.contains("offset") && e.contains("length")) {
-        off = e["offset"];
-        len = e["length"];
-      } else {
-        return vmbackup::InvalidArgumentError(what +
-                                              " must be [offset, length] or {offset, length}");
-      }
-      StatusOr<uint64_t> o = JsonU64(off, what + " offset");
-      if (!o.ok()) return o.status();
-      StatusOr<uint64_t> l = JsonU64(len, what + " length");
-      if (!l.ok()) return l.status();
-      vol->dirty_ranges.push_back(vmbackup::Extent{*o, *l});
-    }
+    vol->dirty_ranges = std::move(extents);
   }
   return Status::Ok();
 }

@@ -1,6 +1,6 @@
 // SigV4 signer: UriEncode rules, signing-key and S3 documentation vectors, and conformance with the
-// AWS Signature Version 4 test suite (../shared/testdata/aws-sig-v4-test-suite, or
-// $VMBACKUP_SHARED_DIR/testdata/...). A missing suite is a visible FAILURE, never a silent pass.
+// AWS Signature Version 4 test suite (tests/data/aws-sig-v4-test-suite, Apache-2.0, committed in
+// the source tree). A missing suite is a visible FAILURE, never a silent pass.
 #include "store/s3/sigv4.h"
 
 #include <gtest/gtest.h>
@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -193,20 +192,10 @@ TEST_F(SigV4S3DocExampleTest, ListObjects) {
 
 // ------------------------------------------------------------------------- AWS SigV4 test suite
 
-fs::path SharedDir() {
-  if (const char* env = std::getenv("VMBACKUP_SHARED_DIR"); env != nullptr && *env != '\0') {
-    return env;
-  }
-#ifdef VMBACKUP_SOURCE_DIR  // optional compile definition: the repository root
-  return fs::path(VMBACKUP_SOURCE_DIR).parent_path() / "shared";
-#endif
-  // This file is <repo>/tests/unit/store/sigv4_test.cc; the shared folder is <repo>/../shared.
-  return fs::path(__FILE__).parent_path().parent_path().parent_path().parent_path().parent_path() /
-         "shared";
-}
-
+// The suite is part of the source tree; CMake passes its folder as VMBACKUP_TEST_DATA_DIR
+// (<repo>/tests/data).
 fs::path SuiteDir() {
-  return SharedDir() / "testdata" / "aws-sig-v4-test-suite" / "aws-sig-v4-test-suite";
+  return fs::path(VMBACKUP_TEST_DATA_DIR) / "aws-sig-v4-test-suite" / "aws-sig-v4-test-suite";
 }
 
 std::string Lower(std::string s) {
@@ -488,8 +477,8 @@ std::string RunSuiteCase(const SuiteCase& c, bool s3_mode, bool* erratum_used) {
   if (fs::is_directory(dir)) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
          << "AWS Signature V4 test suite NOT FOUND at " << dir
-         << " -- the conformance tests cannot run. Put the suite there or set VMBACKUP_SHARED_DIR "
-            "to the folder that holds testdata/aws-sig-v4-test-suite/aws-sig-v4-test-suite.";
+         << " -- the conformance tests cannot run. The suite is committed under "
+            "tests/data/aws-sig-v4-test-suite/ (see tests/data/README.md).";
 }
 
 void RunSuite(bool s3_mode) {
