@@ -124,8 +124,14 @@ void Records(const fs::path& dir) {
   r.parent = "b1";
   r.state = "Ready";
   r.vm_metadata_json = "";
+  r.volumes[0].index_key = internal::VolumeIndexKey("b2", "disk0.1a2b3c4d");
+  r.volumes[0].fingerprints_key = internal::FingerprintsKey("b2", "disk0.1a2b3c4d");
   v.name = "data";
   v.size = 65536 + 17;
+  v.data_blocks = 1;
+  v.zero_blocks = 0;
+  v.hole_blocks = 0;
+  v.index_key = internal::VolumeIndexKey("b2", "data.2b3c4d5e");
   v.fingerprints_key.clear();
   v.fingerprints_sha256.clear();
   r.volumes.push_back(v);
@@ -167,9 +173,15 @@ void VolumeIndexes(const fs::path& dir) {
 }
 
 void Fingerprints(const fs::path& dir) {
+  // The fuzz target's test key (fuzz_fingerprints.cc), so seeds authenticate.
+  constexpr std::array<uint8_t, 32> kAuth = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11,
+                                             12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                                             23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
   internal::VolumeFingerprints f;
   f.block_size = internal::kDefaultBlockSize;
-  std::string s = internal::EncodeFingerprints(f);
+  f.key_id.fill(7);
+  f.salt.fill(9);
+  std::string s = internal::EncodeFingerprints(f, kAuth);
   Write(dir, "empty.vfp", s, StatusOf(internal::DecodeFingerprints(s, "seed")));
   f.volume_size = 10 * uint64_t{internal::kDefaultBlockSize};
   const internal::FingerprintKey key{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
@@ -177,7 +189,7 @@ void Fingerprints(const fs::path& dir) {
     const std::string raw = Block(4096, static_cast<uint32_t>(block), false);
     f.entries.push_back({block, internal::BlockFingerprint(key, raw.data(), raw.size())});
   }
-  s = internal::EncodeFingerprints(f);
+  s = internal::EncodeFingerprints(f, kAuth);
   Write(dir, "four-blocks.vfp", s, StatusOf(internal::DecodeFingerprints(s, "seed")));
 }
 

@@ -6,6 +6,7 @@
 #define VMBACKUP_TESTS_FUZZ_FUZZ_UTIL_H_
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
