@@ -36,7 +36,7 @@ uint64_t BodyCap(const Transfer& t) {
   return t.status >= 200 && t.status < 300 ? t.req.max_body : kMaxErrorBody;
 }
 
-size_t OnWrite(char* p, size_t size, size_t n, void* ud) {
+size_t OnWriteUnguarded(char* p, size_t size, size_t n, void* ud) {
   auto* t = static_cast<Transfer*>(ud);
   const size_t len = size * n;
   const uint64_t cap = BodyCap(*t);
@@ -67,7 +67,7 @@ bool OnEndOfHeaders(Transfer* t) {
   return true;
 }
 
-size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
+size_t OnHeaderUnguarded(char* p, size_t size, size_t n, void* ud) {
   auto* t = static_cast<Transfer*>(ud);
   const size_t len = size * n;
   t->header_bytes += len;
@@ -98,6 +98,25 @@ size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
     t->resp.headers[name] = std::move(value);
   }
   return len;
+}
+
+// curl calls these from C: an exception (std::bad_alloc while growing the body or the headers) must
+// not cross its frames. It stops the transfer instead.
+size_t OnWrite(char* p, size_t size, size_t n, void* ud) {
+  try {
+    return OnWriteUnguarded(p, size, n, ud);
+  } catch (...) {
+    static_cast<Transfer*>(ud)->resp.out_of_memory = true;
+    return 0;
+  }
+}
+size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
+  try {
+    return OnHeaderUnguarded(p, size, n, ud);
+  } catch (...) {
+    static_cast<Transfer*>(ud)->resp.out_of_memory = true;
+    return 0;
+  }
 }
 
 size_t OnRead(char* p, size_t size, size_t n, void* ud) {
@@ -147,6 +166,8 @@ struct Engine::Impl {
   void Loop();
   CURL* MakeEasy(Transfer* t);
   void Finish(CURL* easy, CURLcode code);
+  // One round of the loop: start queued transfers, drive curl, finish completed ones.
+  void RunOnce(std::set<CURL*>* active, int* running);
 };
 
 Engine::Engine(std::shared_ptr<Runtime> runtime, EngineOptions options)
@@ -258,6 +279,34 @@ void Engine::Impl::Loop() {
   std::set<CURL*> active;  // owned by this thread
   int running = 0;
   while (!stop) {
+    // An exception here (memory exhausted) must not end the loop thread, which every transfer of
+    // the store depends on: drop this round and go on (a stuck transfer then ends by its own
+    // timeout).
+    try {
+      RunOnce(&active, &running);
+    } catch (...) {
+    }
+    curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
+  }
+  // Shutting down: fail whatever is still queued or in flight.
+  for (CURL* e : active) Finish(e, CURLE_ABORTED_BY_CALLBACK);
+  std::lock_guard<std::mutex> l(mu);
+  for (Transfer* t : queue) {
+    t->resp.curl_code = CURLE_ABORTED_BY_CALLBACK;
+    t->resp.curl_error = "the S3 client was shut down";
+    auto done = std::move(t->done);
+    Response resp = std::move(t->resp);
+    delete t;
+    rt->impl()->PostIo(
+        [done = std::move(done), resp = std::move(resp)]() mutable { done(std::move(resp)); });
+  }
+  queue.clear();
+}
+
+void Engine::Impl::RunOnce(std::set<CURL*>* active_set, int* running_count) {
+  std::set<CURL*>& active = *active_set;
+  int& running = *running_count;
+  {
     std::deque<Transfer*> fresh;
     {
       std::lock_guard<std::mutex> l(mu);
@@ -277,21 +326,7 @@ void Engine::Impl::Loop() {
       active.erase(e);
       Finish(e, code);
     }
-    curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
   }
-  // Shutting down: fail whatever is still queued or in flight.
-  for (CURL* e : active) Finish(e, CURLE_ABORTED_BY_CALLBACK);
-  std::lock_guard<std::mutex> l(mu);
-  for (Transfer* t : queue) {
-    t->resp.curl_code = CURLE_ABORTED_BY_CALLBACK;
-    t->resp.curl_error = "the S3 client was shut down";
-    auto done = std::move(t->done);
-    Response resp = std::move(t->resp);
-    delete t;
-    rt->impl()->PostIo(
-        [done = std::move(done), resp = std::move(resp)]() mutable { done(std::move(resp)); });
-  }
-  queue.clear();
 }
 
 }  // namespace vmbackup::internal::http

@@ -59,6 +59,9 @@ struct Response {
   // Content-Length alone was too large), `status` and `headers` are those received, and
   // curl_code is CURLE_WRITE_ERROR.
   std::string too_large;
+  // True when memory ran out while receiving the answer (the transfer was stopped; curl_code is
+  // CURLE_WRITE_ERROR): nothing escapes curl's C frames as an exception.
+  bool out_of_memory = false;
 };
 
 struct EngineOptions {

@@ -129,6 +129,12 @@ class S3Store final : public ObjectStore {
 
   void OnResponse(std::shared_ptr<Call> c, http::Response resp) {
     if (hooks_.after_response) hooks_.after_response(c->method, c->key, c->headers, &resp);
+    if (resp.out_of_memory) {
+      Status st = ResourceExhaustedError("S3 " + c->method + " " + KeyForMessage(*c) + " on " +
+                                         Describe() + ": out of memory receiving the answer");
+      c->done(std::move(resp), std::move(st));
+      return;
+    }
     if (!resp.too_large.empty()) {
       if (resp.status < 300) {
         // A success answer (or none yet) larger than allowed: the server is broken or hostile;
