@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# The tests' host state (the fingerprint key, TargetOptions::state_dir) stays in the build tree.
+export VMBACKUP_STATE_DIR="${VMBACKUP_STATE_DIR:-$PWD/build/test-state}"
 bash scripts/install-deps.sh
 
 echo "== test servers: Ceph radosgw (S3, plain HTTP and TLS) on 127.0.0.1"
