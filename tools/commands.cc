@@ -245,6 +245,11 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
     return ctx.UsageError("backup: --vm-dir DIR or at least one --volume NAME=PATH is required",
                           "backup");
   }
+  if (vm_dir && (args.Has("vm-name") || args.Has("vm-namespace"))) {
+    return ctx.UsageError(
+        "backup: --vm-name and --vm-namespace go with --volume (--vm-dir's vm.json names the VM)",
+        "backup");
+  }
   vmbackup::BackupSpec spec;
   if (vm_dir) {
     StatusOr<vmbackup::BackupSpec> s = vmbackup::BackupSpecFromVmDirectory(*vm_dir);
@@ -261,7 +266,12 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
       volumes.push_back({{"name", v.name}, {"path", v.path}});
       spec.volumes.push_back(std::move(v));
     }
-    spec.vm_metadata_json = nlohmann::json({{"volumes", std::move(volumes)}}).dump();
+    nlohmann::json meta = {{"volumes", std::move(volumes)}};
+    // The VM identity: backups of the same named VM use each other as fingerprint references;
+    // unnamed ones never do (docs/FORMAT.md, "Block fingerprints").
+    if (auto vm = args.Get("vm-name")) meta["name"] = *vm;
+    if (auto ns = args.Get("vm-namespace")) meta["namespace"] = *ns;
+    spec.vm_metadata_json = meta.dump();
   }
   if (auto name = args.Get("name")) spec.name = *name;
   if (auto parent = args.Get("parent")) spec.parent = *parent;

@@ -54,18 +54,22 @@ const std::vector<CommandDef>& Commands() {
        {kTargetFlag},
        CmdTargetTest},
       {"backup",
-       "backup [--target CONFIG] (--vm-dir DIR | --volume NAME=PATH...) [--name N] [--parent P]\n"
-       "                   [--dirty-map FILE] [--no-fingerprints]",
+       "backup [--target CONFIG] (--vm-dir DIR | --volume NAME=PATH... [--vm-name VM]\n"
+       "                   [--vm-namespace NS]) [--name N] [--parent P] [--dirty-map FILE]\n"
+       "                   [--no-fingerprints]",
        "back up a VM's volumes and metadata",
        "--vm-dir reads DIR/vm.json ({\"name\":..., \"volumes\":[{\"name\":..., \"path\":...}]}).\n"
        "--volume backs up the given files or block devices instead.\n"
        "--dirty-map FILE lists changed ranges per volume relative to --parent:\n"
        "  {\"datadisk\": [[offset, length], ...]}; volumes not listed are read in full.\n"
        "Without a dirty map, blocks whose keyed fingerprint matches the previous backup of the\n"
-       "same VM (or --parent) are not hashed again; --no-fingerprints hashes every block.\n",
+       "same named VM (or --parent, when it is of that VM) are not hashed again; unnamed VMs\n"
+       "(--volume without --vm-name) hash every block, as does --no-fingerprints.\n",
        {kTargetFlag,
         {"vm-dir", true, false, "DIR", "VM directory holding vm.json"},
         {"volume", true, true, "NAME=PATH", "volume to back up (instead of --vm-dir)"},
+        {"vm-name", true, false, "VM", "name of the VM the --volume backups belong to"},
+        {"vm-namespace", true, false, "NS", "namespace of that VM"},
         {"name", true, false, "NAME", "backup name (default <vm>-<UTC time>-<random>)"},
         {"parent", true, false, "BACKUP", "base backup of this incremental backup"},
         {"dirty-map", true, false, "FILE", "changed ranges since --parent (JSON)"},

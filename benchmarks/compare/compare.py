@@ -229,8 +229,9 @@ class Vmb(Tool):
 
     def backup(self, label, repo=None, parent=None, dirty_map=None, disk=None, volume="disk"):
         repo = repo or self.repo
+        # A named VM: its backups are each other's fingerprint references (unnamed ones never are).
         cmd = [self.exe, *self.glob, "backup", "--target", repo, "--volume",
-               f"{volume}={disk or self.disk}", "--name", label, "--json"]
+               f"{volume}={disk or self.disk}", "--vm-name", "bench-vm", "--name", label, "--json"]
         if parent:
             cmd += ["--parent", parent]
         if dirty_map:

@@ -104,3 +104,22 @@ def test_block_device_restore_needs_overwrite(setup, tmp_path):
             assert f.read(2 * MIB) == vol.read_bytes()
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_vm_name_makes_volume_backups_reference_each_other(setup, tmp_path):
+    """--vm-name names the VM of --volume backups; the name lands in the record, and --vm-name
+    with --vm-dir is a usage error."""
+    target, vol = setup
+    run("backup", "--target", str(target), "--name", "n1", "--volume", f"disk0={vol}",
+        "--vm-name", "web-01", "--vm-namespace", "prod", check=0)
+    shown = json.loads(run("--json", "show", "n1", "--target", str(target), check=0).stdout)
+    assert shown["backup"]["vm_name"] == "web-01"
+    assert shown["backup"]["vm_namespace"] == "prod"
+    bad = run("backup", "--target", str(target), "--volume", f"disk0={vol}", "--vm-name", "../x")
+    assert bad.returncode == 3 and "name" in bad.stderr, (bad.returncode, bad.stderr)
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    (vm_dir / "vm.json").write_text(json.dumps({"name": "v", "volumes": [
+        {"name": "disk0", "path": str(vol)}]}))
+    p = run("backup", "--target", str(target), "--vm-dir", str(vm_dir), "--vm-name", "w")
+    assert p.returncode == 2, (p.returncode, p.stderr)
