@@ -63,9 +63,9 @@ StatusOr<Destination> Classify(const std::string& path, bool follow_devices, boo
     int fd = ::open(d.write_path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
     if (fd < 0) {
       if (errno == EBUSY)
-        return FailedPreconditionError(
-            "destination " + path + (d.write_path != path ? " (" + d.write_path + ")" : "") +
-            " is in use (mounted or held by another program)");
+        return FailedPreconditionError("destination " + path +
+                                       (d.write_path != path ? " (" + d.write_path + ")" : "") +
+                                       " is in use (mounted or held by another program)");
       return ErrnoToStatus(errno, "open destination device " + d.write_path);
     }
     int rc = ::ioctl(fd, BLKGETSIZE64, &d.device_size);
@@ -291,9 +291,8 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
                              spec.file_mode);
   if (fd < 0) {
     if (is_block && errno == EBUSY)
-      return FailedPreconditionError(
-          "destination " + dest + (tmp != dest ? " (" + tmp + ")" : "") +
-          " is in use (mounted or held by another program)");
+      return FailedPreconditionError("destination " + dest + (tmp != dest ? " (" + tmp + ")" : "") +
+                                     " is in use (mounted or held by another program)");
     return ErrnoToStatus(errno, "create " + tmp);
   }
   struct stat opened;

@@ -193,16 +193,47 @@ void Fingerprints(const fs::path& dir) {
   Write(dir, "four-blocks.vfp", s, StatusOf(internal::DecodeFingerprints(s, "seed")));
 }
 
+// Binary reproducers of fixed bugs, generated here rather than committed as binary files (see
+// tests/fuzz/regressions/README.md). Each must fail to decode with kDataLoss.
+void GeneratedRegressions(const fs::path& dir) {
+  auto write_failing = [&](const fs::path& sub, const std::string& name, std::string bytes) {
+    internal::Digest sum = internal::Sha256(bytes);
+    bytes.append(reinterpret_cast<const char*>(sum.data()), sum.size());
+    Status st = StatusOf(internal::DecodeVolumeIndex(bytes, "regression"));
+    if (st.code() != StatusCode::kDataLoss) Fail(name + " decodes: " + st.ToString());
+    Write(sub, name, bytes, Status::Ok());
+  };
+  // Block size 1, volume size = count = 33^-1 mod 2^64: header + count * 33 + 32 wraps to the
+  // object's 65 bytes, and a decoder that believed it resized its vectors to ~1 EiB.
+  uint64_t inv33 = 1;
+  for (int i = 0; i < 6; ++i) inv33 *= 2 - 33 * inv33;
+  std::string wraps = "VMBVIDX1";
+  internal::PutU32(&wraps, 1);
+  internal::PutU32(&wraps, 1);
+  internal::PutU64(&wraps, inv33);
+  internal::PutU64(&wraps, inv33);
+  wraps.push_back('\0');
+  write_failing(dir / "volume_index", "entry-count-times-33-wraps.vidx", wraps);
+  // Volume size 2^64-1: (size + block_size - 1) wraps, so the volume "has" 0 blocks.
+  std::string rounding = "VMBVIDX1";
+  internal::PutU32(&rounding, 1);
+  internal::PutU32(&rounding, internal::kMinBlockSize);
+  internal::PutU64(&rounding, ~uint64_t{0});
+  internal::PutU64(&rounding, 0);
+  write_failing(dir / "volume_index", "block-count-rounding-wraps.vidx", rounding);
+}
+
 }  // namespace
 }  // namespace vmbackup::fuzz
 
 int main(int argc, char** argv) {
   using namespace vmbackup::fuzz;
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: fuzz_seeds OUT_DIR\n");
+  if (argc != 2 && argc != 3) {
+    std::fprintf(stderr, "usage: fuzz_seeds OUT_DIR [REGRESSION_DIR]\n");
     return 2;
   }
   const fs::path out = argv[1];
+  if (argc == 3) GeneratedRegressions(argv[2]);
   Descriptors(out / "descriptor");
   Records(out / "record");
   PackIndexes(out / "pack_index", out / "pack_trailer");

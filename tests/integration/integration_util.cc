@@ -385,7 +385,9 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 }
 
 std::string RandomHex(int n) {
-  return internal::RandomHex(static_cast<size_t>(n + 1) / 2).value().substr(0, static_cast<size_t>(n));
+  return internal::RandomHex(static_cast<size_t>(n + 1) / 2)
+      .value()
+      .substr(0, static_cast<size_t>(n));
 }
 
 std::string Quote(const std::string& s) {
