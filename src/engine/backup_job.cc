@@ -97,7 +97,7 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
         for (size_t i = 0; i < spec.volumes.size(); ++i) {
           const auto& v = spec.volumes[i];
           const std::string field = "spec.volumes[" + std::to_string(i) + "]";
-          if (!IsValidName(v.name, 128))
+          if (!IsValidVolumeName(v.name))
             return InvalidArgumentError(field + ".name '" + v.name +
                                         "' must be 1-128 of [A-Za-z0-9._-]");
           if (!names.insert(v.name).second)
@@ -136,7 +136,7 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
           VMB_ASSIGN_OR_RETURN(std::string suffix, RandomHex(2));
           spec.name = base + "-" + NowCompact() + "-" + suffix;
         }
-        if (!IsValidName(spec.name, 200))
+        if (!IsValidBackupName(spec.name))
           return InvalidArgumentError("spec.name '" + spec.name +
                                       "' must be 1-200 of [A-Za-z0-9._-]");
         auto existing = target->GetBackup(spec.name);

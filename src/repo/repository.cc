@@ -109,7 +109,7 @@ StatusOr<BackupList> Repository::ListBackups() const {
 }
 
 StatusOr<BackupInfo> Repository::GetBackup(const std::string& name) const {
-  if (!IsValidName(name, 200)) return InvalidArgumentError("bad backup name '" + name + "'");
+  if (!IsValidBackupName(name)) return InvalidArgumentError("bad backup name '" + name + "'");
   auto bytes = store_->GetAtMost(RecordKey(name), kMaxRecordBytes);
   if (!bytes.ok()) {
     if (bytes.status().code() == StatusCode::kNotFound)
@@ -120,7 +120,7 @@ StatusOr<BackupInfo> Repository::GetBackup(const std::string& name) const {
 }
 
 Status Repository::DeleteBackup(const std::string& name) {
-  if (!IsValidName(name, 200)) return InvalidArgumentError("bad backup name '" + name + "'");
+  if (!IsValidBackupName(name)) return InvalidArgumentError("bad backup name '" + name + "'");
   auto head = store_->Head(RecordKey(name));
   if (!head.ok()) {
     if (head.status().code() == StatusCode::kNotFound)
