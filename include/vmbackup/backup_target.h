@@ -3,10 +3,9 @@
 //
 // A target is opened from Harvester's backup-target setting JSON:
 //   {"type": "file", "endpoint": "/var/lib/vmbackup"}                       (local directory)
-//   {"type": "s3", "endpoint": "https://s3.example", "bucketName": "b", "bucketRegion":
-//   "us-east-1",
-//    "accessKeyId": "...", "secretAccessKey": "...", "cert": "-----BEGIN...", "virtualHostedStyle":
-//    false}
+//   {"type": "s3", "endpoint": "https://s3.example", "bucketName": "b",
+//    "bucketRegion": "us-east-1", "accessKeyId": "...", "secretAccessKey": "...",
+//    "cert": "-----BEGIN...", "virtualHostedStyle": false, "allowInsecureHttp": false}
 //   {"type": "nfs", "endpoint": "nfs://server:/export/path"}
 // plus the optional "refreshIntervalInSeconds". Unknown fields are rejected so that typos do not
 // pass silently. Opening a target that holds no repository yet initializes one (see TargetOptions).
@@ -40,8 +39,8 @@ struct VMBACKUP_EXPORT TargetConfig {
   std::string secret_access_key;  // s3 only
   std::string cert;               // s3 only: PEM CA certificate(s) trusted besides the system CAs
   bool virtual_hosted_style = false;  // s3 only
-  int refresh_interval_seconds =
-      60;              // how often a host should re-list the target; default 60, min 1
+  // How often a host should re-list the target; default 60, min 1.
+  int refresh_interval_seconds = 60;
   std::string prefix;  // optional key prefix inside the bucket / export ("prefix" field)
   // s3 only ("allowInsecureHttp"): accept an http:// endpoint, whose traffic (data, metadata and
   // signed requests) anyone on the path can read and change. Default false: an http:// endpoint
@@ -125,9 +124,8 @@ struct BackupInfo {
   double seconds = 0;  // wall time of the backup
 };
 
-// The result of listing a target: the readable records, and one line per record that could not be
-// read
-// ("name: reason"), so one damaged record never hides the others.
+// The result of listing a target: the readable records, and one line per record that could not
+// be read ("name: reason"), so one damaged record never hides the others.
 struct BackupList {
   std::vector<BackupInfo> backups;  // sorted by created_at, oldest first
   std::vector<std::string> damaged;
@@ -137,15 +135,17 @@ class VMBACKUP_EXPORT BackupTarget {
  public:
   // Opens (and, if allowed, initializes) the repository at the target described by `config_json`.
   // Returns:
-  //   kInvalidArgument   bad configuration (the message names the field), or a bad TargetOptions
-  //   value; kNotFound          the directory / bucket / export does not exist, or no repository
-  //   and
-  //                      !create_if_missing;
-  //   kPermissionDenied  the target may not be read or written;
-  //   kUnavailable       the server could not be reached;
+  //   kInvalidArgument    bad configuration (the message names the field), or a bad
+  //                       TargetOptions value;
+  //   kNotFound           the directory / bucket / export does not exist, or no repository and
+  //                       !create_if_missing;
+  //   kPermissionDenied   the target may not be read or written;
+  //   kUnavailable        the server could not be reached;
   //   kFailedPrecondition the repository has a newer format version than this library reads;
-  //   kDataLoss          the repository descriptor is corrupt;
-  //   kUnimplemented     a target type this build does not support yet.
+  //   kDataLoss           the repository descriptor is corrupt or hostile (the message names the
+  //                       field);
+  //   kUnimplemented      a target type this build does not support yet;
+  //   kInternal / kResourceExhausted  an unexpected exception inside the library (never thrown).
   static StatusOr<std::shared_ptr<BackupTarget>> Open(std::string_view config_json,
                                                       const TargetOptions& options = {});
   // Same, from an already parsed configuration.

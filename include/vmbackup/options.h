@@ -25,10 +25,10 @@ struct Progress {
   };
   Phase phase = Phase::kPreparing;
   uint64_t bytes_total = 0;  // logical bytes of all volumes involved
-  uint64_t bytes_scanned =
-      0;  // logical bytes dealt with so far (read, skipped as hole, or unchanged)
-  uint64_t bytes_read =
-      0;  // bytes actually read from the source volume (backup) or target (restore)
+  // Logical bytes dealt with so far (read, skipped as hole, or unchanged).
+  uint64_t bytes_scanned = 0;
+  // Bytes actually read from the source volume (backup) or target (restore).
+  uint64_t bytes_read = 0;
   uint64_t bytes_new = 0;       // backup: raw bytes of blocks that were not on the target yet
   uint64_t bytes_reused = 0;    // backup: raw bytes of blocks already on the target (deduplicated)
   uint64_t bytes_written = 0;   // bytes written to the target (backup, after compression) or volume

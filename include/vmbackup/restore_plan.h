@@ -52,8 +52,8 @@ struct RestoreSpec {
   // (rewritten with new_vm_name and the restored paths). Default empty = do not write vm.json; then
   // every volume needs an explicit destination.
   std::string dest_dir;
-  std::string
-      new_vm_name;  // name for the restored VM's metadata; default empty = keep the original
+  // Name for the restored VM's metadata; default empty = keep the original.
+  std::string new_vm_name;
   // Replace existing destinations (files, and block devices written in place). Default false: any
   // existing destination, block devices included, gives kAlreadyExists before anything is written.
   bool overwrite = false;

@@ -1,14 +1,12 @@
 // Runtime::Impl: the async core behind the public Runtime.
 //
-//  - io():       a Boost.Asio io_context run by `io_threads` threads: network event loops (curl
-//  multi,
-//                libnfs) and timers. Handlers here must never block.
-//  - workers():  a thread pool for CPU work (hashing, compression) of job pipelines. Pipeline tasks
-//  may
-//                block waiting for store operations, which complete on io() or blocking() threads,
-//                so waiting here never deadlocks.
-//  - blocking(): a thread pool for blocking file I/O (local and NFS-backed stores: write, fsync,
-//  rename).
+//  - io():       a Boost.Asio io_context run by `io_threads` threads: network event loops
+//                (curl multi, libnfs) and timers. Handlers here must never block.
+//  - workers():  a thread pool for CPU work (hashing, compression) of job pipelines. Pipeline
+//                tasks may block waiting for store operations, which complete on io() or
+//                blocking() threads, so waiting here never deadlocks.
+//  - blocking(): a thread pool for blocking file I/O (local and NFS-backed stores: write,
+//                fsync, rename).
 //
 // Thread-safety: all members are thread-safe. Destruction joins all threads.
 #ifndef VMBACKUP_CORE_RUNTIME_H_
