@@ -226,40 +226,9 @@ std::optional<double> CompressionRatio(const vmbackup::BackupInfo& info) {
   return static_cast<double>(info.bytes_new) / static_cast<double>(info.bytes_stored);
 }
 
-nlohmann::json ToJson(const vmbackup::VolumeBackupInfo& v) {
-  return {{"name", v.name},
-          {"size", v.size},
-          {"block_size", v.block_size},
-          {"data_blocks", v.data_blocks},
-          {"zero_blocks", v.zero_blocks},
-          {"hole_blocks", v.hole_blocks},
-          {"bytes_new", v.bytes_new},
-          {"bytes_reused", v.bytes_reused},
-          {"bytes_stored", v.bytes_stored},
-          {"index_key", v.index_key},
-          {"index_sha256", v.index_sha256}};
-}
-
 nlohmann::json ToJson(const vmbackup::BackupInfo& info) {
-  nlohmann::json volumes = nlohmann::json::array();
-  for (const vmbackup::VolumeBackupInfo& v : info.volumes) volumes.push_back(ToJson(v));
-  // The metadata is a JSON object by contract; keep it as a string if it is not parseable.
-  nlohmann::json metadata = nlohmann::json::parse(info.vm_metadata_json, nullptr, false);
-  if (metadata.is_discarded()) metadata = info.vm_metadata_json;
-  nlohmann::json doc = {{"name", info.name},
-                        {"vm_name", info.vm_name},
-                        {"vm_namespace", info.vm_namespace},
-                        {"created_at", info.created_at},
-                        {"completed_at", info.completed_at},
-                        {"parent", info.parent},
-                        {"state", info.state},
-                        {"bytes_total", info.bytes_total},
-                        {"bytes_new", info.bytes_new},
-                        {"bytes_reused", info.bytes_reused},
-                        {"bytes_stored", info.bytes_stored},
-                        {"seconds", info.seconds},
-                        {"volumes", std::move(volumes)},
-                        {"vm_metadata", std::move(metadata)}};
+  // The library's one JSON form of a backup, plus the two ratios the tool derives.
+  nlohmann::json doc = nlohmann::json::parse(vmbackup::BackupInfoToJson(info));
   std::optional<double> dedup = DedupRatio(info);
   std::optional<double> compression = CompressionRatio(info);
   doc["dedup_ratio"] = dedup ? nlohmann::json(*dedup) : nlohmann::json(nullptr);

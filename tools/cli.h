@@ -106,7 +106,6 @@ std::optional<double> CompressionRatio(const vmbackup::BackupInfo& info);
 
 // JSON forms of the public records (schema in docs/vmbackupctl.md).
 nlohmann::json ToJson(const vmbackup::BackupInfo& info);
-nlohmann::json ToJson(const vmbackup::VolumeBackupInfo& volume);
 nlohmann::json ErrorJson(const std::string& code, const std::string& message, int exit_code,
                          bool retryable);
 

@@ -148,53 +148,8 @@ std::string Dump(const ordered_json& j) {
 
 // ---- JSON records -------------------------------------------------------------------------------
 
-ordered_json ToJson(const VolumeBackupInfo& v) {
-  ordered_json j;
-  j["name"] = v.name;
-  j["size"] = v.size;
-  j["block_size"] = v.block_size;
-  j["data_blocks"] = v.data_blocks;
-  j["zero_blocks"] = v.zero_blocks;
-  j["hole_blocks"] = v.hole_blocks;
-  j["bytes_new"] = v.bytes_new;
-  j["bytes_reused"] = v.bytes_reused;
-  j["bytes_stored"] = v.bytes_stored;
-  j["index_key"] = v.index_key;
-  j["index_sha256"] = v.index_sha256;
-  if (!v.fingerprints_key.empty()) {
-    j["fingerprints_key"] = v.fingerprints_key;
-    j["fingerprints_sha256"] = v.fingerprints_sha256;
-  }
-  return j;
-}
-
-ordered_json ToJson(const BackupInfo& b) {
-  ordered_json j;
-  j["name"] = b.name;
-  j["vm_name"] = b.vm_name;
-  j["vm_namespace"] = b.vm_namespace;
-  j["created_at"] = b.created_at;
-  j["completed_at"] = b.completed_at;
-  j["parent"] = b.parent;
-  j["state"] = b.state;
-  // The metadata document as a JSON value; a document that does not parse is passed as a string.
-  if (b.vm_metadata_json.empty()) {
-    j["vm_metadata"] = ordered_json::object();
-  } else {
-    ordered_json meta =
-        ordered_json::parse(b.vm_metadata_json, nullptr, /*allow_exceptions=*/false);
-    j["vm_metadata"] = meta.is_discarded() ? ordered_json(b.vm_metadata_json) : std::move(meta);
-  }
-  ordered_json volumes = ordered_json::array();
-  for (const VolumeBackupInfo& v : b.volumes) volumes.push_back(ToJson(v));
-  j["volumes"] = std::move(volumes);
-  j["bytes_total"] = b.bytes_total;
-  j["bytes_new"] = b.bytes_new;
-  j["bytes_reused"] = b.bytes_reused;
-  j["bytes_stored"] = b.bytes_stored;
-  j["seconds"] = b.seconds;
-  return j;
-}
+// The shared JSON form of a backup (BackupInfoToJson), as a value to embed in larger documents.
+ordered_json ToJson(const BackupInfo& b) { return ordered_json::parse(BackupInfoToJson(b)); }
 
 // ---- progress -----------------------------------------------------------------------------------
 

@@ -131,6 +131,13 @@ struct BackupList {
   std::vector<std::string> damaged;
 };
 
+// `info` as one compact JSON object: every field of BackupInfo and of each VolumeBackupInfo under
+// its C++ name (fingerprints_key / fingerprints_sha256 only when set), "vm_metadata" as the JSON
+// value of vm_metadata_json (an object; a string if it does not parse). The one JSON form of a
+// backup shared by the C binding and vmbackupctl (schema: docs/c_api.md, "Backup record").
+// Never fails. Thread-safe.
+VMBACKUP_EXPORT std::string BackupInfoToJson(const BackupInfo& info);
+
 class VMBACKUP_EXPORT BackupTarget {
  public:
   // Opens (and, if allowed, initializes) the repository at the target described by `config_json`.
