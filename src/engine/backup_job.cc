@@ -139,6 +139,8 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
         if (!IsValidBackupName(spec.name))
           return InvalidArgumentError("spec.name '" + spec.name +
                                       "' must be 1-200 of [A-Za-z0-9._-]");
+        // A target that is down when a job starts fails fast (core/retry.h, kConnectDeadline).
+        VMB_RETURN_IF_ERROR(target->impl()->repo->store().Ping());
         auto existing = target->GetBackup(spec.name);
         if (existing.ok() || existing.status().code() == StatusCode::kDataLoss)
           return AlreadyExistsError("a backup named '" + spec.name +

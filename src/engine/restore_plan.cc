@@ -121,6 +121,8 @@ StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<Backu
         if (!target) return InvalidArgumentError("target is null");
         if (spec.backup.empty())
           return InvalidArgumentError("spec.backup: a backup name is required");
+        // A target that is down when a job starts fails fast (core/retry.h, kConnectDeadline).
+        VMB_RETURN_IF_ERROR(target->impl()->repo->store().Ping());
         auto impl = std::make_unique<Impl>();
         VMB_ASSIGN_OR_RETURN(impl->backup, target->GetBackup(spec.backup));
         std::map<std::string, std::string> explicit_dest;

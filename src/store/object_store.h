@@ -85,6 +85,12 @@ class ObjectStore {
   virtual void GetAsync(std::string key, uint64_t offset, uint64_t length,
                         std::function<void(StatusOr<std::string>)> done);
 
+  // A cheap request that proves the target answers, retried for at most kConnectDeadline
+  // (core/retry.h): a target that is down when a job starts fails fast with kUnavailable, while an
+  // outage during a job keeps the store's full retry deadline. OK for stores that are always
+  // reachable (local). Errors: the store's (kUnavailable, kPermissionDenied, kNotFound, ...).
+  virtual Status Ping() { return Status::Ok(); }
+
   // Every key under `prefix` (all pages).
   StatusOr<std::vector<ObjectInfo>> ListAll(const std::string& prefix);
 

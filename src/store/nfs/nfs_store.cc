@@ -34,6 +34,7 @@ extern "C" {
 }
 
 #include "core/errors.h"
+#include "core/retry.h"
 #include "core/util.h"
 
 namespace vmbackup::internal {
@@ -351,19 +352,39 @@ class NfsStore final : public ObjectStore {
         prefix_(std::move(prefix)),
         base_(prefix_.empty() ? "" : "/" + prefix_),
         timeout_(milliseconds(static_cast<int64_t>(timeout_seconds * 1000))),
-        timeout_seconds_(timeout_seconds),
+        retry_(RetryPolicyWithDeadlineSeconds(static_cast<int>(timeout_seconds))),
         pool_(connections) {}
 
   std::string Describe() const override {
     return "nfs://" + ep_.server + ep_.export_path + base_ + (ep_.version == 4 ? " (NFSv4)" : "");
   }
 
-  // Checks the export (mount) and creates the prefix directory.
+  // Checks the export (mount) and creates the prefix directory. First contact: retried for
+  // kConnectDeadline at most, so a server that is down fails fast.
   Status Init() {
-    return Run("open " + Describe(), [this](Conn& c, Clock::time_point deadline) {
-      if (base_.empty()) return Status::Ok();
-      return MakeDirs(c, base_, deadline);
-    });
+    return Run(
+        "open " + Describe(),
+        [this](Conn& c, Clock::time_point deadline) {
+          if (base_.empty()) return Status::Ok();
+          return MakeDirs(c, base_, deadline);
+        },
+        std::min(timeout_, kConnectDeadline));
+  }
+
+  // A GETATTR of the store's directory, retried for kConnectDeadline at most.
+  Status Ping() override {
+    return Run(
+        "reach " + Describe(),
+        [this](Conn& c, Clock::time_point deadline) {
+          Call call(Call::kStat);
+          const std::string dir = base_.empty() ? "/" : base_;
+          VMB_RETURN_IF_ERROR(
+              Queued(c, nfs_stat64_async(c.nfs, dir.c_str(), OnNfsDone, &call), "stat"));
+          VMB_RETURN_IF_ERROR(Wait(c, call, deadline));
+          if (call.err < 0) return CallError(call, "stat " + Describe());
+          return Status::Ok();
+        },
+        std::min(timeout_, kConnectDeadline));
   }
 
   // ---- ObjectStore -----------------------------------------------------------------------------
@@ -469,8 +490,8 @@ class NfsStore final : public ObjectStore {
   Status Run(const std::string& what, const std::function<Status(Conn&, Clock::time_point)>& fn,
              std::optional<milliseconds> budget = std::nullopt) {
     const auto start = Clock::now();
-    const auto deadline = start + budget.value_or(timeout_);
-    auto backoff = milliseconds(100);
+    const RetryPolicy policy = retry_.WithDeadlineAtMost(budget.value_or(timeout_));
+    const auto deadline = start + policy.deadline;
     Status last;
     int attempts = 0;
     while (true) {
@@ -483,18 +504,16 @@ class NfsStore final : public ObjectStore {
       if (conn->LooksDead()) conn->Close();
       Status st = conn->nfs != nullptr ? Status::Ok() : Connect(*conn, deadline);
       if (st.ok()) st = fn(*conn, deadline);
-      if (st.code() != StatusCode::kUnavailable) {
+      if (!RetryPolicy::Retryable(st.code())) {
         pool_.Release(std::move(conn));
         return st;
       }
       conn->Close();
       pool_.Release(std::move(conn));
       last = st;
-      auto now = Clock::now();
-      if (now + milliseconds(20) >= deadline) break;
-      // Sleep, but leave time for one last attempt before the deadline.
-      std::this_thread::sleep_for(std::min<Clock::duration>(backoff, (deadline - now) / 2));
-      backoff = std::min(backoff * 2, milliseconds(2000));
+      auto when = policy.NextAttempt(attempts, start, Clock::now());
+      if (!when) break;
+      std::this_thread::sleep_until(*when);
     }
     double secs = std::chrono::duration<double>(Clock::now() - start).count();
     char buf[32];
@@ -502,8 +521,10 @@ class NfsStore final : public ObjectStore {
     return UnavailableError(
         what + ": NFS server " + ep_.server + PortText() + " unavailable; gave up after " + buf +
         " s and " + std::to_string(attempts) + " attempt(s) (limit " +
-        std::to_string(static_cast<int>(timeout_seconds_)) +
-        " s, TargetOptions.retry_timeout_seconds). Last error: " + last.message());
+        std::to_string(policy.deadline.count() / 1000) +
+        (policy.deadline < timeout_ ? " s for a first contact"
+                                    : " s, TargetOptions.retry_timeout_seconds") +
+        "). Last error: " + last.message());
   }
 
  private:
@@ -988,7 +1009,7 @@ class NfsStore final : public ObjectStore {
   const std::string prefix_;  // "" or "a/b"
   const std::string base_;    // "" or "/a/b": the store's root below the export
   const milliseconds timeout_;
-  const double timeout_seconds_;
+  const RetryPolicy retry_;  // backoff between attempts; deadline = timeout_
   ConnPool pool_;
 };
 

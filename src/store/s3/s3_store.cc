@@ -12,6 +12,7 @@
 
 #include "core/asio.h"
 #include "core/errors.h"
+#include "core/retry.h"
 #include "core/runtime.h"
 #include "core/util.h"
 #include "store/s3/http.h"
@@ -55,7 +56,7 @@ struct S3Settings {
   std::string prefix;  // "" or "dir/sub/" (ends with '/')
   bool virtual_hosted = false;
   s3::Credentials creds;
-  double retry_seconds = 120;
+  RetryPolicy retry;
 };
 
 class S3Store final : public ObjectStore {
@@ -78,7 +79,8 @@ class S3Store final : public ObjectStore {
     std::shared_ptr<const std::string> body;
     size_t body_offset = 0, body_length = 0;
     std::string payload_sha256;  // computed once, reused by retries
-    Clock::time_point started, deadline;
+    RetryPolicy policy;          // the store's, or a shorter one (first contact)
+    Clock::time_point started;
     int attempt = 0;
     std::string last_error;
     // The most body bytes accepted in a 2xx answer (error answers: http::kMaxErrorBody).
@@ -95,8 +97,6 @@ class S3Store final : public ObjectStore {
                                   : std::string(s3::kEmptyPayloadSha256);
     }
     c->started = Clock::now();
-    c->deadline =
-        c->started + std::chrono::milliseconds(static_cast<int64_t>(s_.retry_seconds * 1000));
     Attempt(std::move(c));
   }
 
@@ -194,16 +194,8 @@ class S3Store final : public ObjectStore {
     }
     if (transient) {
       c->last_error = why;
-      // Exponential backoff with full jitter: up to 100 ms × 2^attempt, at most 5 s.
-      double cap = std::min(5.0, 0.1 * static_cast<double>(1u << std::min(c->attempt, 6)));
-      thread_local std::mt19937_64 rng(std::random_device{}());
-      double wait = std::uniform_real_distribution<double>(0.25 * cap, cap)(rng);
-      auto when = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(wait * 1000));
-      // The last wait is shortened so that the final attempt happens at the deadline.
-      if (when > c->deadline && Clock::now() + std::chrono::milliseconds(50) < c->deadline)
-        when = c->deadline;
-      if (when <= c->deadline) {
-        auto timer = std::make_shared<boost::asio::steady_timer>(runtime_->impl()->io(), when);
+      if (auto when = c->policy.NextAttempt(c->attempt, c->started, Clock::now())) {
+        auto timer = std::make_shared<boost::asio::steady_timer>(runtime_->impl()->io(), *when);
         timer->async_wait([this, c, timer](const boost::system::error_code&) { Attempt(c); });
         return;
       }
@@ -283,6 +275,7 @@ class S3Store final : public ObjectStore {
 
   std::shared_ptr<Call> NewCall(std::string method, const std::string& key) {
     auto c = std::make_shared<Call>();
+    c->policy = s_.retry;
     c->method = std::move(method);
     c->key = key.empty() ? "" : s_.prefix + key;
     return c;
@@ -528,7 +521,13 @@ class S3Store final : public ObjectStore {
 
   StatusOr<ListPage> List(const std::string& prefix, const std::string& token,
                           int max_keys) override {
+    return ListWith(prefix, token, max_keys, s_.retry);
+  }
+
+  StatusOr<ListPage> ListWith(const std::string& prefix, const std::string& token, int max_keys,
+                              const RetryPolicy& policy) {
     auto c = NewCall("GET", "");
+    c->policy = policy;
     c->query = {
         {"list-type", "2"}, {"prefix", s_.prefix + prefix}, {"max-keys", std::to_string(max_keys)}};
     if (!token.empty()) c->query.push_back({"continuation-token", token});
@@ -566,8 +565,12 @@ class S3Store final : public ObjectStore {
     return Status::Ok();
   }
 
-  // A one-key listing: proves the endpoint, credentials and bucket.
-  Status Check() { return List("", "", 1).status(); }
+  // A one-key listing: proves the endpoint, credentials and bucket. First contact: retried for
+  // kConnectDeadline at most, so a server that is down fails fast.
+  Status Check() {
+    return ListWith("", "", 1, s_.retry.WithDeadlineAtMost(kConnectDeadline)).status();
+  }
+  Status Ping() override { return Check(); }
 
  private:
   enum class Conditional { kUnknown, kHonoured, kIgnored };
@@ -655,7 +658,7 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConf
         "backup-target setting: fields 'accessKeyId' and 'secretAccessKey' are required for an s3 "
         "target "
         "(or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment)");
-  s.retry_seconds = options.retry_timeout_seconds > 0 ? options.retry_timeout_seconds : 120;
+  s.retry = RetryPolicyWithDeadlineSeconds(options.retry_timeout_seconds);
   http::EngineOptions eo;
   eo.max_connections = options.max_requests_in_flight > 0 ? options.max_requests_in_flight : 16;
   eo.ca_pem = config.cert;

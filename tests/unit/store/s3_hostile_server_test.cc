@@ -470,3 +470,68 @@ TEST_F(S3HostileServerTest, IfAbsentPutIsRefusedWhenTheServerIgnoresIfNoneMatch)
 
 }  // namespace
 }  // namespace vmbackup::internal
+
+namespace vmbackup::internal {
+namespace {
+
+// First contact (issue #10): a target that does not answer when it is opened, or when a job starts
+// (ObjectStore::Ping), fails within kConnectDeadline although the retry budget of operations is
+// the default 120 s; an outage in the middle of a job keeps the full budget.
+class S3FirstContactTest : public ::testing::Test {
+ protected:
+  TargetConfig Config(const std::string& endpoint) {
+    TargetConfig c;
+    c.type = TargetConfig::Type::kS3;
+    c.endpoint = endpoint;
+    c.allow_insecure_http = true;
+    c.bucket_name = "b";
+    c.bucket_region = "us-east-1";
+    c.access_key_id = "AKIDEXAMPLE";
+    c.secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+    return c;
+  }
+  static double Since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+
+TEST_F(S3FirstContactTest, OpeningAServerThatIsDownFailsWithinTheConnectDeadline) {
+  // A port nobody listens on: every attempt is refused (a transient failure, retried).
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto store = OpenS3Store(Config("http://127.0.0.1:" + std::to_string(ntohs(addr.sin_port))),
+                           TargetOptions{}, Runtime::Default());
+  const double secs = Since(t0);
+  EXPECT_THAT(store, StatusIs(StatusCode::kUnavailable, "127.0.0.1"));
+  // The operations' budget is 120 s; the first contact gives up after kConnectDeadline (10 s).
+  EXPECT_LT(secs, 30) << "first contact kept retrying for the whole operation budget";
+}
+
+TEST_F(S3FirstContactTest, PingFailsFastButAnOperationKeepsItsFullBudget) {
+  std::atomic<bool> down{false};
+  FakeHttpServer server([&](const FakeRequest& r, FakeConn& conn) {
+    if (!down && IsListing(r)) return EmptyListing(conn);
+    return Answer(conn, "503 Service Unavailable", "", "");
+  });
+  TargetOptions o;
+  o.retry_timeout_seconds = 14;
+  auto store = OpenS3Store(Config(server.endpoint()), o, Runtime::Default());
+  ASSERT_OK(store);
+  down = true;
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THAT((*store)->Ping(), StatusIs(StatusCode::kUnavailable, ""));
+  EXPECT_LT(Since(t0), 13) << "Ping used the operations' budget, not the connect deadline";
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_THAT((*store)->Head("records/x.json"), StatusIs(StatusCode::kUnavailable, ""));
+  EXPECT_GT(Since(t0), 11) << "an operation gave up at the connect deadline";
+}
+
+}  // namespace
+}  // namespace vmbackup::internal
