@@ -2,11 +2,13 @@
 #ifndef VMBACKUP_VMBACKUP_H_
 #define VMBACKUP_VMBACKUP_H_
 
+#include "vmbackup/backup_info.h"
 #include "vmbackup/backup_job.h"
 #include "vmbackup/backup_target.h"
 #include "vmbackup/export.h"
 #include "vmbackup/options.h"
 #include "vmbackup/restore_plan.h"
+#include "vmbackup/runtime.h"
 #include "vmbackup/status.h"
 #include "vmbackup/version.h"
 #include "vmbackup/vm.h"

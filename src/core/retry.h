@@ -7,7 +7,10 @@
 #ifndef VMBACKUP_CORE_RETRY_H_
 #define VMBACKUP_CORE_RETRY_H_
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <limits>
 #include <optional>
 
 #include "vmbackup/status.h"
@@ -41,6 +44,39 @@ struct RetryPolicy {
     if (d < p.deadline) p.deadline = d;
     return p;
   }
+};
+
+// A server's outage as one store sees it across all its operations: since when no attempt of any
+// operation got an answer. An operation counts its deadline from the outage's start when that is
+// earlier than its own start, so operations queued behind one that gave up do not each wait out a
+// full deadline again: once the server has been silent for the deadline, operations fail after
+// one attempt until the server answers again (which ends the outage for everyone).
+//
+// Thread-safety: every method may be called concurrently.
+class Outage {
+ public:
+  using Clock = RetryPolicy::Clock;
+
+  // An attempt failed with a retryable error at `now`: starts the outage if none is running.
+  void NoAnswer(Clock::time_point now) {
+    Clock::rep expected = kNone;
+    since_.compare_exchange_strong(expected, now.time_since_epoch().count(),
+                                   std::memory_order_relaxed);
+  }
+  // An attempt got an answer (success or a definite error): the server is there.
+  void Answered() { since_.store(kNone, std::memory_order_relaxed); }
+
+  // The time an operation that started at `start` counts its deadline from: the outage's start
+  // if one is running and began earlier, else `start`.
+  Clock::time_point CountFrom(Clock::time_point start) const {
+    const Clock::rep since = since_.load(std::memory_order_relaxed);
+    if (since == kNone) return start;
+    return std::min(start, Clock::time_point(Clock::duration(since)));
+  }
+
+ private:
+  static constexpr Clock::rep kNone = std::numeric_limits<Clock::rep>::max();
+  std::atomic<Clock::rep> since_{kNone};
 };
 
 // The policy of a target whose options give `retry_timeout_seconds` (0 = the default, 120 s).

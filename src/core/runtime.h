@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "core/asio.h"
-#include "vmbackup/options.h"
+#include "vmbackup/runtime.h"
 
 namespace vmbackup {
 

@@ -16,6 +16,7 @@
 #include "repo/format.h"
 #include "store/object_store.h"
 #include "vmbackup/options.h"
+#include "vmbackup/runtime.h"
 
 namespace vmbackup::internal {
 

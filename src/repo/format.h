@@ -14,7 +14,7 @@
 
 #include "core/buffer_pool.h"
 #include "core/util.h"
-#include "vmbackup/backup_target.h"
+#include "vmbackup/backup_info.h"
 #include "vmbackup/status.h"
 
 namespace vmbackup::internal {

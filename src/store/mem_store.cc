@@ -45,6 +45,7 @@ StatusOr<std::string> MemStore::Get(const std::string& key, uint64_t offset, uin
 }
 
 StatusOr<ObjectInfo> MemStore::Head(const std::string& key) {
+  VMB_RETURN_IF_ERROR(ValidateKey(key));
   VMB_RETURN_IF_ERROR(Fault(Op::kHead, key));
   std::lock_guard<std::mutex> l(mu_);
   auto it = objects_.find(key);
@@ -69,6 +70,7 @@ StatusOr<ListPage> MemStore::List(const std::string& prefix, const std::string& 
 }
 
 Status MemStore::Delete(const std::vector<std::string>& keys) {
+  for (const auto& k : keys) VMB_RETURN_IF_ERROR(ValidateKey(k));
   for (const auto& k : keys) VMB_RETURN_IF_ERROR(Fault(Op::kDelete, k));
   std::lock_guard<std::mutex> l(mu_);
   for (const auto& k : keys) objects_.erase(k);

@@ -6,8 +6,7 @@
 #include "core/errors.h"
 #include "core/runtime.h"
 #include "store/local_store.h"
-#include "store/nfs/nfs_store.h"
-#include "store/s3/s3_store.h"
+#include "target/store_factory.h"
 #include "target/target_impl.h"
 
 namespace vmbackup {
@@ -123,7 +122,7 @@ StatusOr<TargetConfig> ParseTargetConfig(std::string_view text) {
       if (!c.endpoint.empty() && c.endpoint.rfind("http://", 0) != 0 &&
           c.endpoint.rfind("https://", 0) != 0)
         return FieldError("endpoint", "must start with http:// or https:// for an s3 target");
-      VMB_RETURN_IF_ERROR(internal::CheckS3EndpointIsSecure(c));
+      VMB_RETURN_IF_ERROR(internal::CheckS3EndpointIsSecure(c.endpoint, c.allow_insecure_http));
       break;
     case TargetConfig::Type::kNfs:
       if (c.endpoint.rfind("nfs://", 0) != 0)

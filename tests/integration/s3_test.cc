@@ -43,6 +43,7 @@
 #include "integration_util.h"
 #include "repo/format.h"
 #include "store/s3/s3_store.h"
+#include "target/store_factory.h"
 
 namespace vmbackup::integration {
 namespace {
@@ -243,7 +244,7 @@ class S3Test : public ::testing::Test {
   StatusOr<std::unique_ptr<internal::ObjectStore>> StoreWithHooks(internal::S3TestHooks hooks) {
     TargetOptions o;
     o.retry_timeout_seconds = 60;
-    return internal::OpenS3StoreWithTestHooks(Config(), o, Runtime::Default(), std::move(hooks));
+    return internal::OpenS3Store(Config(), o, Runtime::Default(), std::move(hooks));
   }
 
   // The message of `st` must not contain any secret.
@@ -679,7 +680,9 @@ TEST_F(S3Test, ServerDownLongerThanRetryBudgetFailsCleanlyWithoutRecord) {
   ShowStatus(st);
   std::cout << "[ TIME     ] failed " << secs << " s after radosgw stopped" << std::endl;
   EXPECT_THAT(st, StatusIs(StatusCode::kUnavailable, ""));
-  EXPECT_LT(secs, 30.0) << "a 3 s retry budget per operation";
+  // Bounded by the 3 s budget once, not once per queued request: requests that start after the
+  // first gave up count from the outage's start.
+  EXPECT_LT(secs, 2 * 3.0) << "the backup outlasted its retry budget";
   EXPECT_EQ((*job)->state(), JobState::kError);
   ExpectNoSecret(st);
   ASSERT_EQ(rgw("start-rgw"), 0) << ReadAll(log);

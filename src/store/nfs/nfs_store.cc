@@ -56,7 +56,6 @@ constexpr uint64_t kDefaultChunk = 1024 * 1024;
 // Bytes kept in flight per operation (pipelined WRITE / READ calls on one connection).
 constexpr uint64_t kWindowBytes = 8u << 20;
 constexpr int kMaxWindowCalls = 64;
-constexpr int kDefaultConnections = 4;
 
 // ---- one libnfs call ----------------------------------------------------------------------------
 
@@ -345,14 +344,14 @@ namespace {
 
 class NfsStore final : public ObjectStore {
  public:
-  NfsStore(NfsEndpoint ep, std::string prefix, double timeout_seconds, int connections,
+  NfsStore(NfsEndpoint ep, std::string prefix, const RetryPolicy& retry, int connections,
            std::shared_ptr<Runtime> rt)
       : ObjectStore(std::move(rt)),
         ep_(std::move(ep)),
         prefix_(std::move(prefix)),
         base_(prefix_.empty() ? "" : "/" + prefix_),
-        timeout_(milliseconds(static_cast<int64_t>(timeout_seconds * 1000))),
-        retry_(RetryPolicyWithDeadlineSeconds(static_cast<int>(timeout_seconds))),
+        timeout_(retry.deadline),
+        retry_(retry),
         pool_(connections) {}
 
   std::string Describe() const override {
@@ -486,15 +485,19 @@ class NfsStore final : public ObjectStore {
   }
 
   // Runs `fn` on a pooled connection until it returns anything but kUnavailable or the deadline
-  // (now + `budget`, default the store's timeout) passes. Reconnects between attempts.
+  // passes: `budget` (default the store's timeout) from now, or from the start of an outage that
+  // other operations already saw (Outage), but the first attempt always gets a fair chance.
+  // Reconnects between attempts.
   Status Run(const std::string& what, const std::function<Status(Conn&, Clock::time_point)>& fn,
              std::optional<milliseconds> budget = std::nullopt) {
     const auto start = Clock::now();
     const RetryPolicy policy = retry_.WithDeadlineAtMost(budget.value_or(timeout_));
-    const auto deadline = start + policy.deadline;
+    const auto first_attempt_until = start + std::min(policy.deadline, kConnectDeadline);
     Status last;
     int attempts = 0;
     while (true) {
+      auto deadline = outage_.CountFrom(start) + policy.deadline;
+      if (attempts == 0) deadline = std::max(deadline, first_attempt_until);
       auto conn = pool_.Acquire(deadline);
       if (!conn) {
         last = UnavailableError("all NFS connections stayed busy");
@@ -505,23 +508,34 @@ class NfsStore final : public ObjectStore {
       Status st = conn->nfs != nullptr ? Status::Ok() : Connect(*conn, deadline);
       if (st.ok()) st = fn(*conn, deadline);
       if (!RetryPolicy::Retryable(st.code())) {
+        outage_.Answered();
         pool_.Release(std::move(conn));
         return st;
       }
+      const auto failed_at = Clock::now();
+      outage_.NoAnswer(failed_at);
       conn->Close();
       pool_.Release(std::move(conn));
       last = st;
-      auto when = policy.NextAttempt(attempts, start, Clock::now());
+      auto when = policy.NextAttempt(attempts, outage_.CountFrom(start), failed_at);
       if (!when) break;
       std::this_thread::sleep_until(*when);
     }
-    double secs = std::chrono::duration<double>(Clock::now() - start).count();
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.1f", secs);
+    const auto now = Clock::now();
+    const auto since = outage_.CountFrom(start);
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%.1f s and %d attempt(s)",
+                  std::chrono::duration<double>(now - start).count(), attempts);
+    std::string silent;
+    if (since < start) {
+      char b2[96];
+      std::snprintf(b2, sizeof b2, "; the server has answered no operation for %.1f s",
+                    std::chrono::duration<double>(now - since).count());
+      silent = b2;
+    }
     return UnavailableError(
         what + ": NFS server " + ep_.server + PortText() + " unavailable; gave up after " + buf +
-        " s and " + std::to_string(attempts) + " attempt(s) (limit " +
-        std::to_string(policy.deadline.count() / 1000) +
+        silent + " (limit " + std::to_string(policy.deadline.count() / 1000) +
         (policy.deadline < timeout_ ? " s for a first contact"
                                     : " s, TargetOptions.retry_timeout_seconds") +
         "). Last error: " + last.message());
@@ -1010,26 +1024,20 @@ class NfsStore final : public ObjectStore {
   const std::string base_;    // "" or "/a/b": the store's root below the export
   const milliseconds timeout_;
   const RetryPolicy retry_;  // backoff between attempts; deadline = timeout_
+  Outage outage_;            // since when the server answered no attempt of any operation
   ConnPool pool_;
 };
 
 }  // namespace
 
-StatusOr<std::unique_ptr<ObjectStore>> OpenNfsStore(const TargetConfig& config,
-                                                    const TargetOptions& options,
+StatusOr<std::unique_ptr<ObjectStore>> OpenNfsStore(const NfsStoreOptions& options,
                                                     std::shared_ptr<Runtime> runtime) {
-  VMB_ASSIGN_OR_RETURN(NfsEndpoint ep, ParseNfsEndpoint(config.endpoint));
-  if (options.retry_timeout_seconds < 0)
-    return InvalidArgumentError("TargetOptions.retry_timeout_seconds must not be negative");
-  if (options.max_requests_in_flight < 0)
-    return InvalidArgumentError("TargetOptions.max_requests_in_flight must not be negative");
-  std::string prefix = config.prefix;
+  VMB_ASSIGN_OR_RETURN(NfsEndpoint ep, ParseNfsEndpoint(options.endpoint));
+  std::string prefix = options.prefix;
   while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
   if (!prefix.empty()) VMB_RETURN_IF_ERROR(ValidateKey(prefix));
-  double timeout = options.retry_timeout_seconds == 0 ? 120.0 : options.retry_timeout_seconds;
-  int conns = options.max_requests_in_flight == 0 ? kDefaultConnections
-                                                  : std::min(options.max_requests_in_flight, 64);
-  auto store = std::make_unique<NfsStore>(std::move(ep), std::move(prefix), timeout, conns,
+  const int conns = std::clamp(options.connections, 1, 64);
+  auto store = std::make_unique<NfsStore>(std::move(ep), std::move(prefix), options.retry, conns,
                                           std::move(runtime));
   VMB_RETURN_IF_ERROR(store->Init());
   return std::unique_ptr<ObjectStore>(std::move(store));

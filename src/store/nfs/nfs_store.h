@@ -22,8 +22,8 @@
 #include <memory>
 #include <string>
 
+#include "core/retry.h"
 #include "store/object_store.h"
-#include "vmbackup/backup_target.h"
 
 namespace vmbackup::internal {
 
@@ -41,11 +41,19 @@ struct NfsEndpoint {
 // (libnfs; also uid, gid, tcp-syncnt). kInvalidArgument naming the problem otherwise.
 StatusOr<NfsEndpoint> ParseNfsEndpoint(const std::string& endpoint);
 
-// Opens the export named by config.endpoint and creates config.prefix inside it if missing.
-// Returns kInvalidArgument for a bad URL, kNotFound for a missing export, kPermissionDenied when
-// the server refuses access, kUnavailable when the server cannot be reached within the timeout.
-StatusOr<std::unique_ptr<ObjectStore>> OpenNfsStore(const TargetConfig& config,
-                                                    const TargetOptions& options,
+// What an NFS store needs, resolved from a target's setting and options by target/.
+struct NfsStoreOptions {
+  std::string endpoint;  // nfs:// URL (see ParseNfsEndpoint)
+  std::string prefix;    // directory inside the export, "" or a valid key without trailing '/'
+  int connections = 4;   // libnfs contexts (TCP connections, mounts) kept, 1 to 64
+  RetryPolicy retry;     // transient failures, deadline per operation
+};
+
+// Opens the export named by options.endpoint and creates options.prefix inside it if missing
+// (first contact: retried for at most kConnectDeadline). Returns kInvalidArgument for a bad URL or
+// prefix, kNotFound for a missing export, kPermissionDenied when the server refuses access,
+// kUnavailable when the server cannot be reached.
+StatusOr<std::unique_ptr<ObjectStore>> OpenNfsStore(const NfsStoreOptions& options,
                                                     std::shared_ptr<Runtime> runtime);
 
 }  // namespace vmbackup::internal

@@ -194,21 +194,35 @@ class S3Store final : public ObjectStore {
     }
     if (transient) {
       c->last_error = why;
-      if (auto when = c->policy.NextAttempt(c->attempt, c->started, Clock::now())) {
+      const auto now = Clock::now();
+      outage_.NoAnswer(now);
+      // Counted from the start of an outage other requests already saw, if earlier: requests
+      // queued behind one that gave up do not each wait out the whole deadline again.
+      const auto from = outage_.CountFrom(c->started);
+      if (auto when = c->policy.NextAttempt(c->attempt, from, now)) {
         auto timer = std::make_shared<boost::asio::steady_timer>(runtime_->impl()->io(), *when);
         timer->async_wait([this, c, timer](const boost::system::error_code&) { Attempt(c); });
         return;
       }
       c->done(
           std::move(resp),
-          UnavailableError(Describe() + " did not answer " + c->method + " " + KeyForMessage(*c) +
-                           " after " + std::to_string(c->attempt) + " attempts in " +
-                           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                              Clock::now() - c->started)
-                                              .count()) +
-                           " ms: " + why));
+          UnavailableError(
+              Describe() + " did not answer " + c->method + " " + KeyForMessage(*c) + " after " +
+              std::to_string(c->attempt) + " attempts in " +
+              std::to_string(
+                  std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - c->started)
+                      .count()) +
+              " ms" +
+              (from < c->started
+                   ? " (the server has answered no request for " +
+                         std::to_string(
+                             std::chrono::duration_cast<std::chrono::seconds>(now - from).count()) +
+                         " s)"
+                   : std::string()) +
+              ": " + why));
       return;
     }
+    if (resp.curl_code == 0) outage_.Answered();
     c->done(std::move(resp), Status::Ok());
   }
 
@@ -577,6 +591,7 @@ class S3Store final : public ObjectStore {
 
   S3Settings s_;
   S3TestHooks hooks_;
+  Outage outage_;        // since when the server answered no request
   std::mutex probe_mu_;  // held while probing, so that concurrent callers wait for one probe
   Conditional conditional_ = Conditional::kUnknown;  // guarded by probe_mu_
   http::Engine engine_;
@@ -584,28 +599,21 @@ class S3Store final : public ObjectStore {
 
 }  // namespace
 
-Status CheckS3EndpointIsSecure(const TargetConfig& config) {
-  if (config.allow_insecure_http || config.endpoint.rfind("http://", 0) != 0) return Status::Ok();
+Status CheckS3EndpointIsSecure(std::string_view endpoint, bool allow_insecure_http) {
+  if (allow_insecure_http || endpoint.rfind("http://", 0) != 0) return Status::Ok();
   return InvalidArgumentError(
       "backup-target setting: field 'endpoint' is a plain http:// URL, whose traffic (backup "
       "data, metadata and signed requests) anyone on the path can read and change; use https://, "
       "or set field 'allowInsecureHttp' to true to accept that");
 }
 
-StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
-                                                   const TargetOptions& options,
-                                                   std::shared_ptr<Runtime> runtime) {
-  return OpenS3StoreWithTestHooks(config, options, std::move(runtime), S3TestHooks{});
-}
-
-StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConfig& config,
-                                                                const TargetOptions& options,
-                                                                std::shared_ptr<Runtime> runtime,
-                                                                S3TestHooks hooks) {
-  VMB_RETURN_IF_ERROR(CheckS3EndpointIsSecure(config));
+StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const S3StoreOptions& options,
+                                                   std::shared_ptr<Runtime> runtime,
+                                                   S3TestHooks hooks) {
+  VMB_RETURN_IF_ERROR(CheckS3EndpointIsSecure(options.endpoint, options.allow_insecure_http));
   S3Settings s;
-  std::string ep = config.endpoint;
-  if (ep.empty()) ep = "https://s3." + config.bucket_region + ".amazonaws.com";
+  std::string ep = options.endpoint;
+  if (ep.empty()) ep = "https://s3." + options.region + ".amazonaws.com";
   auto sep = ep.find("://");
   if (sep == std::string::npos)
     return InvalidArgumentError("backup-target setting: field 'endpoint' has no scheme");
@@ -626,7 +634,7 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConf
       host.compare(host.size() - default_port.size(), default_port.size(), default_port) == 0)
     host.resize(host.size() - default_port.size());
   s.host = host;
-  if (config.virtual_hosted_style) {
+  if (options.virtual_hosted_style) {
     std::string name =
         host.substr(0, host.rfind(':') == std::string::npos ? host.size() : host.rfind(':'));
     bool is_ip = !name.empty() && (name.find_first_not_of("0123456789.") == std::string::npos ||
@@ -638,12 +646,12 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConf
           "bucket becomes a subdomain), not the IP address " +
           name);
   }
-  s.bucket = config.bucket_name;
-  s.region = config.bucket_region.empty() ? "us-east-1" : config.bucket_region;
-  s.virtual_hosted = config.virtual_hosted_style;
-  s.prefix = config.prefix.empty() ? "" : config.prefix + "/";
-  s.creds.access_key_id = config.access_key_id;
-  s.creds.secret_access_key = config.secret_access_key;
+  s.bucket = options.bucket;
+  s.region = options.region.empty() ? "us-east-1" : options.region;
+  s.virtual_hosted = options.virtual_hosted_style;
+  s.prefix = options.prefix.empty() ? "" : options.prefix + "/";
+  s.creds.access_key_id = options.access_key_id;
+  s.creds.secret_access_key = options.secret_access_key;
   auto env = [](const char* n) {
     const char* v = std::getenv(n);
     return std::string(v ? v : "");
@@ -658,11 +666,11 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConf
         "backup-target setting: fields 'accessKeyId' and 'secretAccessKey' are required for an s3 "
         "target "
         "(or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment)");
-  s.retry = RetryPolicyWithDeadlineSeconds(options.retry_timeout_seconds);
+  s.retry = options.retry;
   http::EngineOptions eo;
-  eo.max_connections = options.max_requests_in_flight > 0 ? options.max_requests_in_flight : 16;
-  eo.ca_pem = config.cert;
-  eo.verify_tls = !options.insecure_skip_tls_verify_for_tests_only;
+  eo.max_connections = options.max_connections > 0 ? options.max_connections : 16;
+  eo.ca_pem = options.ca_pem;
+  eo.verify_tls = options.verify_tls;
   auto store =
       std::make_unique<S3Store>(std::move(runtime), std::move(s), std::move(eo), std::move(hooks));
   VMB_RETURN_IF_ERROR(store->Check());

@@ -25,25 +25,34 @@
 #include <utility>
 #include <vector>
 
+#include "core/retry.h"
 #include "store/object_store.h"
 #include "store/s3/http.h"
-#include "vmbackup/backup_target.h"
 
 namespace vmbackup::internal {
 
-// OK unless `config` names a plain http:// endpoint without allow_insecure_http: then
-// kInvalidArgument naming the field 'allowInsecureHttp' (ParseTargetConfig and OpenS3Store both
-// refuse such a setting).
-Status CheckS3EndpointIsSecure(const TargetConfig& config);
+// What an S3 store needs, resolved from a target's setting and options by target/ (the store
+// knows nothing of TargetConfig). Fields are named after the setting's fields they come from.
+struct S3StoreOptions {
+  std::string endpoint;              // "https://host[:port]"; "" = AWS S3 in `region`
+  std::string bucket;                // bucketName
+  std::string region = "us-east-1";  // bucketRegion
+  // accessKeyId / secretAccessKey; both empty: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+  // AWS_SESSION_TOKEN from the environment.
+  std::string access_key_id, secret_access_key;
+  std::string ca_pem;  // cert: extra trusted CA certificates
+  std::string prefix;  // key prefix inside the bucket, "" or without a trailing '/'
+  bool virtual_hosted_style = false;
+  bool allow_insecure_http = false;  // allowInsecureHttp
+  bool verify_tls = true;            // false only for tests against throwaway servers
+  int max_connections = 16;          // requests in flight at once
+  RetryPolicy retry;                 // transient failures, deadline per operation
+};
 
-// Opens the bucket named by `config` and checks that it answers (a one-key listing).
-// Returns kInvalidArgument for a bad endpoint (an http:// one without allow_insecure_http, see
-// CheckS3EndpointIsSecure) or missing credentials, kPermissionDenied for
-// rejected credentials (naming the S3 error code and request id), kNotFound for a missing bucket,
-// kUnavailable when the server cannot be reached within the retry budget.
-StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const TargetConfig& config,
-                                                   const TargetOptions& options,
-                                                   std::shared_ptr<Runtime> runtime);
+// OK unless `endpoint` is a plain http:// URL and !allow_insecure_http: then kInvalidArgument
+// naming the setting's field 'allowInsecureHttp' (ParseTargetConfig and OpenS3Store both refuse
+// such a setting).
+Status CheckS3EndpointIsSecure(std::string_view endpoint, bool allow_insecure_http);
 
 // Fault injection FOR TESTS ONLY: hooks that see every attempt of every request of one store.
 // They run on the thread that sends the attempt (any thread) and on the runtime's io thread, so
@@ -61,11 +70,14 @@ struct S3TestHooks {
       after_response;
 };
 
-// OpenS3Store with test hooks.
-StatusOr<std::unique_ptr<ObjectStore>> OpenS3StoreWithTestHooks(const TargetConfig& config,
-                                                                const TargetOptions& options,
-                                                                std::shared_ptr<Runtime> runtime,
-                                                                S3TestHooks hooks);
+// Opens the bucket and checks that it answers (a one-key listing, retried for at most
+// kConnectDeadline). Returns kInvalidArgument for a bad endpoint (an http:// one without
+// allow_insecure_http, see CheckS3EndpointIsSecure) or missing credentials, kPermissionDenied for
+// rejected credentials (naming the S3 error code and request id), kNotFound for a missing bucket,
+// kUnavailable when the server cannot be reached. `hooks`: for tests only.
+StatusOr<std::unique_ptr<ObjectStore>> OpenS3Store(const S3StoreOptions& options,
+                                                   std::shared_ptr<Runtime> runtime,
+                                                   S3TestHooks hooks = {});
 
 }  // namespace vmbackup::internal
 

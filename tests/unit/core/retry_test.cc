@@ -51,5 +51,28 @@ TEST(RetryPolicyTest, TheDeadlineEndsRetriesAndShortensTheLastWait) {
   EXPECT_EQ(RetryPolicyWithDeadlineSeconds(3).deadline, milliseconds(3000));
 }
 
+// Operations queued behind one that gave up count from the outage's start, not their own: the
+// third operation below fails after one attempt instead of waiting out another full deadline.
+TEST(OutageTest, OperationsCountTheirDeadlineFromTheOutagesStartUntilTheServerAnswers) {
+  RetryPolicy p;
+  p.deadline = milliseconds(1000);
+  Outage outage;
+  const auto t0 = Clock::now();
+  EXPECT_EQ(outage.CountFrom(t0), t0) << "no outage: an operation counts from its own start";
+  outage.NoAnswer(t0 + milliseconds(10));
+  outage.NoAnswer(t0 + milliseconds(500));  // a later failure does not move the start
+  EXPECT_EQ(outage.CountFrom(t0), t0) << "an operation that started before the outage";
+  const auto late = t0 + milliseconds(1200);  // started after the first one gave up
+  EXPECT_EQ(outage.CountFrom(late), t0 + milliseconds(10));
+  EXPECT_FALSE(p.NextAttempt(1, outage.CountFrom(late), late + milliseconds(5)).has_value())
+      << "the server has been silent for the whole deadline: no second attempt";
+  EXPECT_TRUE(p.NextAttempt(1, late, late + milliseconds(5)).has_value())
+      << "without the outage it would have retried";
+  outage.Answered();  // any answer ends the outage for everyone
+  EXPECT_EQ(outage.CountFrom(late), late);
+  outage.NoAnswer(late + milliseconds(50));
+  EXPECT_EQ(outage.CountFrom(late + milliseconds(100)), late + milliseconds(50));
+}
+
 }  // namespace
 }  // namespace vmbackup::internal

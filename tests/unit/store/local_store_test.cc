@@ -24,6 +24,7 @@
 
 #include "support/test_util.h"
 #include "vmbackup/options.h"
+#include "vmbackup/runtime.h"
 
 namespace vmbackup::internal {
 namespace {

@@ -26,7 +26,9 @@
 #include "core/runtime.h"
 #include "store/s3/s3_store.h"
 #include "support/test_util.h"
+#include "target/store_factory.h"
 #include "vmbackup/options.h"
+#include "vmbackup/runtime.h"
 
 namespace vmbackup::internal {
 namespace {
@@ -528,9 +530,20 @@ TEST_F(S3FirstContactTest, PingFailsFastButAnOperationKeepsItsFullBudget) {
   auto t0 = std::chrono::steady_clock::now();
   EXPECT_THAT((*store)->Ping(), StatusIs(StatusCode::kUnavailable, ""));
   EXPECT_LT(Since(t0), 13) << "Ping used the operations' budget, not the connect deadline";
+  // The server answers again (the outage is over), then stops: an operation retries for its own
+  // full budget, not for the connect deadline.
+  down = false;
+  ASSERT_OK((*store)->List("records/", "", 1));
+  down = true;
   t0 = std::chrono::steady_clock::now();
   EXPECT_THAT((*store)->Head("records/x.json"), StatusIs(StatusCode::kUnavailable, ""));
   EXPECT_GT(Since(t0), 11) << "an operation gave up at the connect deadline";
+  // The server has now answered nothing for the whole budget: the next operation fails after one
+  // attempt instead of waiting out another 14 s, and says why.
+  t0 = std::chrono::steady_clock::now();
+  auto again = (*store)->Head("records/y.json");
+  EXPECT_THAT(again, StatusIs(StatusCode::kUnavailable, "answered no request for"));
+  EXPECT_LT(Since(t0), 3) << "a queued operation waited out another full budget";
 }
 
 }  // namespace

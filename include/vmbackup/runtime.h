@@ -1,0 +1,56 @@
+// Runtime: the async core every target and job runs on. See docs/threading.md.
+//
+// Every field has a default that suits a host with no special needs; the comment beside it says
+// what the default is. Structs only grow at the end.
+#ifndef VMBACKUP_RUNTIME_H_
+#define VMBACKUP_RUNTIME_H_
+
+#include <memory>
+
+#include "vmbackup/export.h"
+
+namespace vmbackup {
+
+// Threads of a Runtime.
+struct RuntimeOptions {
+  // Threads for CPU work (hashing, compression) of backup and restore pipelines.
+  // Default 0 = std::thread::hardware_concurrency().
+  int worker_threads = 0;
+  // Threads that run blocking file I/O (writes, fsync, renames) for local and NFS-backed targets.
+  // Default 0 = 4.
+  int blocking_threads = 0;
+  // Threads that drive asynchronous network I/O and timers. Default 0 = 1.
+  int io_threads = 0;
+};
+
+// The async core: an event loop for network I/O and timers, a worker pool for CPU work and a
+// separate pool for blocking file I/O. Targets and jobs share one Runtime; most hosts use
+// Runtime::Default().
+//
+// Thread-safety: all methods are thread-safe. A Runtime lives as long as the last shared_ptr to it;
+// destroying it joins its threads (never destroy it from one of its own threads).
+class VMBACKUP_EXPORT Runtime {
+ public:
+  // Creates a runtime with its own threads. Never fails (threads are started lazily by the OS).
+  static std::shared_ptr<Runtime> Create(const RuntimeOptions& options = {});
+  // The process-wide runtime, created on first use with default options.
+  static std::shared_ptr<Runtime> Default();
+
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+  ~Runtime();
+
+  int worker_threads() const;
+
+  struct Impl;
+  // Internal. Not part of the stable API.
+  Impl* impl() const { return impl_.get(); }
+
+ private:
+  explicit Runtime(const RuntimeOptions& options);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vmbackup
+
+#endif  // VMBACKUP_RUNTIME_H_

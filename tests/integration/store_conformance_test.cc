@@ -1,0 +1,240 @@
+// ObjectStore conformance (issue #10): one parameterized test of the contract in
+// src/store/object_store.h, run against every store — the in-memory store, a local directory, S3
+// (Ceph radosgw) and NFS (nfs-ganesha). The S3 and NFS variants need the servers' environment
+// (scripts/test.sh starts both); without it they fail and say how to start them.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <atomic>
+#include <future>
+#include <thread>
+
+#include "core/runtime.h"
+#include "integration_util.h"
+#include "store/local_store.h"
+#include "store/mem_store.h"
+#include "store/nfs/nfs_store.h"
+#include "store/s3/s3_store.h"
+#include "support/test_util.h"
+#include "target/store_factory.h"
+
+namespace vmbackup::integration {
+namespace {
+
+using internal::ObjectInfo;
+using internal::ObjectStore;
+using internal::PutOptions;
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+using ::vmbackup::testing::TempDir;
+
+StatusOr<std::unique_ptr<ObjectStore>> OpenStore(const std::string& kind, const TempDir& dir) {
+  auto rt = Runtime::Default();
+  if (kind == "mem") return std::unique_ptr<ObjectStore>(new internal::MemStore(rt));
+  if (kind == "local") {
+    const std::string root = dir.Sub("store");
+    if (::mkdir(root.c_str(), 0700) != 0) return InternalError("mkdir " + root);
+    return internal::OpenLocalStore(root, rt);
+  }
+  TargetOptions o;
+  o.retry_timeout_seconds = 30;
+  TargetConfig c;
+  c.prefix = "conformance-" + RandomHex(10);
+  if (kind == "s3") {
+    if (Env("S3_HTTP_ENDPOINT").empty())
+      return FailedPreconditionError(
+          "S3_HTTP_ENDPOINT is not set: start the test S3 server first with "
+          "eval \"$(bash scripts/s3-server.sh start --tls)\" (scripts/test.sh does)");
+    c.type = TargetConfig::Type::kS3;
+    c.endpoint = Env("S3_HTTP_ENDPOINT");
+    c.allow_insecure_http = true;
+    c.bucket_name = Env("S3_BUCKET");
+    c.access_key_id = Env("AWS_ACCESS_KEY_ID");
+    c.secret_access_key = Env("AWS_SECRET_ACCESS_KEY");
+    return internal::OpenS3Store(c, o, rt);
+  }
+  if (Env("NFS_URL_V3").empty())
+    return FailedPreconditionError(
+        "NFS_URL_V3 is not set: start the test NFS server first with "
+        "eval \"$(bash scripts/nfs-server.sh start)\" (scripts/test.sh does)");
+  c.type = TargetConfig::Type::kNfs;
+  c.endpoint = Env(kind == "nfs4" ? "NFS_URL_V4" : "NFS_URL_V3");
+  return internal::OpenNfsStore(c, o, rt);
+}
+
+class StoreConformanceTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto s = OpenStore(GetParam(), dir_);
+    ASSERT_OK(s);
+    store_ = std::move(*s);
+  }
+  void Put(const std::string& key, const std::string& data) {
+    ASSERT_OK(store_->Put(key, data, PutOptions{}));
+  }
+  std::vector<std::string> Keys(const std::vector<ObjectInfo>& objects) {
+    std::vector<std::string> keys;
+    for (const auto& o : objects) keys.push_back(o.key);
+    return keys;
+  }
+  TempDir dir_;
+  std::unique_ptr<ObjectStore> store_;
+};
+
+TEST_P(StoreConformanceTest, PutGetHeadAndReplace) {
+  Put("a/b/obj", "hello world");
+  auto got = store_->Get("a/b/obj");
+  ASSERT_OK(got);
+  EXPECT_EQ(*got, "hello world");
+  auto head = store_->Head("a/b/obj");
+  ASSERT_OK(head);
+  EXPECT_EQ(head->key, "a/b/obj");
+  EXPECT_EQ(head->size, 11u);
+  Put("a/b/obj", "replaced");
+  EXPECT_EQ(*store_->Get("a/b/obj"), "replaced");
+  Put("a/empty", "");
+  EXPECT_EQ(*store_->Get("a/empty"), "");
+  EXPECT_EQ(store_->Head("a/empty")->size, 0u);
+}
+
+TEST_P(StoreConformanceTest, MissingObjectsAreNotFound) {
+  EXPECT_THAT(store_->Get("no/such"), StatusIs(StatusCode::kNotFound, "no/such"));
+  EXPECT_THAT(store_->Head("no/such"), StatusIs(StatusCode::kNotFound, "no/such"));
+  EXPECT_OK(store_->Delete({"no/such", "no/other"}));  // missing keys are not an error
+}
+
+TEST_P(StoreConformanceTest, CreateIfAbsentRefusesAnExistingObject) {
+  ASSERT_OK(store_->Put("once", "first", PutOptions{.if_absent = true}));
+  EXPECT_THAT(store_->Put("once", "second", PutOptions{.if_absent = true}),
+              StatusIs(StatusCode::kAlreadyExists, ""));
+  EXPECT_EQ(*store_->Get("once"), "first");
+}
+
+TEST_P(StoreConformanceTest, ConcurrentCreateIfAbsentHasExactlyOneWinner) {
+  constexpr int kWriters = 6;
+  std::atomic<int> wins{0}, exists{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kWriters; ++i)
+    threads.emplace_back([&, i] {
+      Status st = store_->Put("race", "writer-" + std::to_string(i), PutOptions{.if_absent = true});
+      if (st.ok()) ++wins;
+      if (st.code() == StatusCode::kAlreadyExists) ++exists;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wins.load(), 1);
+  EXPECT_EQ(exists.load(), kWriters - 1);
+  auto got = store_->Get("race");
+  ASSERT_OK(got);
+  EXPECT_EQ(got->rfind("writer-", 0), 0u);
+}
+
+TEST_P(StoreConformanceTest, RangedReadsFollowTheContract) {
+  std::string data(300000, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7 + i / 251);
+  Put("big/obj", data);
+  EXPECT_EQ(*store_->Get("big/obj", 0, 1), data.substr(0, 1));
+  EXPECT_EQ(*store_->Get("big/obj", 123457, 65536), data.substr(123457, 65536));
+  EXPECT_EQ(*store_->Get("big/obj", data.size() - 10, 0), data.substr(data.size() - 10));
+  EXPECT_EQ(*store_->Get("big/obj", data.size() - 10, 10), data.substr(data.size() - 10));
+  std::string buf = "junk";
+  ASSERT_OK(store_->GetInto("big/obj", 5, 7, &buf));
+  EXPECT_EQ(buf, data.substr(5, 7));
+  // Past the end: out of range; running past the end: a short object (data loss).
+  EXPECT_THAT(store_->Get("big/obj", data.size() + 1, 0), StatusIs(StatusCode::kOutOfRange, ""));
+  EXPECT_THAT(store_->Get("big/obj", data.size(), 5), StatusIs(StatusCode::kOutOfRange, ""));
+  EXPECT_THAT(store_->Get("big/obj", data.size() - 3, 10), StatusIs(StatusCode::kDataLoss, ""));
+}
+
+TEST_P(StoreConformanceTest, GetAtMostRefusesLargerObjects) {
+  Put("b/hundred", std::string(100, 'h'));
+  auto ok = store_->GetAtMost("b/hundred", 100);
+  ASSERT_OK(ok);
+  EXPECT_EQ(ok->size(), 100u);
+  EXPECT_THAT(store_->GetAtMost("b/hundred", 99), StatusIs(StatusCode::kDataLoss, "b/hundred"));
+  EXPECT_THAT(store_->GetAtMost("b/missing", 99), StatusIs(StatusCode::kNotFound, ""));
+}
+
+TEST_P(StoreConformanceTest, ListingIsSortedFilteredAndPaged) {
+  const std::vector<std::string> keys = {"l/a", "l/b/1", "l/b/2", "l/c", "l/d/x/y", "l/e",
+                                         "l/f", "l/g",   "l/h",   "l/i", "lx/other"};
+  for (const auto& k : keys) Put(k, k);
+  auto all = store_->ListAll("l/");
+  ASSERT_OK(all);
+  EXPECT_THAT(Keys(*all), ElementsAre("l/a", "l/b/1", "l/b/2", "l/c", "l/d/x/y", "l/e", "l/f",
+                                      "l/g", "l/h", "l/i"));
+  EXPECT_EQ((*all)[0].size, 3u);
+  // Pages of 3: every key once, in order, the last page without a token.
+  std::vector<std::string> paged;
+  std::string token;
+  int pages = 0;
+  do {
+    auto page = store_->List("l/", token, 3);
+    ASSERT_OK(page);
+    EXPECT_LE(page->objects.size(), 3u);
+    for (const auto& o : page->objects) paged.push_back(o.key);
+    token = page->next_token;
+    ASSERT_LT(++pages, 10);
+  } while (!token.empty());
+  EXPECT_EQ(paged, Keys(*all));
+  auto sub = store_->ListAll("l/b/");
+  ASSERT_OK(sub);
+  EXPECT_THAT(Keys(*sub), ElementsAre("l/b/1", "l/b/2"));
+  auto partial = store_->ListAll("l/b");  // a prefix that is not a whole directory name
+  ASSERT_OK(partial);
+  EXPECT_THAT(Keys(*partial), ElementsAre("l/b/1", "l/b/2"));
+  auto none = store_->ListAll("nothing/");
+  ASSERT_OK(none);
+  EXPECT_THAT(*none, IsEmpty());
+}
+
+TEST_P(StoreConformanceTest, BatchDeleteRemovesEveryKey) {
+  std::vector<std::string> keys;
+  for (int i = 0; i < 25; ++i) keys.push_back("d/" + std::to_string(100 + i));
+  for (const auto& k : keys) Put(k, "x");
+  Put("d-keep", "kept");
+  ASSERT_OK(store_->Delete(keys));
+  auto left = store_->ListAll("d/");
+  ASSERT_OK(left);
+  EXPECT_THAT(*left, IsEmpty());
+  EXPECT_EQ(*store_->Get("d-keep"), "kept");
+}
+
+TEST_P(StoreConformanceTest, BadKeysAreInvalidArgumentForEveryOperation) {
+  for (const std::string& bad :
+       {std::string("../x"), std::string("/abs"), std::string("a//b"), std::string("a/./b"),
+        std::string("sp ace"), std::string(""), std::string("trailing/")}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THAT(store_->Put(bad, "x", PutOptions{}), StatusIs(StatusCode::kInvalidArgument, ""));
+    EXPECT_THAT(store_->Get(bad), StatusIs(StatusCode::kInvalidArgument, ""));
+    EXPECT_THAT(store_->Head(bad), StatusIs(StatusCode::kInvalidArgument, ""));
+    EXPECT_THAT(store_->Delete({bad}), StatusIs(StatusCode::kInvalidArgument, ""));
+  }
+}
+
+TEST_P(StoreConformanceTest, AsyncFormsCompleteExactlyOnce) {
+  std::promise<Status> put_done;
+  auto data = std::make_shared<const std::string>("async bytes");
+  store_->PutAsync("async/obj", data, PutOptions{},
+                   [&put_done](Status st) { put_done.set_value(st); });
+  ASSERT_OK(put_done.get_future().get());
+  std::promise<StatusOr<std::string>> get_done;
+  store_->GetAsync("async/obj", 6, 5,
+                   [&get_done](StatusOr<std::string> r) { get_done.set_value(std::move(r)); });
+  auto got = get_done.get_future().get();
+  ASSERT_OK(got);
+  EXPECT_EQ(*got, "bytes");
+  std::promise<StatusOr<std::string>> missing;
+  store_->GetAsync("async/none", 0, 0,
+                   [&missing](StatusOr<std::string> r) { missing.set_value(std::move(r)); });
+  EXPECT_THAT(missing.get_future().get(), StatusIs(StatusCode::kNotFound, ""));
+}
+
+TEST_P(StoreConformanceTest, PingAnswers) { EXPECT_OK(store_->Ping()); }
+
+INSTANTIATE_TEST_SUITE_P(Stores, StoreConformanceTest,
+                         ::testing::Values("mem", "local", "s3", "nfs3", "nfs4"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace vmbackup::integration
