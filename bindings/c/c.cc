@@ -5,13 +5,12 @@
 // and reports std::bad_alloc as VMB_ERESOURCE and any other exception as VMB_EINTERNAL. Progress
 // callbacks are called from the library's threads through a lambda that never throws.
 //
-// Async handles (vmb_backup, vmb_restore) own the C++ job and one waiter thread that calls Wait()
-// once and keeps the final status on the handle, so any number of vmb_*_wait[_timeout]() calls from
-// any thread see the same result.
+// Async handles (vmb_backup, vmb_restore) own the C++ job; vmb_*_wait[_timeout]() call its Wait /
+// WaitFor, which keep the final status, so any number of waits from any thread see the same result.
+// No thread of their own.
 #include "vmbackup/c.h"
 
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -22,7 +21,6 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -298,7 +296,8 @@ StatusOr<TargetOptions> ToTargetOptions(const vmb_target_options* opts) {
 // (A named namespace: the public handle structs vmb_backup / vmb_restore derive from AsyncJob.)
 namespace c_api {
 
-// A started C++ job (BackupJob or RestorePlan) plus a waiter thread that records its final status.
+// A started C++ job (BackupJob or RestorePlan). Waiting needs no thread of its own: the job's
+// WaitFor/Wait block on its state.
 template <typename Job>
 class AsyncJob {
  public:
@@ -306,58 +305,21 @@ class AsyncJob {
   AsyncJob(const AsyncJob&) = delete;
   AsyncJob& operator=(const AsyncJob&) = delete;
 
-  // Cancels the job if it still runs, then waits for it.
-  ~AsyncJob() {
-    job_->Cancel();
-    if (waiter_.joinable()) waiter_.join();
-  }
+  // Cancels the job if it still runs, then waits for it (the job's destructor does both).
+  ~AsyncJob() { job_->Cancel(); }
 
-  // Starts the job and the waiter thread.
-  Status Start() {
-    Status s = job_->Start();
-    if (!s.ok()) return s;
-    try {
-      waiter_ = std::thread([this] {
-        Status final_status;
-        try {
-          final_status = job_->Wait();
-        } catch (...) {
-          final_status = InternalError("unexpected exception while waiting for the job");
-        }
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          status_ = std::move(final_status);
-          done_ = true;
-        }
-        cv_.notify_all();
-      });
-    } catch (...) {
-      job_->Cancel();  // ~Job waits for it
-      throw;
-    }
-    return Status::Ok();
-  }
+  Status Start() { return job_->Start(); }
 
   // Waits for the end of the job; nullopt if `timeout` elapsed first (no timeout when nullopt).
   std::optional<Status> Wait(std::optional<std::chrono::milliseconds> timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (timeout.has_value()) {
-      if (!cv_.wait_for(lock, *timeout, [this] { return done_; })) return std::nullopt;
-    } else {
-      cv_.wait(lock, [this] { return done_; });
-    }
-    return status_;
+    if (timeout.has_value()) return job_->WaitFor(*timeout);
+    return job_->Wait();
   }
 
   Job& job() const { return *job_; }
 
  private:
   std::unique_ptr<Job> job_;
-  std::thread waiter_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;  // guarded by mu_
-  Status status_;      // guarded by mu_; the final status once done_
 };
 
 }  // namespace c_api
@@ -376,6 +338,20 @@ int WaitJob(c_api::AsyncJob<Job>* job, std::optional<std::chrono::milliseconds> 
     return pending ? Status::Ok() : *std::move(s);
   });
   return pending ? VMB_PENDING : rc;
+}
+
+// Registers a C completion callback on `job`.
+template <typename Job>
+int OnDoneJob(c_api::AsyncJob<Job>* job, vmb_done_cb cb, void* payload,
+              vmb_error** error) noexcept {
+  return Guard(error, [&]() -> Status {
+    if (job == nullptr) return NullArgument("vmb_*_on_done", "job");
+    if (cb == nullptr) return NullArgument("vmb_*_on_done", "cb");
+    job->job().OnDone([cb, payload](const Status& st) {
+      cb(st.ok() ? 0 : -static_cast<int>(st.code()), st.ok() ? "" : st.message().c_str(), payload);
+    });
+    return Status::Ok();
+  });
 }
 
 }  // namespace
@@ -572,6 +548,10 @@ int vmb_backup_wait_timeout(vmb_backup* job, uint32_t timeout_ms, vmb_error** er
   return vmbackup::WaitJob<vmbackup::BackupJob>(job, std::chrono::milliseconds(timeout_ms), error);
 }
 
+int vmb_backup_on_done(vmb_backup* job, vmb_done_cb cb, void* payload, vmb_error** error) {
+  return vmbackup::OnDoneJob<vmbackup::BackupJob>(job, cb, payload, error);
+}
+
 void vmb_backup_cancel(vmb_backup* job) {
   if (job != nullptr) job->job().Cancel();
 }
@@ -665,6 +645,10 @@ int vmb_restore_wait(vmb_restore* job, vmb_error** error) {
 int vmb_restore_wait_timeout(vmb_restore* job, uint32_t timeout_ms, vmb_error** error) {
   return vmbackup::WaitJob<vmbackup::RestorePlan>(job, std::chrono::milliseconds(timeout_ms),
                                                   error);
+}
+
+int vmb_restore_on_done(vmb_restore* job, vmb_done_cb cb, void* payload, vmb_error** error) {
+  return vmbackup::OnDoneJob<vmbackup::RestorePlan>(job, cb, payload, error);
 }
 
 void vmb_restore_cancel(vmb_restore* job) {

@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -104,13 +103,18 @@ auto WithoutGil(F&& fn) -> decltype(fn()) {
 py::dict* g_error_classes = nullptr;
 py::object* g_error_base = nullptr;
 
-// Raises the Python exception for a non-OK `status`. REQUIRES: GIL held.
-[[noreturn]] void Raise(const Status& status) {
+// The Python exception instance for a non-OK `status`. REQUIRES: GIL held.
+py::object ErrorObject(const Status& status) {
   py::object cls = *g_error_base;
   py::int_ code(static_cast<int>(status.code()));
   if (g_error_classes->contains(code)) cls = (*g_error_classes)[code];
-  py::object exc = cls(status.message(), code);
-  PyErr_SetObject(cls.ptr(), exc.ptr());
+  return cls(status.message(), code);
+}
+
+// Raises the Python exception for a non-OK `status`. REQUIRES: GIL held.
+[[noreturn]] void Raise(const Status& status) {
+  py::object exc = ErrorObject(status);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
   throw py::error_already_set();
 }
 
@@ -214,6 +218,44 @@ class PyProgress {
   py::object error_;  // the exception instance raised by fn_, once
 };
 
+// A Python completion callback: fn(None) when the job succeeded, fn(error) with the VmbackupError
+// instance when it failed. What fn raises is reported as unraisable (sys.unraisablehook), as
+// Python does for callbacks it cannot return an error from.
+class PyDone {
+ public:
+  explicit PyDone(py::object fn) : fn_(std::move(fn)) {}
+  PyDone(const PyDone&) = delete;
+  PyDone& operator=(const PyDone&) = delete;
+
+  // May run on any thread: takes the GIL to drop the Python reference (leaks it after shutdown).
+  ~PyDone() {
+    if (PythonUnusable()) {
+      fn_.release();
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    fn_ = py::object();
+  }
+
+  // Runs on a library thread or the registering one; takes the GIL.
+  void Call(const Status& status) noexcept {
+    if (PythonUnusable()) return;
+    try {
+      py::gil_scoped_acquire gil;
+      if (PythonUnusable()) return;
+      try {
+        fn_(status.ok() ? py::none() : ErrorObject(status));
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("vmbackup done callback");
+      }
+    } catch (...) {
+    }
+  }
+
+ private:
+  py::object fn_;
+};
+
 ProgressCallback MakeCallback(const std::shared_ptr<PyProgress>& state) {
   if (!state) return nullptr;
   return [state](const Progress& p) { return state->Call(p); };
@@ -257,8 +299,8 @@ class JobBase {
   }
 };
 
-// A BackupJob or RestorePlan plus a waiter thread that records its final status, so that Python can
-// wait in slices and several threads can wait at once.
+// A BackupJob or RestorePlan. Python waits in slices (Job::WaitFor, the GIL released) so that
+// Ctrl-C is seen; several threads can wait at once; no thread of its own.
 template <typename Job>
 class PyJob : public JobBase {
  public:
@@ -331,6 +373,13 @@ class PyJob : public JobBase {
 
   void CancelJob() override { job_->Cancel(); }
 
+  // Registers `fn` to be called once with None or the job's error when it ends. REQUIRES: GIL.
+  void AddDoneCallback(py::object fn) {
+    if (!PyCallable_Check(fn.ptr())) Raise(InvalidArgumentError("the callback is not callable"));
+    auto done = std::make_shared<PyDone>(std::move(fn));
+    WithoutGil([&] { job_->OnDone([done](const Status& st) { done->Call(st); }); });
+  }
+
   void WaitEnded() override {
     bool started;
     {
@@ -341,15 +390,15 @@ class PyJob : public JobBase {
   }
 
   bool done() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return done_;
+    const JobState st = job_->state();
+    return st == JobState::kReady || st == JobState::kError;
   }
 
   Job& job() { return *job_; }
 
  private:
-  // Starts the job and the waiter thread unless already started. start_mu_ is only taken with the
-  // GIL released (another thread may hold it while it starts the job). REQUIRES: GIL held.
+  // Starts the job unless already started. start_mu_ is only taken with the GIL released (another
+  // thread may hold it while it starts the job). REQUIRES: GIL held.
   void EnsureStarted(bool fail_if_started) {
     Status s;
     bool already = false;
@@ -358,55 +407,28 @@ class PyJob : public JobBase {
       already = started_;
       if (!already) {
         s = job_->Start();
-        if (s.ok()) {
-          try {
-            waiter_ = std::thread([this] {
-              Status final_status = job_->Wait();
-              {
-                std::lock_guard<std::mutex> lock(mu_);
-                status_ = std::move(final_status);
-                done_ = true;
-              }
-              cv_.notify_all();
-            });
-          } catch (...) {
-            job_->Cancel();
-            throw;
-          }
-          started_ = true;
-        }
+        if (s.ok()) started_ = true;
       }
     });
     if (already && fail_if_started) Raise(FailedPreconditionError("the job was already started"));
     Check(s);
   }
 
-  // Waits for the waiter thread's result. REQUIRES: started; GIL not held.
+  // Waits for the job's final status. REQUIRES: started; GIL not held.
   std::optional<Status> WaitFor(std::optional<std::chrono::steady_clock::duration> timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (timeout) {
-      if (!cv_.wait_for(lock, *timeout, [this] { return done_; })) return std::nullopt;
-    } else {
-      cv_.wait(lock, [this] { return done_; });
-    }
-    return status_;
+    if (timeout) return job_->WaitFor(std::chrono::ceil<std::chrono::milliseconds>(*timeout));
+    return job_->Wait();
   }
 
   void Destroy() {
     job_->Cancel();
-    if (waiter_.joinable()) waiter_.join();
-    job_.reset();
+    job_.reset();  // the job's destructor waits for it to end
   }
 
   std::unique_ptr<Job> job_;
   std::shared_ptr<PyProgress> progress_;
   std::mutex start_mu_;
   bool started_ = false;  // guarded by start_mu_
-  std::thread waiter_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;  // guarded by mu_
-  Status status_;      // guarded by mu_
 };
 
 using PyBackupJob = PyJob<BackupJob>;
@@ -704,6 +726,10 @@ void Bind(py::module_& m) {
       "`timeout` seconds passed first; raises its error otherwise (CancelledError after cancel(), "
       "the callback's own exception if the progress callback raised). Ctrl-C cancels the job and "
       "raises KeyboardInterrupt.";
+  const char* kDoneDoc =
+      "Calls fn(None) when the job succeeds, fn(error) with its VmbackupError when it fails: once, "
+      "on a library thread before wait() returns, or at once if the job already ended. fn must "
+      "not wait for the job; what it raises goes to sys.unraisablehook.";
 
   py::class_<PyBackupJob>(m, "BackupJob",
                           "A backup of volumes to a target. Thread-safe; start() at most once.")
@@ -720,6 +746,7 @@ void Bind(py::module_& m) {
           "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true)
       .def("start", &PyBackupJob::Start, "Starts the job and returns at once.")
       .def("wait", &PyBackupJob::Wait, "timeout"_a = py::none(), kWaitDoc)
+      .def("add_done_callback", &PyBackupJob::AddDoneCallback, "fn"_a, kDoneDoc)
       .def(
           "run",
           [](PyBackupJob& j) {
@@ -757,6 +784,7 @@ void Bind(py::module_& m) {
            "progress"_a = py::none(), "progress_interval_ms"_a = 200, "file_mode"_a = 0600)
       .def("start", &PyRestorePlan::Start, "Starts restoring and returns at once.")
       .def("wait", &PyRestorePlan::Wait, "timeout"_a = py::none(), kWaitDoc)
+      .def("add_done_callback", &PyRestorePlan::AddDoneCallback, "fn"_a, kDoneDoc)
       .def(
           "run",
           [](PyRestorePlan& j) {

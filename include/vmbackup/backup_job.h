@@ -16,7 +16,10 @@
 #ifndef VMBACKUP_BACKUP_JOB_H_
 #define VMBACKUP_BACKUP_JOB_H_
 
+#include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -93,6 +96,15 @@ class VMBACKUP_EXPORT BackupJob {
   Status Wait();
   // Start() + Wait().
   Status Run();
+  // Waits at most `timeout` for the job to end: its final status (as Wait() returns it), or
+  // nullopt if it still runs. Like Wait(), starts the job if it was not started. Never blocks
+  // longer than `timeout` (0 = just look).
+  std::optional<Status> WaitFor(std::chrono::milliseconds timeout);
+  // Calls `fn` exactly once with the final status when the job ends, before Wait() returns: on a
+  // Runtime thread, or at once on the calling thread if the job already ended. `fn` must return
+  // quickly and must neither wait for nor destroy this job; an exception it throws is dropped.
+  // Several callbacks run in the order they were added.
+  void OnDone(std::function<void(const Status&)> fn);
   // Asks the job to stop; Wait() then returns kCancelled (unless it already finished). No record is
   // written for a cancelled job. Safe to call at any time, any number of times.
   void Cancel();

@@ -22,7 +22,10 @@
 #ifndef VMBACKUP_RESTORE_PLAN_H_
 #define VMBACKUP_RESTORE_PLAN_H_
 
+#include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,6 +91,15 @@ class VMBACKUP_EXPORT RestorePlan {
   // Wait() before Start() starts it.
   Status Wait();
   Status Run();
+  // Waits at most `timeout` for the job to end: its final status (as Wait() returns it), or
+  // nullopt if it still runs. Like Wait(), starts the job if it was not started. Never blocks
+  // longer than `timeout` (0 = just look).
+  std::optional<Status> WaitFor(std::chrono::milliseconds timeout);
+  // Calls `fn` exactly once with the final status when the job ends, before Wait() returns: on a
+  // Runtime thread, or at once on the calling thread if the job already ended. `fn` must return
+  // quickly and must neither wait for nor destroy this job; an exception it throws is dropped.
+  // Several callbacks run in the order they were added.
+  void OnDone(std::function<void(const Status&)> fn);
   void Cancel();
 
   JobState state() const;

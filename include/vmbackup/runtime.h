@@ -21,11 +21,15 @@ struct RuntimeOptions {
   int blocking_threads = 0;
   // Threads that drive asynchronous network I/O and timers. Default 0 = 1.
   int io_threads = 0;
+  // Backups and restores that run at once; jobs started beyond this wait (in state kInProgress,
+  // with no bytes done) until one ends, in the order they were started. Bounds the memory and the
+  // connections many jobs take together. Default 0 = 4.
+  int job_threads = 0;
 };
 
-// The async core: an event loop for network I/O and timers, a worker pool for CPU work and a
-// separate pool for blocking file I/O. Targets and jobs share one Runtime; most hosts use
-// Runtime::Default().
+// The async core: an event loop for network I/O and timers, a worker pool for CPU work, a pool
+// for blocking file I/O and a pool that runs jobs (each job's driver). These are the only threads
+// the library starts. Targets and jobs share one Runtime; most hosts use Runtime::Default().
 //
 // Thread-safety: all methods are thread-safe. A Runtime lives as long as the last shared_ptr to it;
 // destroying it joins its threads (never destroy it from one of its own threads).
@@ -41,6 +45,8 @@ class VMBACKUP_EXPORT Runtime {
   ~Runtime();
 
   int worker_threads() const;
+  // Every thread this runtime started: io + workers + blocking + jobs.
+  int thread_count() const;
 
   struct Impl;
   // Internal. Not part of the stable API.

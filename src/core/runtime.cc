@@ -14,9 +14,12 @@ int ResolveWorkers(const RuntimeOptions& o) {
 
 Runtime::Impl::Impl(const RuntimeOptions& options)
     : worker_threads_(ResolveWorkers(options)),
+      blocking_threads_(options.blocking_threads > 0 ? options.blocking_threads : 4),
+      job_threads_(options.job_threads > 0 ? options.job_threads : 4),
+      thread_count_(0),
       workers_(static_cast<std::size_t>(worker_threads_)),
-      blocking_(
-          static_cast<std::size_t>(options.blocking_threads > 0 ? options.blocking_threads : 4)) {
+      blocking_(static_cast<std::size_t>(blocking_threads_)),
+      jobs_(static_cast<std::size_t>(job_threads_)) {
   guard_.emplace(io_.get_executor());
   int n = options.io_threads > 0 ? options.io_threads : 1;
   for (int i = 0; i < n; ++i)
@@ -30,9 +33,12 @@ Runtime::Impl::Impl(const RuntimeOptions& options)
         }
       }
     });
+  thread_count_ = n + worker_threads_ + blocking_threads_ + job_threads_;
 }
 
 Runtime::Impl::~Impl() {
+  // Jobs first: a driver may still wait on tasks of the other pools.
+  jobs_.join();
   workers_.join();
   blocking_.join();
   guard_.reset();
@@ -54,5 +60,6 @@ std::shared_ptr<Runtime> Runtime::Default() {
 }
 
 int Runtime::worker_threads() const { return impl_->worker_threads(); }
+int Runtime::thread_count() const { return impl_->thread_count(); }
 
 }  // namespace vmbackup

@@ -6,7 +6,9 @@
 //                tasks may block waiting for store operations, which complete on io() or
 //                blocking() threads, so waiting here never deadlocks.
 //  - blocking(): a thread pool for blocking file I/O (local and NFS-backed stores: write,
-//                fsync, rename).
+//                fsync, rename) and for restore tasks (which wait on reads and write files).
+//  - jobs():     a thread pool that runs job drivers (BackupJob / RestorePlan bodies); a driver
+//                blocks while its tasks run on the other pools, never the other way round.
 //
 // Thread-safety: all members are thread-safe. Destruction joins all threads.
 #ifndef VMBACKUP_CORE_RUNTIME_H_
@@ -31,6 +33,8 @@ struct Runtime::Impl {
   boost::asio::thread_pool& workers() { return workers_; }
   boost::asio::thread_pool& blocking() { return blocking_; }
   int worker_threads() const { return worker_threads_; }
+  int blocking_threads() const { return blocking_threads_; }
+  int thread_count() const { return thread_count_; }
 
   // Posted tasks must report their own errors; an exception that still escapes one is dropped
   // here (last line of defence: a pool thread never takes the host process down).
@@ -39,6 +43,7 @@ struct Runtime::Impl {
     boost::asio::post(blocking_, Guarded(std::move(fn)));
   }
   void PostIo(std::function<void()> fn) { boost::asio::post(io_, Guarded(std::move(fn))); }
+  void PostJob(std::function<void()> fn) { boost::asio::post(jobs_, Guarded(std::move(fn))); }
 
  private:
   static std::function<void()> Guarded(std::function<void()> fn) {
@@ -50,11 +55,15 @@ struct Runtime::Impl {
     };
   }
   int worker_threads_;
+  int blocking_threads_;
+  int job_threads_;
+  int thread_count_;
   boost::asio::io_context io_;
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard_;
   std::vector<std::thread> io_threads_;
   boost::asio::thread_pool workers_;
   boost::asio::thread_pool blocking_;
+  boost::asio::thread_pool jobs_;
 };
 
 namespace internal {

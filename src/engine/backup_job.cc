@@ -76,7 +76,7 @@ struct BackupJob::Impl {
   std::string vm_name, vm_namespace;  // the VM identity, from the metadata ("" = unnamed)
   mutable std::mutex result_mu;
   std::optional<BackupInfo> result;
-  // Last member: destroyed first, so the driver thread is cancelled and joined before anything it
+  // Last member: destroyed first, so the driver is cancelled and waited for before anything it
   // touches goes away.
   std::unique_ptr<JobRunner> runner;
 
@@ -151,13 +151,20 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
         impl->spec = std::move(spec);
         Impl* raw = impl.get();
         impl->runner = std::make_unique<JobRunner>(
-            [raw] { return raw->Execute(); }, impl->spec.progress, impl->spec.progress_interval_ms);
+            impl->target->impl()->runtime, [raw] { return raw->Execute(); }, impl->spec.progress,
+            impl->spec.progress_interval_ms);
         return std::unique_ptr<BackupJob>(new BackupJob(std::move(impl)));
       });
 }
 
 Status BackupJob::Start() { return impl_->runner->Start(); }
 Status BackupJob::Wait() { return impl_->runner->Wait(); }
+std::optional<Status> BackupJob::WaitFor(std::chrono::milliseconds timeout) {
+  return impl_->runner->WaitFor(timeout);
+}
+void BackupJob::OnDone(std::function<void(const Status&)> fn) {
+  impl_->runner->OnDone(std::move(fn));
+}
 Status BackupJob::Run() {
   VMB_RETURN_IF_ERROR(Start());
   return Wait();

@@ -2,18 +2,22 @@
 #include "engine/job_runner.h"
 
 #include "core/errors.h"
+#include "core/runtime.h"
 #include "core/util.h"
 
 namespace vmbackup::internal {
 
-JobRunner::JobRunner(std::function<Status()> body, ProgressCallback callback, int interval_ms)
-    : body_(std::move(body)),
+JobRunner::JobRunner(std::shared_ptr<Runtime> runtime, std::function<Status()> body,
+                     ProgressCallback callback, int interval_ms)
+    : runtime_(std::move(runtime)),
+      body_(std::move(body)),
       callback_(std::move(callback)),
       interval_ns_(static_cast<int64_t>(interval_ms > 0 ? interval_ms : 200) * 1000000) {}
 
 JobRunner::~JobRunner() {
   Cancel();
-  if (driver_.joinable()) driver_.join();
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [this] { return exited_; });
 }
 
 Status JobRunner::Start() {
@@ -22,7 +26,9 @@ Status JobRunner::Start() {
   started_ = true;
   state_ = JobState::kInProgress;
   start_ = MonotonicSeconds();
-  driver_ = std::thread([this] {
+  exited_ = false;
+  // On the Runtime's job pool: a job started beyond RuntimeOptions::job_threads waits there.
+  runtime_->impl()->PostJob([this] {
     Status st;
     try {
       st = cancelled() ? CancelledError("cancelled before it started") : body_();
@@ -32,16 +38,32 @@ Status JobRunner::Start() {
     if (st.ok() && cancelled()) st = CancelledError("cancelled");
     SetPhase(Progress::Phase::kDone);
     MaybeReport(/*force=*/true);
-    std::lock_guard<std::mutex> l2(mu_);
-    status_ = st;
-    state_ = st.ok() ? JobState::kReady : JobState::kError;
+    std::vector<std::function<void(const Status&)>> callbacks;
+    {
+      std::lock_guard<std::mutex> l2(mu_);
+      status_ = st;
+      state_ = st.ok() ? JobState::kReady : JobState::kError;
+      final_ = true;  // OnDone from now on calls at once
+      callbacks.swap(on_done_);
+    }
+    // Before Wait() returns: when it does, every completion callback has run.
+    for (auto& fn : callbacks) {
+      try {
+        fn(st);
+      } catch (...) {
+        // A host's callback that throws must not take the Runtime's thread down.
+      }
+    }
+    // Last touch of this object: the destructor may run as soon as the lock is released.
+    std::lock_guard<std::mutex> l3(mu_);
     finished_ = true;
+    exited_ = true;
     cv_.notify_all();
   });
   return Status::Ok();
 }
 
-Status JobRunner::Wait() {
+Status JobRunner::EnsureStarted() {
   bool need_start;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -51,9 +73,37 @@ Status JobRunner::Wait() {
     Status st = Start();
     if (!st.ok() && st.code() != StatusCode::kFailedPrecondition) return st;
   }
+  return Status::Ok();
+}
+
+Status JobRunner::Wait() {
+  VMB_RETURN_IF_ERROR(EnsureStarted());
   std::unique_lock<std::mutex> l(mu_);
   cv_.wait(l, [this] { return finished_; });
   return status_;
+}
+
+std::optional<Status> JobRunner::WaitFor(std::chrono::milliseconds timeout) {
+  VMB_RETURN_IF_ERROR(EnsureStarted());
+  std::unique_lock<std::mutex> l(mu_);
+  if (!cv_.wait_for(l, timeout, [this] { return finished_; })) return std::nullopt;
+  return status_;
+}
+
+void JobRunner::OnDone(std::function<void(const Status&)> fn) {
+  Status final_status;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!final_) {
+      on_done_.push_back(std::move(fn));
+      return;
+    }
+    final_status = status_;
+  }
+  try {
+    fn(final_status);
+  } catch (...) {
+  }
 }
 
 JobState JobRunner::state() const {

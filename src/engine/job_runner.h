@@ -1,5 +1,6 @@
 // JobRunner: the state machine shared by BackupJob and RestorePlan (Pending → InProgress → Ready |
-// Error), a driver thread, cancellation, and throttled progress reporting.
+// Error), the job's driver (its body, run on the Runtime's job pool), cancellation, completion
+// callbacks and throttled progress reporting.
 //
 // Thread-safety: all methods are thread-safe. Counters are atomics updated by pipeline workers; the
 // user callback is called outside every lock, never concurrently with itself.
@@ -7,13 +8,17 @@
 #define VMBACKUP_ENGINE_JOB_RUNNER_H_
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
-#include <thread>
+#include <optional>
+#include <vector>
 
 #include "vmbackup/backup_job.h"
 #include "vmbackup/options.h"
+#include "vmbackup/runtime.h"
 
 namespace vmbackup::internal {
 
@@ -25,11 +30,17 @@ struct ProgressCounters {
 
 class JobRunner {
  public:
-  JobRunner(std::function<Status()> body, ProgressCallback callback, int interval_ms);
-  ~JobRunner();  // cancels and joins
+  JobRunner(std::shared_ptr<Runtime> runtime, std::function<Status()> body,
+            ProgressCallback callback, int interval_ms);
+  ~JobRunner();  // cancels, and waits until the driver no longer touches this object
 
   Status Start();
   Status Wait();
+  // nullopt if the job still runs after `timeout`.
+  std::optional<Status> WaitFor(std::chrono::milliseconds timeout);
+  // Calls `fn` once with the final status when the job ends, before Wait() returns: on the
+  // driver's thread, or at once on this thread if the final status is known.
+  void OnDone(std::function<void(const Status&)> fn);
   void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
   JobState state() const;
@@ -42,6 +53,10 @@ class JobRunner {
   void MaybeReport(bool force = false);
 
  private:
+  // Starts the job unless it was started (the Wait forms start it).
+  Status EnsureStarted();
+
+  std::shared_ptr<Runtime> runtime_;
   std::function<Status()> body_;
   ProgressCallback callback_;
   int64_t interval_ns_;
@@ -55,9 +70,11 @@ class JobRunner {
   std::condition_variable cv_;
   JobState state_ = JobState::kPending;
   bool started_ = false;
-  bool finished_ = false;
+  bool final_ = false;     // status_ is final (completion callbacks may still run)
+  bool finished_ = false;  // final_, and every completion callback has run
+  bool exited_ = true;     // the driver no longer touches this object (false while it may)
   Status status_;
-  std::thread driver_;
+  std::vector<std::function<void(const Status&)>> on_done_;
 };
 
 }  // namespace vmbackup::internal

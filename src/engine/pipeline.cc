@@ -1,7 +1,6 @@
 // Pipeline building blocks (see pipeline.h).
 #include "engine/pipeline.h"
 
-#include <thread>
 #include <vector>
 
 #include "core/errors.h"
@@ -9,14 +8,16 @@
 
 namespace vmbackup::internal {
 
-Status RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn,
-                    const std::string& what) {
+namespace {
+// Runs fn(0..n-1) with `post` and waits for all of them.
+Status RunAll(int n, const std::function<void(std::function<void()>)>& post,
+              const std::function<void(int)>& fn, const std::string& what) {
   std::mutex mu;
   std::condition_variable cv;
   int left = n;
   FirstError error;
   for (int i = 0; i < n; ++i) {
-    rt.impl()->PostWork([&, i] {
+    post([&, i] {
       try {
         fn(i);
       } catch (...) {
@@ -30,21 +31,18 @@ Status RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn,
   cv.wait(l, [&] { return left == 0; });
   return error.Get();
 }
+}  // namespace
 
-Status RunOnThreads(int n, const std::function<void(int)>& fn, const std::string& what) {
-  FirstError error;
-  std::vector<std::thread> threads;
-  threads.reserve(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i)
-    threads.emplace_back([&, i] {
-      try {
-        fn(i);
-      } catch (...) {
-        error.Set(CurrentExceptionToStatus(what));
-      }
-    });
-  for (auto& t : threads) t.join();
-  return error.Get();
+Status RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn,
+                    const std::string& what) {
+  return RunAll(
+      n, [&rt](std::function<void()> task) { rt.impl()->PostWork(std::move(task)); }, fn, what);
+}
+
+Status RunOnBlocking(Runtime& rt, int n, const std::function<void(int)>& fn,
+                     const std::string& what) {
+  return RunAll(
+      n, [&rt](std::function<void()> task) { rt.impl()->PostBlocking(std::move(task)); }, fn, what);
 }
 
 bool ClaimSet::TryClaim(const Digest& d) {

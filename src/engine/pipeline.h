@@ -24,11 +24,12 @@ namespace vmbackup::internal {
 // escaping fn is returned as a Status (CurrentExceptionToStatus naming `what`; the first wins).
 [[nodiscard]] Status RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn,
                                   const std::string& what);
-// Runs fn(0..n-1) on n threads of their own: for tasks that spend much of their time waiting for
-// reads from the target, so that more of them than cores keep both the network and the CPUs busy.
+// Runs fn(0..n-1) on the runtime's blocking pool: for tasks that spend much of their time waiting
+// for reads from the target and writing files, so that more of them than cores keep both the
+// network and the CPUs busy. Such a task must never wait for work of the blocking pool itself.
 // Exceptions as RunOnWorkers.
-[[nodiscard]] Status RunOnThreads(int n, const std::function<void(int)>& fn,
-                                  const std::string& what);
+[[nodiscard]] Status RunOnBlocking(Runtime& rt, int n, const std::function<void(int)>& fn,
+                                   const std::string& what);
 
 // Digests of new blocks claimed by this job: the first claimant stores the block, others reference
 // it.

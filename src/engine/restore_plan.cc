@@ -17,6 +17,7 @@
 #include "core/util.h"
 #include "engine/job_runner.h"
 #include "engine/pipeline.h"
+#include "engine/read_plan.h"
 #include "target/target_impl.h"
 
 namespace vmbackup {
@@ -188,13 +189,20 @@ StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<Backu
         impl->spec = std::move(spec);
         Impl* raw = impl.get();
         impl->runner = std::make_unique<JobRunner>(
-            [raw] { return raw->Execute(); }, impl->spec.progress, impl->spec.progress_interval_ms);
+            impl->target->impl()->runtime, [raw] { return raw->Execute(); }, impl->spec.progress,
+            impl->spec.progress_interval_ms);
         return std::unique_ptr<RestorePlan>(new RestorePlan(std::move(impl)));
       });
 }
 
 Status RestorePlan::Start() { return impl_->runner->Start(); }
 Status RestorePlan::Wait() { return impl_->runner->Wait(); }
+std::optional<Status> RestorePlan::WaitFor(std::chrono::milliseconds timeout) {
+  return impl_->runner->WaitFor(timeout);
+}
+void RestorePlan::OnDone(std::function<void(const Status&)> fn) {
+  impl_->runner->OnDone(std::move(fn));
+}
 Status RestorePlan::Run() {
   VMB_RETURN_IF_ERROR(Start());
   return Wait();
@@ -365,31 +373,19 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   });
   constexpr uint64_t kMaxUnit = 8u << 20;   // bytes per read
   constexpr uint64_t kMaxGap = 256u << 10;  // read through gaps this small rather than split
-  struct Unit {
-    size_t first, last;   // pieces[first, last)
-    uint64_t begin, end;  // byte range in the pack
-  };
-  std::vector<Unit> units;
-  for (size_t i = 0; i < pieces.size();) {
-    Unit u{i, i + 1, pieces[i].offset, pieces[i].offset + pieces[i].loc->stored_len};
-    while (u.last < pieces.size() && pieces[u.last].pack == pieces[i].pack) {
-      const Piece& p = pieces[u.last];
-      const uint64_t pend = std::max(u.end, p.offset + p.loc->stored_len);
-      if (p.offset > u.end + kMaxGap || pend - u.begin > kMaxUnit) break;
-      u.end = pend;
-      ++u.last;
-    }
-    units.push_back(u);
-    i = u.last;
-  }
+  std::vector<ReadPiece> read_pieces;
+  read_pieces.reserve(pieces.size());
+  for (const Piece& p : pieces) read_pieces.push_back({p.pack, p.offset, p.loc->stored_len});
+  const std::vector<ReadUnit> units = CoalesceReads(read_pieces, kMaxGap, kMaxUnit);
+  read_pieces = {};
 
   std::atomic<size_t> next_unit{0}, next_zero{0};
-  // More tasks than cores, on threads of their own: each waits on reads from the target part of
-  // the time, and the others decompress, verify and write meanwhile.
-  const int ntasks = std::max(2, rt.worker_threads() * 2);
+  // More tasks than cores, on the blocking pool: each waits on reads from the target part of the
+  // time, and the others decompress, verify and write meanwhile.
+  const int ntasks = std::max(2, rt.impl()->blocking_threads());
   std::atomic<uint64_t> unflushed{0};
-  Status ran = RunOnThreads(
-      ntasks,
+  Status ran = RunOnBlocking(
+      rt, ntasks,
       [&](int) {
         std::unique_ptr<char[]> raw(new char[bs]);
         std::string buf;  // the current fetch unit, reused across units
@@ -397,7 +393,7 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
           if (run.cancelled() || error.has_error()) return;
           const size_t ui = next_unit.fetch_add(1, std::memory_order_relaxed);
           if (ui >= units.size()) break;
-          const Unit& u = units[ui];
+          const ReadUnit& u = units[ui];
           const std::string key = PackKey(index.pack_id(pieces[u.first].pack));
           Status got = repo.store().GetInto(key, u.begin, u.end - u.begin, &buf);
           if (!got.ok()) {

@@ -417,6 +417,20 @@ static void test_backup_restore_bytes_identical(void) {
   CHECK(same_bytes(g_volume, dest));
 }
 
+/* Records completion callbacks: how many, the last code and message. */
+typedef struct done_log {
+  atomic_int calls;
+  atomic_int code;
+  char message[256];
+} done_log;
+
+static void record_done(int code, const char* message, void* payload) {
+  done_log* d = (done_log*)payload;
+  snprintf(d->message, sizeof(d->message), "%s", message != NULL ? message : "(null)");
+  atomic_store(&d->code, code);
+  atomic_fetch_add(&d->calls, 1);
+}
+
 static void test_restore_to_dest_dir_async(void) {
   char dir[4200], expected[4400];
   path_in_tmp(dir, sizeof(dir), "restore-dir");
@@ -430,8 +444,20 @@ static void test_restore_to_dest_dir_async(void) {
   CHECK_RC(vmb_restore_start(&job, g_target, &opts, &err), VMB_OK, err);
   vmb_error_free(err);
   if (job == NULL) return;
+  done_log done;
+  atomic_init(&done.calls, 0);
+  atomic_init(&done.code, 99);
+  done.message[0] = '\0';
+  CHECK_RC(vmb_restore_on_done(job, record_done, &done, NULL), VMB_OK, NULL);
+  CHECK_RC(vmb_restore_on_done(job, NULL, &done, NULL), VMB_EINVAL, NULL);
   CHECK_RC(vmb_restore_wait(job, NULL), VMB_OK, NULL);
+  /* The callback ran before the wait returned, once, with the final status. */
+  CHECK(atomic_load(&done.calls) == 1);
+  CHECK(atomic_load(&done.code) == 0 && done.message[0] == '\0');
   CHECK(vmb_restore_state(job) == VMB_JOB_READY);
+  /* Registered after the end: called at once. */
+  CHECK_RC(vmb_restore_on_done(job, record_done, &done, NULL), VMB_OK, NULL);
+  CHECK(atomic_load(&done.calls) == 2);
   /* The final status stays on the handle. */
   CHECK_RC(vmb_restore_wait_timeout(job, 0, NULL), VMB_OK, NULL);
 
@@ -546,8 +572,17 @@ static void test_cancel_handle_while_running(void) {
   vmb_backup_cancel(job); /* idempotent */
   atomic_store(&g.release, 1);
   vmb_error* err = NULL;
+  done_log done;
+  atomic_init(&done.calls, 0);
+  atomic_init(&done.code, 99);
+  done.message[0] = '\0';
+  CHECK_RC(vmb_backup_on_done(job, record_done, &done, NULL), VMB_OK, NULL);
+  CHECK_RC(vmb_backup_on_done(NULL, record_done, &done, NULL), VMB_EINVAL, NULL);
   CHECK_RC(vmb_backup_wait(job, &err), VMB_ECANCELLED, err);
   vmb_error_free(err);
+  CHECK(atomic_load(&done.calls) == 1);
+  CHECK(atomic_load(&done.code) == VMB_ECANCELLED);
+  CHECK(strstr(done.message, "cancel") != NULL);
   CHECK(vmb_backup_state(job) == VMB_JOB_ERROR);
   char* record = NULL;
   CHECK_RC(vmb_backup_result(&record, job, NULL), VMB_EPRECONDITION, NULL);

@@ -295,6 +295,44 @@ def test_cancel_running_backup_job(target, volume):
     assert "cancel-me" not in names(target)
 
 
+def test_done_callbacks_get_none_or_the_error_before_wait_returns(target, volume, tmp_path):
+    calls = []
+    job = vmbackup.BackupJob(target, "done-cb", volumes={"disk0": volume})
+    job.add_done_callback(lambda err: calls.append(("first", err, threading.get_ident())))
+    job.add_done_callback(lambda err: 1 / 0)  # goes to sys.unraisablehook; the job is unharmed
+    assert job.wait() is True
+    assert [c[:2] for c in calls] == [("first", None)]
+    assert calls[0][2] != threading.get_ident()  # ran on a library thread
+    job.add_done_callback(lambda err: calls.append(("late", err, threading.get_ident())))
+    assert calls[-1][:2] == ("late", None) and calls[-1][2] == threading.get_ident()
+    with pytest.raises(TypeError):
+        job.add_done_callback()
+
+    gate = Gate()
+    errors = []
+    bad = vmbackup.BackupJob(target, "done-cb-cancelled", volumes={"disk0": volume},
+                             progress=gate, progress_interval_ms=0)
+    bad.add_done_callback(errors.append)
+    bad.start()
+    assert gate.entered.wait(30), "the job never reported progress"
+    bad.cancel()
+    gate.release.set()
+    with pytest.raises(vmbackup.CancelledError):
+        bad.wait()
+    assert len(errors) == 1 and isinstance(errors[0], vmbackup.CancelledError)
+    with pytest.raises(vmbackup.InvalidArgumentError):
+        bad.add_done_callback(42)
+
+    dest = tmp_path / "restored"
+    dest.mkdir()
+    restored = []
+    plan = vmbackup.RestorePlan(target, "done-cb", dest_dir=str(dest))
+    plan.add_done_callback(restored.append)
+    plan.wait()
+    assert restored == [None]
+    assert same_bytes(volume, str(dest / "disk0.img"))
+
+
 def test_backup_job_class(target, volume):
     job = vmbackup.BackupJob(target, volumes={"disk0": volume})  # generated name
     assert job.name

@@ -335,6 +335,18 @@ VMB_EXTERN int vmb_backup_wait(vmb_backup* job, vmb_error** error);
  * an error; *error set to NULL) if the job is still running then. */
 VMB_EXTERN int vmb_backup_wait_timeout(vmb_backup* job, uint32_t timeout_ms, vmb_error** error);
 
+/* Called once when a job ends, with its final status: `code` is 0 or a negative vmb_code (the
+ * value vmb_*_wait() returns), `message` is "" on success, valid only during the call. Runs on a
+ * library thread, or at once on the registering thread if the job had already ended. It must
+ * return quickly, must not free the job and must not wait for it from there. */
+typedef void (*vmb_done_cb)(int code, const char* message, void* payload);
+
+/* Registers `cb` (with `payload`) to be called once when the job ends (see vmb_done_cb): a host
+ * with an event loop of its own needs no thread to wait. Several callbacks run in the order they
+ * were registered. Returns 0, or VMB_EINVAL if job or cb is NULL. */
+VMB_EXTERN int vmb_backup_on_done(vmb_backup* job, vmb_done_cb cb, void* payload,
+                                  vmb_error** error);
+
 /* Asks the job to stop and returns at once; vmb_backup_wait() then returns VMB_ECANCELLED unless
  * the job had already finished. Safe at any time, any number of times, from any thread (including
  * the progress callback). Accepts NULL. */
@@ -434,6 +446,10 @@ VMB_EXTERN int vmb_restore_wait(vmb_restore* job, vmb_error** error);
 
 /* Like vmb_restore_wait() but returns VMB_PENDING (1) if still running after timeout_ms. */
 VMB_EXTERN int vmb_restore_wait_timeout(vmb_restore* job, uint32_t timeout_ms, vmb_error** error);
+
+/* As vmb_backup_on_done(), for a restore. */
+VMB_EXTERN int vmb_restore_on_done(vmb_restore* job, vmb_done_cb cb, void* payload,
+                                   vmb_error** error);
 
 /* Asks the restore to stop; see vmb_backup_cancel(). Accepts NULL. */
 VMB_EXTERN void vmb_restore_cancel(vmb_restore* job);

@@ -1,0 +1,155 @@
+// One async core (issue #10): a backup and a restore to a local directory, S3 (radosgw) and NFS
+// (ganesha) run on the Runtime's threads only. The threads of the process are counted
+// (/proc/self/task) before the Runtime is created, after, and all through the jobs, from the
+// progress callback (a Runtime thread) and from the waiting test thread. Any thread a store, the
+// engine or a job started of its own shows up as one more than the baseline.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+
+#include "integration_util.h"
+#include "support/test_util.h"
+#include "vmbackup/vmbackup.h"
+
+namespace vmbackup::integration {
+namespace {
+
+using ::vmbackup::testing::FileSha256;
+using ::vmbackup::testing::MakeVolume;
+using ::vmbackup::testing::TempDir;
+
+// Threads of this process now.
+int ThreadsNow() {
+  DIR* d = ::opendir("/proc/self/task");
+  if (d == nullptr) return -1;
+  int n = 0;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(d);
+  return n;
+}
+
+// The most threads seen, from any thread.
+struct Peak {
+  std::atomic<int> most{0};
+  void Sample() {
+    const int n = ThreadsNow();
+    int m = most.load();
+    while (n > m && !most.compare_exchange_weak(m, n)) {
+    }
+  }
+};
+
+StatusOr<TargetConfig> ConfigFor(const std::string& kind, const TempDir& dir) {
+  TargetConfig c;
+  c.prefix = "threads-" + RandomHex(10);
+  if (kind == "local") {
+    c.type = TargetConfig::Type::kFile;
+    c.endpoint = dir.Sub("target");
+    if (::mkdir(c.endpoint.c_str(), 0700) != 0) return InternalError("mkdir " + c.endpoint);
+    c.prefix.clear();
+    return c;
+  }
+  if (kind == "s3") {
+    if (Env("S3_HTTP_ENDPOINT").empty())
+      return FailedPreconditionError(
+          "S3_HTTP_ENDPOINT is not set: start the test S3 server first with "
+          "eval \"$(bash scripts/s3-server.sh start --tls)\" (scripts/test.sh does)");
+    c.type = TargetConfig::Type::kS3;
+    c.endpoint = Env("S3_HTTP_ENDPOINT");
+    c.allow_insecure_http = true;
+    c.bucket_name = Env("S3_BUCKET");
+    c.access_key_id = Env("AWS_ACCESS_KEY_ID");
+    c.secret_access_key = Env("AWS_SECRET_ACCESS_KEY");
+    return c;
+  }
+  if (Env("NFS_URL_V3").empty())
+    return FailedPreconditionError(
+        "NFS_URL_V3 is not set: start the test NFS server first with "
+        "eval \"$(bash scripts/nfs-server.sh start)\" (scripts/test.sh does)");
+  c.type = TargetConfig::Type::kNfs;
+  c.endpoint = Env("NFS_URL_V3");
+  return c;
+}
+
+class RuntimeThreadsTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RuntimeThreadsTest, BackupAndRestoreRunOnTheRuntimesThreadsOnly) {
+  TempDir dir;
+  const std::string vol = dir.Sub("disk0.img");
+  MakeVolume(vol, 24 << 20, 31, 1 << 20);
+  auto config = ConfigFor(GetParam(), dir);
+  ASSERT_OK(config);
+
+  const int before = ThreadsNow();
+  RuntimeOptions ro;
+  ro.worker_threads = 2;
+  ro.blocking_threads = 3;
+  ro.io_threads = 1;
+  ro.job_threads = 2;
+  auto rt = Runtime::Create(ro);
+  const int baseline = ThreadsNow();
+  ASSERT_EQ(baseline - before, rt->thread_count())
+      << "the Runtime started other threads than it reports";
+  ASSERT_EQ(rt->thread_count(), 2 + 3 + 1 + 2);
+
+  Peak peak;
+  peak.Sample();
+  {
+    TargetOptions o;
+    o.runtime = rt;
+    o.retry_timeout_seconds = 30;
+    o.max_requests_in_flight = 8;
+    auto target = BackupTarget::Open(*config, o);
+    ASSERT_OK(target);
+    peak.Sample();
+
+    BackupSpec spec;
+    spec.name = "threads";
+    spec.vm_metadata_json = "{}";
+    spec.volumes.push_back(VolumeSource{"disk0", vol, false, {}});
+    spec.progress_interval_ms = 1;
+    spec.progress = [&peak](const Progress&) {
+      peak.Sample();
+      return true;
+    };
+    auto job = BackupJob::Create(*target, spec);
+    ASSERT_OK(job);
+    ASSERT_OK((*job)->Start());
+    std::optional<Status> done;
+    while (!(done = (*job)->WaitFor(std::chrono::milliseconds(2)))) peak.Sample();
+    ASSERT_OK(*done);
+
+    RestoreSpec rs;
+    rs.backup = "threads";
+    rs.dest_dir = dir.Sub("restored");
+    ASSERT_EQ(::mkdir(rs.dest_dir.c_str(), 0755), 0);
+    rs.progress_interval_ms = 1;
+    rs.progress = spec.progress;
+    auto plan = RestorePlan::Create(*target, rs);
+    ASSERT_OK(plan);
+    ASSERT_OK((*plan)->Start());
+    while (!(done = (*plan)->WaitFor(std::chrono::milliseconds(2)))) peak.Sample();
+    ASSERT_OK(*done);
+    EXPECT_EQ(FileSha256(dir.Sub("restored/disk0.img")), FileSha256(vol));
+    auto list = (*target)->ListBackups();
+    ASSERT_OK(list);
+    peak.Sample();
+  }
+  std::cout << "[ THREADS  ] before the Runtime " << before << ", with it " << baseline
+            << ", most during the jobs " << peak.most.load() << std::endl;
+  EXPECT_LE(peak.most.load(), baseline)
+      << "a thread besides the Runtime's ran during the backup or the restore";
+  EXPECT_GE(peak.most.load(), baseline);
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, RuntimeThreadsTest, ::testing::Values("local", "s3", "nfs"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace vmbackup::integration
