@@ -8,6 +8,7 @@
 #include <openssl/x509.h>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -323,10 +324,12 @@ class Core : public std::enable_shared_from_this<Core> {
 
   // A socket curl asked the engine to watch. asio watches a dup() of it, so asio never closes a
   // descriptor curl uses; curl says CURL_POLL_REMOVE before it closes its own, and the dup is
-  // closed then (which also ends the waits on it).
+  // closed then (which also ends the waits on it). Should a number come back as another socket
+  // without that, the inode tells them apart.
   struct Socket {
-    Socket(boost::asio::io_context& io, curl_socket_t s) : fd(s), desc(io) {}
+    Socket(boost::asio::io_context& io, curl_socket_t s, ino_t i) : fd(s), ino(i), desc(io) {}
     curl_socket_t fd;  // curl's
+    ino_t ino;         // of the socket (sockfs): tells a reused descriptor number apart
     boost::asio::posix::stream_descriptor desc;
     int want = 0;                      // CURL_POLL_IN / CURL_POLL_OUT bits curl asked for
     bool waiting[2] = {false, false};  // a wait for reading / writing is queued
@@ -359,9 +362,17 @@ class Core : public std::enable_shared_from_this<Core> {
       return 0;
     }
     if (closed_) return 0;
+    struct stat st {};
+    if (::fstat(s, &st) != 0) return -1;
     auto it = sockets_.find(s);
+    if (it != sockets_.end() && it->second->ino != st.st_ino) {
+      // Another socket under a number curl closed without a word: never watch the old one.
+      Drop(*it->second);
+      sockets_.erase(it);
+      it = sockets_.end();
+    }
     if (it == sockets_.end()) {
-      auto sock = std::make_shared<Socket>(io_, s);
+      auto sock = std::make_shared<Socket>(io_, s, st.st_ino);
       const int fd = ::fcntl(s, F_DUPFD_CLOEXEC, 0);
       if (fd < 0) return -1;
       boost::system::error_code ec;
