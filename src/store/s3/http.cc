@@ -1,4 +1,5 @@
-// HttpEngine over the libcurl multi interface (see http.h).
+// HttpEngine over the libcurl multi_socket interface, driven by the Runtime's io_context (see
+// http.h).
 #include "store/s3/http.h"
 
 #include <curl/curl.h>
@@ -6,11 +7,17 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
-#include <deque>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
 #include <mutex>
-#include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "core/runtime.h"
 #include "store/s3/s3_xml.h"
@@ -21,6 +28,11 @@ namespace {
 std::once_flag g_curl_init;
 
 struct Transfer {
+  Transfer() = default;
+  Transfer(const Transfer&) = delete;
+  Transfer& operator=(const Transfer&) = delete;
+  ~Transfer() { curl_slist_free_all(headers); }
+
   Request req;
   std::function<void(Response)> done;
   Response resp;
@@ -151,60 +163,12 @@ CURLcode OnSslCtx(CURL*, void* ssl_ctx, void* ud) {
   return added > 0 ? CURLE_OK : CURLE_SSL_CERTPROBLEM;
 }
 
-}  // namespace
+const char kShutDown[] = "the S3 client was shut down";
 
-struct Engine::Impl {
-  std::shared_ptr<Runtime> rt;
-  EngineOptions opts;
-  CURLM* multi = nullptr;
-  CURLSH* share = nullptr;
-  std::mutex mu;
-  std::deque<Transfer*> queue;
-  std::atomic<bool> stop{false};
-  std::thread loop;
-
-  void Loop();
-  CURL* MakeEasy(Transfer* t);
-  void Finish(CURL* easy, CURLcode code);
-  // One round of the loop: start queued transfers, drive curl, finish completed ones.
-  void RunOnce(std::set<CURL*>* active, int* running);
-};
-
-Engine::Engine(std::shared_ptr<Runtime> runtime, EngineOptions options)
-    : impl_(std::make_unique<Impl>()) {
-  std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-  impl_->rt = std::move(runtime);
-  impl_->opts = std::move(options);
-  impl_->multi = curl_multi_init();
-  curl_multi_setopt(impl_->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
-                    static_cast<long>(impl_->opts.max_connections));
-  curl_multi_setopt(impl_->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                    static_cast<long>(impl_->opts.max_connections));
-  curl_multi_setopt(impl_->multi, CURLMOPT_MAXCONNECTS,
-                    static_cast<long>(impl_->opts.max_connections));
-  impl_->loop = std::thread([this] { impl_->Loop(); });
-}
-
-Engine::~Engine() {
-  impl_->stop = true;
-  curl_multi_wakeup(impl_->multi);
-  impl_->loop.join();
-  curl_multi_cleanup(impl_->multi);
-}
-
-void Engine::Submit(Request req, std::function<void(Response)> done) {
-  auto* t = new Transfer;
-  t->req = std::move(req);
-  t->done = std::move(done);
-  {
-    std::lock_guard<std::mutex> l(impl_->mu);
-    impl_->queue.push_back(t);
-  }
-  curl_multi_wakeup(impl_->multi);
-}
-
-CURL* Engine::Impl::MakeEasy(Transfer* t) {
+// A curl easy handle for `t`, or null when curl is out of memory.
+CURL* MakeEasy(Transfer* t, const EngineOptions& opts) {
   CURL* e = curl_easy_init();
+  if (e == nullptr) return nullptr;
   curl_easy_setopt(e, CURLOPT_PRIVATE, t);
   curl_easy_setopt(e, CURLOPT_URL, t->req.url.c_str());
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
@@ -258,75 +222,392 @@ CURL* Engine::Impl::MakeEasy(Transfer* t) {
   return e;
 }
 
-void Engine::Impl::Finish(CURL* easy, CURLcode code) {
-  Transfer* t = nullptr;
-  curl_easy_getinfo(easy, CURLINFO_PRIVATE, reinterpret_cast<char**>(&t));
-  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->resp.status);
-  if (t->resp.status == 0) t->resp.status = static_cast<long>(t->status);
-  t->resp.curl_code = static_cast<int>(code);
-  if (code != CURLE_OK) t->resp.curl_error = t->errbuf[0] ? t->errbuf : curl_easy_strerror(code);
-  curl_multi_remove_handle(multi, easy);
-  curl_easy_cleanup(easy);
-  curl_slist_free_all(t->headers);
+// Runs the completion callback of `t` (once: it is moved out). What it throws is dropped.
+void RunCallback(Transfer* t) {
+  if (t == nullptr || !t->done) return;
   auto done = std::move(t->done);
-  Response resp = std::move(t->resp);
-  delete t;
-  rt->impl()->PostIo(
-      [done = std::move(done), resp = std::move(resp)]() mutable { done(std::move(resp)); });
+  try {
+    done(std::move(t->resp));
+  } catch (...) {
+  }
 }
 
-void Engine::Impl::Loop() {
-  std::set<CURL*> active;  // owned by this thread
-  int running = 0;
-  while (!stop) {
-    // An exception here (memory exhausted) must not end the loop thread, which every transfer of
-    // the store depends on: drop this round and go on (a stuck transfer then ends by its own
-    // timeout).
+using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
+
+// The state of one engine. Handlers the engine queues on the io_context hold it (through a Hold),
+// so a handler that runs after the engine was torn down finds `closed_` instead of freed memory.
+// Members marked "strand" are used only by handlers running on `strand_` (curl calls its socket
+// and timer callbacks from inside the curl_multi_* calls made there).
+class Core : public std::enable_shared_from_this<Core> {
+ public:
+  Core(boost::asio::io_context& io, EngineOptions opts)
+      : io_(io), strand_(io.get_executor()), opts_(std::move(opts)), timer_(io) {}
+  ~Core() {
+    // Normally Teardown() has run; this only covers a Core that never got that far.
+    for (auto& [easy, t] : active_) {
+      curl_multi_remove_handle(multi_, easy);
+      curl_easy_cleanup(easy);
+    }
+    if (multi_ != nullptr) curl_multi_cleanup(multi_);
+  }
+  Core(const Core&) = delete;
+  Core& operator=(const Core&) = delete;
+
+  // Creates the multi handle. False when curl is out of memory.
+  bool Init() {
+    multi_ = curl_multi_init();
+    if (multi_ == nullptr) return false;
+    const long max = static_cast<long>(opts_.max_connections);
+    curl_multi_setopt(multi_, CURLMOPT_MAX_TOTAL_CONNECTIONS, max);
+    curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, max);
+    curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, max);
+    curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &Core::SocketCallback);
+    curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+    curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &Core::TimerCallback);
+    curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
+    return true;
+  }
+
+  // Any thread: queues `t` on the strand.
+  void Submit(std::unique_ptr<Transfer> t) {
+    boost::asio::post(strand_, [h = Hold(shared_from_this()), t = std::move(t)]() mutable {
+      h->Start(std::move(t));
+    });
+  }
+
+  // Fails every transfer, closes the connections and, when `wait`, blocks until no handler of the
+  // engine is queued or running. `keep` is held until the teardown ran (the Runtime, when not
+  // waiting). REQUIRES: `wait` only on a thread that does not run the io_context.
+  void Close(bool wait, std::shared_ptr<void> keep) {
+    {
+      // (Scoped: this Hold must be gone before the wait below.)
+      auto teardown = [h = Hold(shared_from_this()), keep = std::move(keep)] { h->Teardown(); };
+      // The destructor cannot fail: when memory is short, try again until the handler is queued.
+      for (;;) {
+        try {
+          boost::asio::post(strand_, teardown);
+          break;
+        } catch (...) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+      }
+    }
+    if (!wait) return;
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [this] { return holds_.load() == 0; });
+  }
+
+ private:
+  // Counts one handler of this engine from when it is created until it is destroyed (run or
+  // dropped) and keeps the Core alive that long. Close() waits for the count to reach 0: only a
+  // handler (or a callback, which is one) can queue another, so 0 after the teardown is final.
+  class Hold {
+   public:
+    explicit Hold(std::shared_ptr<Core> core) : core_(std::move(core)) { ++core_->holds_; }
+    Hold(const Hold& o) : core_(o.core_) {
+      if (core_) ++core_->holds_;
+    }
+    Hold(Hold&& o) noexcept = default;  // leaves `o` empty
+    Hold& operator=(const Hold&) = delete;
+    Hold& operator=(Hold&&) = delete;
+    ~Hold() {
+      if (core_ && --core_->holds_ == 0) {
+        std::lock_guard<std::mutex> l(core_->mu_);
+        core_->cv_.notify_all();
+      }
+    }
+    Core* operator->() const { return core_.get(); }
+
+   private:
+    std::shared_ptr<Core> core_;
+  };
+
+  // A socket curl asked the engine to watch. asio watches a dup() of it, so asio never closes a
+  // descriptor curl uses; curl says CURL_POLL_REMOVE before it closes its own, and the dup is
+  // closed then (which also ends the waits on it). Should a number come back as another socket
+  // without that, the inode tells them apart.
+  struct Socket {
+    Socket(boost::asio::io_context& io, curl_socket_t s, ino_t i) : fd(s), ino(i), desc(io) {}
+    curl_socket_t fd;  // curl's
+    ino_t ino;         // of the socket (sockfs): tells a reused descriptor number apart
+    boost::asio::posix::stream_descriptor desc;
+    int want = 0;                      // CURL_POLL_IN / CURL_POLL_OUT bits curl asked for
+    bool waiting[2] = {false, false};  // a wait for reading / writing is queued
+    bool gone = false;                 // curl removed it; late handlers ignore it
+  };
+
+  static int SocketCallback(CURL*, curl_socket_t s, int what, void* userp, void*) {
     try {
-      RunOnce(&active, &running);
+      return static_cast<Core*>(userp)->OnSocket(s, what);
+    } catch (...) {
+      return -1;  // out of memory: curl fails the transfer
+    }
+  }
+  static int TimerCallback(CURLM*, long timeout_ms, void* userp) {
+    try {
+      return static_cast<Core*>(userp)->OnTimer(timeout_ms);
+    } catch (...) {
+      return -1;
+    }
+  }
+
+  // strand: curl wants `what` (CURL_POLL_*) on socket `s`.
+  int OnSocket(curl_socket_t s, int what) {
+    if (what == CURL_POLL_REMOVE) {
+      auto it = sockets_.find(s);
+      if (it != sockets_.end()) {
+        Drop(*it->second);
+        sockets_.erase(it);
+      }
+      return 0;
+    }
+    if (closed_) return 0;
+    struct stat st {};
+    if (::fstat(s, &st) != 0) return -1;
+    auto it = sockets_.find(s);
+    if (it != sockets_.end() && it->second->ino != st.st_ino) {
+      // Another socket under a number curl closed without a word: never watch the old one.
+      Drop(*it->second);
+      sockets_.erase(it);
+      it = sockets_.end();
+    }
+    if (it == sockets_.end()) {
+      auto sock = std::make_shared<Socket>(io_, s, st.st_ino);
+      const int fd = ::fcntl(s, F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) return -1;
+      boost::system::error_code ec;
+      sock->desc.assign(fd, ec);
+      if (ec) {
+        ::close(fd);
+        return -1;
+      }
+      it = sockets_.emplace(s, std::move(sock)).first;  // on throw, `sock` closes the dup
+    }
+    it->second->want = what;
+    Arm(it->second);
+    return 0;
+  }
+
+  // strand: curl wants to be called back after `timeout_ms` (-1: never).
+  int OnTimer(long timeout_ms) {
+    ++timer_gen_;
+    if (closed_ || timeout_ms < 0) {
+      timer_.cancel();
+      return 0;
+    }
+    timer_.expires_after(std::chrono::milliseconds(timeout_ms));
+    timer_.async_wait(boost::asio::bind_executor(
+        strand_, [h = Hold(shared_from_this()), gen = timer_gen_](
+                     const boost::system::error_code& ec) { h->OnTimeout(gen, ec); }));
+    return 0;
+  }
+
+  // strand: queues the waits curl wants on `sock` that are not queued yet.
+  void Arm(const std::shared_ptr<Socket>& sock) {
+    for (int dir = 0; dir < 2; ++dir) {
+      const int bit = dir == 0 ? CURL_POLL_IN : CURL_POLL_OUT;
+      if ((sock->want & bit) == 0 || sock->waiting[dir]) continue;
+      sock->desc.async_wait(
+          dir == 0 ? boost::asio::posix::stream_descriptor::wait_read
+                   : boost::asio::posix::stream_descriptor::wait_write,
+          boost::asio::bind_executor(
+              strand_, [h = Hold(shared_from_this()), sock,
+                        dir](const boost::system::error_code& ec) { h->OnReady(sock, dir, ec); }));
+      sock->waiting[dir] = true;
+    }
+  }
+
+  // strand: closes the dup of a socket curl no longer wants watched; its waits end aborted.
+  static void Drop(Socket& sock) {
+    sock.gone = true;
+    boost::system::error_code ignored;
+    sock.desc.close(ignored);
+  }
+
+  // strand: the socket is readable (dir 0) or writable (dir 1), or the wait failed.
+  void OnReady(const std::shared_ptr<Socket>& sock, int dir, const boost::system::error_code& ec) {
+    sock->waiting[dir] = false;
+    if (closed_ || sock->gone || ec == boost::asio::error::operation_aborted) return;
+    // An exception here (memory exhausted) must not end the io thread's loop: the transfer on the
+    // socket then ends by its own timeout, which curl's timer still drives.
+    try {
+      if (ec) {
+        Action(sock->fd, CURL_CSELECT_ERR);  // not watched again: curl decides
+        return;
+      }
+      const int bit = dir == 0 ? CURL_POLL_IN : CURL_POLL_OUT;
+      if ((sock->want & bit) == 0) return;  // curl changed its mind meanwhile
+      Action(sock->fd, dir == 0 ? CURL_CSELECT_IN : CURL_CSELECT_OUT);
+      if (!sock->gone && !closed_) Arm(sock);
     } catch (...) {
     }
-    curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
   }
-  // Shutting down: fail whatever is still queued or in flight.
-  for (CURL* e : active) Finish(e, CURLE_ABORTED_BY_CALLBACK);
-  std::lock_guard<std::mutex> l(mu);
-  for (Transfer* t : queue) {
-    t->resp.curl_code = CURLE_ABORTED_BY_CALLBACK;
-    t->resp.curl_error = "the S3 client was shut down";
-    auto done = std::move(t->done);
-    Response resp = std::move(t->resp);
-    delete t;
-    rt->impl()->PostIo(
-        [done = std::move(done), resp = std::move(resp)]() mutable { done(std::move(resp)); });
+
+  // strand: curl's timeout expired.
+  void OnTimeout(uint64_t gen, const boost::system::error_code& ec) {
+    if (closed_ || ec == boost::asio::error::operation_aborted || gen != timer_gen_) return;
+    try {
+      Action(CURL_SOCKET_TIMEOUT, 0);
+    } catch (...) {
+    }
   }
-  queue.clear();
+
+  // strand: lets curl act on socket `s` (or its timeouts), then completes finished transfers.
+  void Action(curl_socket_t s, int ev_bitmask) {
+    int running = 0;
+    curl_multi_socket_action(multi_, s, ev_bitmask, &running);
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      CURL* easy = msg->easy_handle;
+      const CURLcode code = msg->data.result;
+      Finish(easy, code);
+    }
+  }
+
+  // strand: a new request.
+  void Start(std::unique_ptr<Transfer> t) {
+    if (closed_) {
+      t->resp.curl_code = CURLE_ABORTED_BY_CALLBACK;
+      SetError(t.get(), kShutDown);
+      Deliver(std::move(t));
+      return;
+    }
+    CURL* easy = MakeEasy(t.get(), opts_);
+    if (easy != nullptr) {
+      std::unordered_map<CURL*, std::unique_ptr<Transfer>>::iterator it;
+      try {
+        it = active_.emplace(easy, nullptr).first;
+      } catch (...) {
+        curl_easy_cleanup(easy);
+        easy = nullptr;
+      }
+      if (easy != nullptr) {
+        it->second = std::move(t);
+        const CURLMcode mc = curl_multi_add_handle(multi_, easy);
+        if (mc != CURLM_OK) {
+          Transfer* tp = it->second.get();
+          SetError(tp, curl_multi_strerror(mc));
+          Finish(easy, CURLE_OUT_OF_MEMORY);
+        }
+        return;
+      }
+    }
+    t->resp.curl_code = CURLE_OUT_OF_MEMORY;
+    t->resp.out_of_memory = true;
+    SetError(t.get(), "out of memory starting the request");
+    Deliver(std::move(t));
+  }
+
+  // strand: `easy` ended with `code`; its callback is queued.
+  void Finish(CURL* easy, CURLcode code) {
+    auto it = active_.find(easy);
+    curl_multi_remove_handle(multi_, easy);
+    if (it == active_.end()) {  // not ours (cannot happen)
+      curl_easy_cleanup(easy);
+      return;
+    }
+    std::unique_ptr<Transfer> t = std::move(it->second);
+    active_.erase(it);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->resp.status);
+    if (t->resp.status == 0) t->resp.status = static_cast<long>(t->status);
+    curl_easy_cleanup(easy);
+    t->resp.curl_code = static_cast<int>(code);
+    if (code != CURLE_OK && t->resp.curl_error.empty())
+      SetError(t.get(), t->errbuf[0] ? t->errbuf : curl_easy_strerror(code));
+    Deliver(std::move(t));
+  }
+
+  static void SetError(Transfer* t, const char* text) {
+    try {
+      t->resp.curl_error = text;
+    } catch (...) {  // out of memory: the code alone says what happened
+    }
+  }
+
+  // Any thread: runs the callback of `t` on the io_context, outside the strand. When even that
+  // cannot be queued (out of memory) it runs here rather than never.
+  void Deliver(std::unique_ptr<Transfer> t) {
+    auto run = [h = Hold(shared_from_this()), t = std::move(t)]() mutable { RunCallback(t.get()); };
+    try {
+      boost::asio::post(io_, std::move(run));
+      return;
+    } catch (...) {
+    }
+    run();
+  }
+
+  // strand: fails every transfer in flight and releases curl. Handlers still queued find closed_.
+  void Teardown() {
+    if (closed_) return;
+    closed_ = true;
+    ++timer_gen_;
+    try {
+      timer_.cancel();
+    } catch (...) {  // a late timer handler finds closed_ anyway
+    }
+    for (auto it = active_.begin(); it != active_.end(); it = active_.erase(it)) {
+      CURL* easy = it->first;
+      std::unique_ptr<Transfer> t = std::move(it->second);
+      curl_multi_remove_handle(multi_, easy);
+      curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->resp.status);
+      if (t->resp.status == 0) t->resp.status = static_cast<long>(t->status);
+      curl_easy_cleanup(easy);
+      t->resp.curl_code = CURLE_ABORTED_BY_CALLBACK;
+      SetError(t.get(), kShutDown);
+      Deliver(std::move(t));
+    }
+    curl_multi_cleanup(multi_);  // closes the cached connections (may call OnSocket: REMOVE)
+    multi_ = nullptr;
+    for (auto& [fd, sock] : sockets_) Drop(*sock);
+    sockets_.clear();
+  }
+
+  boost::asio::io_context& io_;
+  Strand strand_;
+  const EngineOptions opts_;
+  CURLM* multi_ = nullptr;           // strand
+  boost::asio::steady_timer timer_;  // strand
+  uint64_t timer_gen_ = 0;           // strand: counts OnTimer calls
+  bool closed_ = false;              // strand
+  std::unordered_map<curl_socket_t, std::shared_ptr<Socket>> sockets_;  // strand
+  std::unordered_map<CURL*, std::unique_ptr<Transfer>> active_;         // strand
+  std::atomic<long> holds_{0};                                          // Holds alive (see Hold)
+  std::mutex mu_;  // with cv_: Close() waits for holds_ == 0
+  std::condition_variable cv_;
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  std::shared_ptr<Runtime> rt;  // never held by a handler: the Runtime outlives every handler
+  std::shared_ptr<Core> core;
+};
+
+Engine::Engine(std::shared_ptr<Runtime> runtime, EngineOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  impl_->rt = std::move(runtime);
+  impl_->core = std::make_shared<Core>(impl_->rt->impl()->io(), std::move(options));
+  if (!impl_->core->Init()) throw std::bad_alloc();
 }
 
-void Engine::Impl::RunOnce(std::set<CURL*>* active_set, int* running_count) {
-  std::set<CURL*>& active = *active_set;
-  int& running = *running_count;
-  {
-    std::deque<Transfer*> fresh;
-    {
-      std::lock_guard<std::mutex> l(mu);
-      fresh.swap(queue);
-    }
-    for (Transfer* t : fresh) {
-      CURL* e = MakeEasy(t);
-      active.insert(e);
-      curl_multi_add_handle(multi, e);
-    }
-    curl_multi_perform(multi, &running);
-    int left = 0;
-    while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
-      if (msg->msg != CURLMSG_DONE) continue;
-      CURL* e = msg->easy_handle;
-      CURLcode code = msg->data.result;
-      active.erase(e);
-      Finish(e, code);
-    }
+Engine::~Engine() {
+  boost::asio::io_context& io = impl_->rt->impl()->io();
+  if (io.get_executor().running_in_this_thread()) {
+    // Against the documented rule: waiting here could wait for this very thread. Tear down
+    // without waiting, keeping the Runtime alive until the teardown ran.
+    impl_->core->Close(false, impl_->rt);
+  } else {
+    impl_->core->Close(true, nullptr);
   }
+}
+
+void Engine::Submit(Request req, std::function<void(Response)> done) {
+  auto t = std::make_unique<Transfer>();
+  t->req = std::move(req);
+  t->done = std::move(done);
+  impl_->core->Submit(std::move(t));
 }
 
 }  // namespace vmbackup::internal::http

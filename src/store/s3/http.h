@@ -1,6 +1,9 @@
-// HttpEngine: many HTTP/1.1 requests in flight on ONE event-loop thread over the libcurl multi
-// interface (no thread per request), with a shared connection cache (keep-alive reuse) and a cap on
-// connections. Completions are posted to the Runtime's io_context, never run on the loop thread.
+// HttpEngine: many HTTP/1.1 requests in flight over the libcurl multi_socket interface (no thread
+// per request, and no thread of its own): the engine's curl multi handle is driven by the Runtime's
+// io_context. Every curl call of an engine runs on one asio strand of that io_context (the
+// io_context may be run by several threads); curl tells the engine which sockets to watch and when
+// to time out, and the engine waits for them with asio. Transfers share a connection cache
+// (keep-alive reuse) and a cap on connections (EngineOptions::max_connections).
 //
 // Every answer is untrusted: the engine never keeps more body bytes than the request allows
 // (Request::max_body for a 2xx answer, kMaxErrorBody for any other) nor more than kMaxHeaderBytes
@@ -9,8 +12,19 @@
 // write callback returns a short count). Either way the connection is closed and
 // Response::too_large says what was exceeded.
 //
-// Thread-safety: Submit() may be called from any thread. Destruction fails outstanding requests
-// with kCancelled-style errors (curl code CURLE_ABORTED_BY_CALLBACK) and joins the loop thread.
+// Thread-safety: Submit() may be called from any thread, including from inside a completion
+// callback. Completion callbacks run on a thread of the Runtime's io_context, outside the strand
+// and holding no lock of the engine, each exactly once; callbacks of different requests may run at
+// the same time. An exception thrown by a callback is caught and ignored.
+//
+// Destruction fails every request still queued or in flight (curl_code CURLE_ABORTED_BY_CALLBACK,
+// curl_error "the S3 client was shut down"), closes the engine's connections and, before it
+// returns, waits until every callback of the engine has returned and no handler of the engine can
+// run any more. REQUIRES: the engine is destroyed on a thread that does not run the Runtime's
+// io_context (an io thread would wait for itself), and no Submit() races with the destructor
+// except from inside a completion callback (such a request fails the same way). When it is
+// destroyed on an io thread anyway, the destructor does not wait: the failed callbacks then run
+// after it returned.
 #ifndef VMBACKUP_STORE_S3_HTTP_H_
 #define VMBACKUP_STORE_S3_HTTP_H_
 
@@ -79,7 +93,8 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Queues a request; `done` runs on the runtime's io_context when it completes.
+  // Queues a request; `done` runs once on the runtime's io_context when it completes or fails
+  // (see the file comment). Throws std::bad_alloc when memory runs out (then `done` never runs).
   void Submit(Request req, std::function<void(Response)> done);
 
   struct Impl;
