@@ -6,9 +6,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <future>
 #include <mutex>
 #include <random>
+#include <set>
 
 #include "core/asio.h"
 #include "core/errors.h"
@@ -63,6 +65,16 @@ class S3Store final : public ObjectStore {
  public:
   S3Store(std::shared_ptr<Runtime> rt, S3Settings s, http::EngineOptions eo, S3TestHooks hooks)
       : ObjectStore(rt), s_(std::move(s)), hooks_(std::move(hooks)), engine_(rt, std::move(eo)) {}
+
+  // Ends every request waiting to retry (its callback gets kUnavailable) and waits for their timer
+  // handlers; then the engine (the last member) fails the requests in flight. Never called from
+  // an io thread of the Runtime.
+  ~S3Store() override {
+    std::unique_lock<std::mutex> l(timers_mu_);
+    closing_ = true;
+    for (const auto& t : timers_) t->cancel();
+    timers_cv_.wait(l, [this] { return timers_.empty(); });
+  }
 
   std::string Describe() const override {
     return "s3://" + s_.bucket +
@@ -201,7 +213,16 @@ class S3Store final : public ObjectStore {
       const auto from = outage_.CountFrom(c->started);
       if (auto when = c->policy.NextAttempt(c->attempt, from, now)) {
         auto timer = std::make_shared<boost::asio::steady_timer>(runtime_->impl()->io(), *when);
-        timer->async_wait([this, c, timer](const boost::system::error_code&) { Attempt(c); });
+        {
+          std::lock_guard<std::mutex> l(timers_mu_);
+          if (!closing_) {
+            timers_.insert(timer);
+            timer->async_wait(
+                [this, c, timer](const boost::system::error_code&) { RetryTimerFired(c, timer); });
+            return;
+          }
+        }
+        c->done(std::move(resp), Closed(*c));
         return;
       }
       c->done(
@@ -224,6 +245,28 @@ class S3Store final : public ObjectStore {
     }
     if (resp.curl_code == 0) outage_.Answered();
     c->done(std::move(resp), Status::Ok());
+  }
+
+  // A retry's timer fired (or was cancelled by the destructor): the next attempt, or the end.
+  void RetryTimerFired(const std::shared_ptr<Call>& c,
+                       const std::shared_ptr<boost::asio::steady_timer>& timer) {
+    bool closing;
+    {
+      std::lock_guard<std::mutex> l(timers_mu_);
+      closing = closing_;
+    }
+    if (closing) {
+      c->done(http::Response{}, Closed(*c));
+    } else {
+      Attempt(c);  // the destructor waits for this handler, so the engine is still there
+    }
+    std::lock_guard<std::mutex> l(timers_mu_);
+    timers_.erase(timer);
+    timers_cv_.notify_all();  // last touch of this store
+  }
+  Status Closed(const Call& c) const {
+    return UnavailableError(Describe() + ": the store was closed while " + c.method + " " +
+                            KeyForMessage(c) + " waited to retry");
   }
 
   // The key as the caller named it (without the store's prefix, which Describe() shows).
@@ -594,6 +637,10 @@ class S3Store final : public ObjectStore {
   Outage outage_;        // since when the server answered no request
   std::mutex probe_mu_;  // held while probing, so that concurrent callers wait for one probe
   Conditional conditional_ = Conditional::kUnknown;  // guarded by probe_mu_
+  std::mutex timers_mu_;
+  std::condition_variable timers_cv_;
+  std::set<std::shared_ptr<boost::asio::steady_timer>> timers_;  // retries waiting; timers_mu_
+  bool closing_ = false;                                         // guarded by timers_mu_
   http::Engine engine_;
 };
 

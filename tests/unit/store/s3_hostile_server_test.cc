@@ -546,5 +546,43 @@ TEST_F(S3FirstContactTest, PingFailsFastButAnOperationKeepsItsFullBudget) {
   EXPECT_LT(Since(t0), 3) << "a queued operation waited out another full budget";
 }
 
+// A store closed while a request waits to retry (the server answers 503): the request's callback
+// runs once, with kUnavailable naming the close, before the store's destructor returns; no retry
+// timer fires into the freed store (ASan would see it).
+TEST_F(S3FirstContactTest, ClosingTheStoreEndsRequestsWaitingToRetry) {
+  std::atomic<bool> down{false};
+  FakeHttpServer server([&](const FakeRequest& r, FakeConn& conn) {
+    if (!down && IsListing(r)) return EmptyListing(conn);
+    return Answer(conn, "503 Service Unavailable", "", "");
+  });
+  TargetOptions o;
+  o.retry_timeout_seconds = 60;
+  auto store = OpenS3Store(Config(server.endpoint()), o, Runtime::Default());
+  ASSERT_OK(store);
+  down = true;
+  std::atomic<int> calls{0};
+  Status got;
+  std::mutex mu;
+  // PutAsync: S3's own async form (GetAsync runs the blocking Get on the blocking pool, and a
+  // store must not be destroyed under a running blocking call).
+  auto body = std::make_shared<const std::string>("x");
+  for (int i = 0; i < 4; ++i) {
+    (*store)->PutAsync("records/x" + std::to_string(i) + ".json", body, PutOptions{},
+                       [&](Status st) {
+                         std::lock_guard<std::mutex> l(mu);
+                         got = st;
+                         ++calls;
+                       });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));  // a few 503s and retries
+  EXPECT_EQ(calls.load(), 0) << "the requests should still be retrying";
+  const auto t0 = std::chrono::steady_clock::now();
+  store->reset();
+  EXPECT_LT(Since(t0), 5) << "closing waited out the retry budget";
+  EXPECT_EQ(calls.load(), 4);
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_EQ(got.code(), StatusCode::kUnavailable) << got.ToString();
+}
+
 }  // namespace
 }  // namespace vmbackup::internal
