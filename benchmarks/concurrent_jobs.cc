@@ -185,13 +185,15 @@ struct ProcUsage {
   uint64_t peak_rss_sampled = 0;  // largest VmRSS sample
   uint64_t peak_rss_hwm = 0;      // VmHWM at the end (0 when it could not be reset)
   double cpu_seconds = 0;         // user + system time of the process during the phase
+  double sys_seconds = 0;         // of which system time
 };
 
-double CpuSeconds() {
+// {user, system} CPU seconds of the process so far.
+std::pair<double, double> CpuSeconds() {
   struct rusage ru;
   ::getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return {s(ru.ru_utime), s(ru.ru_stime)};
 }
 
 // Samples /proc/self/status every 10 ms from its own thread while alive.
@@ -214,7 +216,9 @@ class Monitor {
       const ProcStatus s = ReadProcStatus();
       u_.peak_rss_sampled = std::max(u_.peak_rss_sampled, s.rss);
       if (hwm_reset_) u_.peak_rss_hwm = s.hwm;
-      u_.cpu_seconds = CpuSeconds() - cpu0_;
+      const auto [user, sys] = CpuSeconds();
+      u_.cpu_seconds = user + sys - cpu0_.first - cpu0_.second;
+      u_.sys_seconds = sys - cpu0_.second;
     }
     return u_;
   }
@@ -231,7 +235,7 @@ class Monitor {
 
   ProcUsage u_;
   bool hwm_reset_ = false;
-  double cpu0_ = 0;
+  std::pair<double, double> cpu0_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
@@ -497,16 +501,17 @@ double Mib(uint64_t b) { return static_cast<double>(b) / kMiB; }
 void PrintTable(const std::vector<PhaseResult>& rs) {
   std::printf(
       "\n| phase          | jobs | volumes |  GiB  | seconds |  MiB/s | job min-max s | threads "
-      "(base) | peak RSS MiB (VmHWM) | CPU s |\n"
+      "(base) | peak RSS MiB (VmHWM) | CPU s (sys)  |\n"
       "|----------------|------|---------|-------|---------|--------|---------------|----------"
-      "------|----------------------|-------|\n");
+      "------|----------------------|--------------|\n");
   for (const auto& r : rs) {
     std::printf(
         "| %-14s | %4d | %7d | %5.2f | %7.2f | %6.1f | %5.1f - %5.1f | %8d (%3d) | %8.0f "
-        "(%6.0f)    | %5.1f |\n",
+        "(%6.0f)    | %5.1f (%4.1f) |\n",
         r.name.c_str(), r.jobs, r.volumes, static_cast<double>(r.bytes) / kGiB, r.seconds,
         r.MiBps(), r.job_min_s, r.job_max_s, r.usage.peak_threads, r.usage.base_threads,
-        Mib(r.usage.peak_rss_sampled), Mib(r.usage.peak_rss_hwm), r.usage.cpu_seconds);
+        Mib(r.usage.peak_rss_sampled), Mib(r.usage.peak_rss_hwm), r.usage.cpu_seconds,
+        r.usage.sys_seconds);
   }
 }
 
@@ -571,11 +576,11 @@ void WriteJson(const Context& c, const std::vector<PhaseResult>& rs,
                  "\"job_max_seconds\": %.3f, \"bytes_stored\": %" PRIu64
                  ", \"threads_base\": %d, \"threads_peak\": %d, \"rss_base_bytes\": %" PRIu64
                  ", \"rss_peak_sampled_bytes\": %" PRIu64 ", \"rss_peak_hwm_bytes\": %" PRIu64
-                 ", \"cpu_seconds\": %.2f}",
+                 ", \"cpu_seconds\": %.2f, \"cpu_sys_seconds\": %.2f}",
                  i ? "," : "", r.name.c_str(), r.jobs, r.volumes, r.bytes, r.seconds, r.MiBps(),
                  r.job_min_s, r.job_max_s, r.stored, r.usage.base_threads, r.usage.peak_threads,
                  r.usage.base_rss, r.usage.peak_rss_sampled, r.usage.peak_rss_hwm,
-                 r.usage.cpu_seconds);
+                 r.usage.cpu_seconds, r.usage.sys_seconds);
   }
   std::fprintf(f, "\n  ],\n  \"goals\": [");
   for (size_t i = 0; i < vs.size(); ++i) {
