@@ -380,6 +380,31 @@ std::string Env(const char* name) {
   return v == nullptr ? "" : v;
 }
 
+StatusOr<TargetConfig> ServerTargetConfig(const std::string& kind) {
+  TargetConfig c;
+  c.prefix = "t-" + kind + "-" + RandomHex(10);
+  if (kind == "s3") {
+    if (Env("S3_HTTP_ENDPOINT").empty())
+      return FailedPreconditionError(
+          "S3_HTTP_ENDPOINT is not set: start the test S3 server first with "
+          "eval \"$(bash scripts/s3-server.sh start --tls)\" (scripts/test.sh does)");
+    c.type = TargetConfig::Type::kS3;
+    c.endpoint = Env("S3_HTTP_ENDPOINT");
+    c.allow_insecure_http = true;
+    c.bucket_name = Env("S3_BUCKET");
+    c.access_key_id = Env("AWS_ACCESS_KEY_ID");
+    c.secret_access_key = Env("AWS_SECRET_ACCESS_KEY");
+    return c;
+  }
+  if (Env("NFS_URL_V3").empty())
+    return FailedPreconditionError(
+        "NFS_URL_V3 is not set: start the test NFS server first with "
+        "eval \"$(bash scripts/nfs-server.sh start)\" (scripts/test.sh does)");
+  c.type = TargetConfig::Type::kNfs;
+  c.endpoint = Env(kind == "nfs4" ? "NFS_URL_V4" : "NFS_URL_V3");
+  return c;
+}
+
 double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

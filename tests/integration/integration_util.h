@@ -137,6 +137,10 @@ std::string RestoreSha(const std::shared_ptr<BackupTarget>& target, const std::s
 
 // The environment variable `name`, or "" when unset.
 std::string Env(const char* name);
+// The config of the test servers' target of `kind` ("s3": radosgw over plain HTTP; "nfs3",
+// "nfs4": ganesha) under a fresh random prefix, from the environment scripts/test.sh exports;
+// kFailedPrecondition saying how to start the server when it is not set.
+StatusOr<TargetConfig> ServerTargetConfig(const std::string& kind);
 // Seconds elapsed since `t0`.
 double SecondsSince(std::chrono::steady_clock::time_point t0);
 // `n` random lowercase hex characters (for unique names and key prefixes).

@@ -46,34 +46,11 @@ struct Peak {
 };
 
 StatusOr<TargetConfig> ConfigFor(const std::string& kind, const TempDir& dir) {
+  if (kind != "local") return ServerTargetConfig(kind == "nfs" ? "nfs3" : kind);
   TargetConfig c;
-  c.prefix = "threads-" + RandomHex(10);
-  if (kind == "local") {
-    c.type = TargetConfig::Type::kFile;
-    c.endpoint = dir.Sub("target");
-    if (::mkdir(c.endpoint.c_str(), 0700) != 0) return InternalError("mkdir " + c.endpoint);
-    c.prefix.clear();
-    return c;
-  }
-  if (kind == "s3") {
-    if (Env("S3_HTTP_ENDPOINT").empty())
-      return FailedPreconditionError(
-          "S3_HTTP_ENDPOINT is not set: start the test S3 server first with "
-          "eval \"$(bash scripts/s3-server.sh start --tls)\" (scripts/test.sh does)");
-    c.type = TargetConfig::Type::kS3;
-    c.endpoint = Env("S3_HTTP_ENDPOINT");
-    c.allow_insecure_http = true;
-    c.bucket_name = Env("S3_BUCKET");
-    c.access_key_id = Env("AWS_ACCESS_KEY_ID");
-    c.secret_access_key = Env("AWS_SECRET_ACCESS_KEY");
-    return c;
-  }
-  if (Env("NFS_URL_V3").empty())
-    return FailedPreconditionError(
-        "NFS_URL_V3 is not set: start the test NFS server first with "
-        "eval \"$(bash scripts/nfs-server.sh start)\" (scripts/test.sh does)");
-  c.type = TargetConfig::Type::kNfs;
-  c.endpoint = Env("NFS_URL_V3");
+  c.type = TargetConfig::Type::kFile;
+  c.endpoint = dir.Sub("target");
+  if (::mkdir(c.endpoint.c_str(), 0700) != 0) return InternalError("mkdir " + c.endpoint);
   return c;
 }
 

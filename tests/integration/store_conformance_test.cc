@@ -10,6 +10,7 @@
 #include <future>
 #include <thread>
 
+#include "core/errors.h"
 #include "core/runtime.h"
 #include "integration_util.h"
 #include "store/local_store.h"
@@ -39,27 +40,8 @@ StatusOr<std::unique_ptr<ObjectStore>> OpenStore(const std::string& kind, const 
   }
   TargetOptions o;
   o.retry_timeout_seconds = 30;
-  TargetConfig c;
-  c.prefix = "conformance-" + RandomHex(10);
-  if (kind == "s3") {
-    if (Env("S3_HTTP_ENDPOINT").empty())
-      return FailedPreconditionError(
-          "S3_HTTP_ENDPOINT is not set: start the test S3 server first with "
-          "eval \"$(bash scripts/s3-server.sh start --tls)\" (scripts/test.sh does)");
-    c.type = TargetConfig::Type::kS3;
-    c.endpoint = Env("S3_HTTP_ENDPOINT");
-    c.allow_insecure_http = true;
-    c.bucket_name = Env("S3_BUCKET");
-    c.access_key_id = Env("AWS_ACCESS_KEY_ID");
-    c.secret_access_key = Env("AWS_SECRET_ACCESS_KEY");
-    return internal::OpenS3Store(c, o, rt);
-  }
-  if (Env("NFS_URL_V3").empty())
-    return FailedPreconditionError(
-        "NFS_URL_V3 is not set: start the test NFS server first with "
-        "eval \"$(bash scripts/nfs-server.sh start)\" (scripts/test.sh does)");
-  c.type = TargetConfig::Type::kNfs;
-  c.endpoint = Env(kind == "nfs4" ? "NFS_URL_V4" : "NFS_URL_V3");
+  VMB_ASSIGN_OR_RETURN(TargetConfig c, ServerTargetConfig(kind));
+  if (kind == "s3") return internal::OpenS3Store(c, o, rt);
   return internal::OpenNfsStore(c, o, rt);
 }
 
