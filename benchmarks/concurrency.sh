@@ -20,11 +20,13 @@
 #   --worker-threads W, --in-flight-mib B   passed through (default 0 = the library's defaults)
 #   --keep            keep the local repositories
 #   --prepare-only    only generate the volumes
+#   --single-first    run the one-job baseline before the concurrent phases (default: after them,
+#                     so that the concurrent phases start in a fresh process)
 #
 # s3 / s3-tls use the server of scripts/s3-server.sh: the environment it exports (S3_HTTP_ENDPOINT,
 # S3_BUCKET, AWS_ACCESS_KEY_ID, ...) or, without it, `scripts/s3-server.sh env`. Each run writes under
-# its own key prefix (concurrency-<time>-<pid>/), deletes the single-job repository before the
-# concurrent phases (radosgw's memstore holds everything in RAM, 4 GiB by default) and deletes the
+# its own key prefix (concurrency-<time>-<pid>/), deletes the first phases' repository before the
+# second ones (radosgw's memstore holds everything in RAM, 4 GiB by default) and deletes the
 # whole prefix at the end. Needs the aws CLI for the deletes.
 #
 # Exit status: 0 when every job succeeded and every restored volume equals its source; 1 otherwise;
@@ -51,7 +53,7 @@ while [ $# -gt 0 ]; do
   --build-dir) BUILD=${2:?} && shift ;;
   --bin) BIN=${2:?} && shift ;;
   --worker-threads | --in-flight-mib) EXTRA+=("$1" "${2:?}") && shift ;;
-  --keep | --prepare-only) EXTRA+=("$1") ;;
+  --keep | --prepare-only | --single-first) EXTRA+=("$1") ;;
   -h | --help)
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
     exit 0
