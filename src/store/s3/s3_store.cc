@@ -453,8 +453,10 @@ class S3Store final : public ObjectStore {
     auto c = NewCall("PUT", key);
     c->body = data;
     c->body_length = data->size();
-    c->done = [this, c, done = std::move(done)](http::Response r, Status st) {
-      if (st.ok() && (r.status < 200 || r.status >= 300)) st = HttpError(*c, r);
+    // `call` is a plain pointer: the Call owns this function, so a shared_ptr here would keep the
+    // Call (and the 32 MiB pack it holds) alive forever. Whoever calls done holds the Call.
+    c->done = [this, call = c.get(), done = std::move(done)](http::Response r, Status st) {
+      if (st.ok() && (r.status < 200 || r.status >= 300)) st = HttpError(*call, r);
       done(st);
     };
     // Hashing a 32 MiB pack takes ~25 ms: do it on the caller's (worker) thread, not the io loop.
