@@ -194,9 +194,16 @@ struct ProcUsage {
   uint64_t peak_rss_hwm = 0;      // VmHWM at the end (0 when it could not be reset)
   double cpu_seconds = 0;         // user + system time of the process during the phase
   double sys_seconds = 0;         // of which system time
+  uint64_t minor_faults = 0;      // page faults served without I/O (fresh or reused pages)
 };
 
 // {user, system} CPU seconds of the process so far.
+uint64_t MinorFaults() {
+  struct rusage ru;
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<uint64_t>(ru.ru_minflt);
+}
+
 std::pair<double, double> CpuSeconds() {
   struct rusage ru;
   ::getrusage(RUSAGE_SELF, &ru);
@@ -216,6 +223,7 @@ class Monitor {
     u_.base_threads = s.threads;
     u_.base_rss = s.rss;
     cpu0_ = CpuSeconds();
+    faults0_ = MinorFaults();
     thread_ = std::thread([this] { Loop(); });
   }
   ~Monitor() { Stop(); }
@@ -230,6 +238,7 @@ class Monitor {
       const auto [user, sys] = CpuSeconds();
       u_.cpu_seconds = user + sys - cpu0_.first - cpu0_.second;
       u_.sys_seconds = sys - cpu0_.second;
+      u_.minor_faults = MinorFaults() - faults0_;
     }
     return u_;
   }
@@ -247,6 +256,7 @@ class Monitor {
   ProcUsage u_;
   bool hwm_reset_ = false;
   std::pair<double, double> cpu0_;
+  uint64_t faults0_ = 0;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
@@ -512,17 +522,17 @@ double Mib(uint64_t b) { return static_cast<double>(b) / kMiB; }
 void PrintTable(const std::vector<PhaseResult>& rs) {
   std::printf(
       "\n| phase          | jobs | volumes |  GiB  | seconds |  MiB/s | job min-max s | threads "
-      "(base) | RSS MiB peak (base)  | CPU s (sys)  |\n"
+      "(base) | RSS MiB peak (base)  | CPU s (sys)  | faults k |\n"
       "|----------------|------|---------|-------|---------|--------|---------------|----------"
-      "------|----------------------|--------------|\n");
+      "------|----------------------|--------------|----------|\n");
   for (const auto& r : rs) {
     std::printf(
         "| %-14s | %4d | %7d | %5.2f | %7.2f | %6.1f | %5.1f - %5.1f | %8d (%3d) | %8.0f "
-        "(%6.0f)    | %5.1f (%4.1f) |\n",
+        "(%6.0f)    | %5.1f (%4.1f) | %8.0f |\n",
         r.name.c_str(), r.jobs, r.volumes, static_cast<double>(r.bytes) / kGiB, r.seconds,
         r.MiBps(), r.job_min_s, r.job_max_s, r.usage.peak_threads, r.usage.base_threads,
         Mib(std::max(r.usage.peak_rss_sampled, r.usage.peak_rss_hwm)), Mib(r.usage.base_rss),
-        r.usage.cpu_seconds, r.usage.sys_seconds);
+        r.usage.cpu_seconds, r.usage.sys_seconds, static_cast<double>(r.usage.minor_faults) / 1e3);
   }
 }
 
@@ -587,11 +597,12 @@ void WriteJson(const Context& c, const std::vector<PhaseResult>& rs,
                  "\"job_max_seconds\": %.3f, \"bytes_stored\": %" PRIu64
                  ", \"threads_base\": %d, \"threads_peak\": %d, \"rss_base_bytes\": %" PRIu64
                  ", \"rss_peak_sampled_bytes\": %" PRIu64 ", \"rss_peak_hwm_bytes\": %" PRIu64
-                 ", \"cpu_seconds\": %.2f, \"cpu_sys_seconds\": %.2f}",
+                 ", \"cpu_seconds\": %.2f, \"cpu_sys_seconds\": %.2f, \"minor_faults\": %llu}",
                  i ? "," : "", r.name.c_str(), r.jobs, r.volumes, r.bytes, r.seconds, r.MiBps(),
                  r.job_min_s, r.job_max_s, r.stored, r.usage.base_threads, r.usage.peak_threads,
                  r.usage.base_rss, r.usage.peak_rss_sampled, r.usage.peak_rss_hwm,
-                 r.usage.cpu_seconds, r.usage.sys_seconds);
+                 r.usage.cpu_seconds, r.usage.sys_seconds,
+                 static_cast<unsigned long long>(r.usage.minor_faults));
   }
   std::fprintf(f, "\n  ],\n  \"goals\": [");
   for (size_t i = 0; i < vs.size(); ++i) {

@@ -147,10 +147,12 @@ vmbackup::StatusOr<std::shared_ptr<vmbackup::BackupTarget>> OpenTarget(
   if (!config.ok()) return config.status();
   vmbackup::TargetOptions options;
   options.state_dir = ctx.options.state_dir;
-  if (ctx.options.threads > 0) {
+  if (ctx.options.threads > 0 || ctx.options.in_flight_mib > 0) {
     if (!ctx.runtime) {
       vmbackup::RuntimeOptions ro;
       ro.worker_threads = ctx.options.threads;
+      // The runtime's bound (shared by its backups) must not be below the one backup's.
+      ro.max_in_flight_bytes = ctx.options.in_flight_mib << 20;
       ctx.runtime = vmbackup::Runtime::Create(ro);
     }
     options.runtime = ctx.runtime;

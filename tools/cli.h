@@ -47,8 +47,9 @@ enum class ProgressMode { kAuto, kBar, kPlain, kNone };
 struct GlobalOptions {
   bool json = false;
   bool quiet = false;
-  int threads = 0;        // 0 = library default runtime
-  std::string state_dir;  // "" = the library's default (TargetOptions::state_dir)
+  int threads = 0;             // 0 = library default runtime
+  uint64_t in_flight_mib = 0;  // 0 = the library's bounds on pack MiB being uploaded
+  std::string state_dir;       // "" = the library's default (TargetOptions::state_dir)
   ProgressMode progress = ProgressMode::kAuto;
 };
 

@@ -63,6 +63,7 @@ StatusOr<BackupRun> RunBackupJob(Context& ctx,
                                  vmbackup::BackupSpec spec) {
   ProgressReporter reporter(ctx.options.progress, ProgressReporter::Kind::kBackup, "backup");
   if (reporter.enabled()) spec.progress = reporter.Callback();
+  if (ctx.options.in_flight_mib > 0) spec.max_in_flight_bytes = ctx.options.in_flight_mib << 20;
   StatusOr<std::unique_ptr<vmbackup::BackupJob>> job = vmbackup::BackupJob::Create(target, spec);
   if (!job.ok()) return job.status();
   vmbackup::BackupJob& j = **job;

@@ -36,6 +36,8 @@ std::vector<FlagDef> GlobalFlags() {
       {"json", false, false, "", "machine-readable output: one JSON document on stdout"},
       {"quiet", false, false, "", "no progress, warnings or summaries (errors still print)"},
       {"threads", true, false, "N", "worker threads of the runtime (default: one per core)"},
+      {"in-flight-mib", true, false, "N",
+       "MiB of packs a backup uploads at once (default 96; the memory it uses grows with it)"},
       {"progress", true, false, "MODE", "auto (bar on a terminal), bar, plain or none"},
       {"state-dir", true, false, "DIR",
        "this host's private state, e.g. the fingerprint key (default $VMBACKUP_STATE_DIR, else "
@@ -264,6 +266,15 @@ int Main(int argc, char** argv) {
                             cmd->name);
     }
     ctx.options.threads = static_cast<int>(n);
+  }
+  if (auto m = parsed.Get("in-flight-mib")) {
+    char* end = nullptr;
+    long n = std::strtol(m->c_str(), &end, 10);
+    if (m->empty() || *end != '\0' || n < 1 || n > 65536) {
+      return ctx.UsageError("--in-flight-mib expects a number from 1 to 65536, got '" + *m + "'",
+                            cmd->name);
+    }
+    ctx.options.in_flight_mib = static_cast<uint64_t>(n);
   }
   if (auto d = parsed.Get("state-dir")) {
     if (d->empty()) return ctx.UsageError("--state-dir expects a directory", cmd->name);

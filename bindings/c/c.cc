@@ -84,6 +84,10 @@ struct vmb_target {
   std::shared_ptr<vmbackup::BackupTarget> target;
 };
 
+struct vmb_runtime {
+  std::shared_ptr<vmbackup::Runtime> runtime;
+};
+
 namespace vmbackup {
 namespace {
 
@@ -279,14 +283,15 @@ StatusOr<RestoreSpec> ToRestoreSpec(const vmb_restore_options* opts) {
 StatusOr<TargetOptions> ToTargetOptions(const vmb_target_options* opts) {
   TargetOptions o;
   if (opts == nullptr) return o;
-  if (opts->version != 1 && opts->version != VMB_TARGET_OPTIONS_VERSION) {
+  if (opts->version < 1 || opts->version > VMB_TARGET_OPTIONS_VERSION) {
     return BadVersion("vmb_target_options", opts->version, VMB_TARGET_OPTIONS_VERSION);
   }
   o.create_if_missing = opts->create_if_missing != 0;
   o.block_size = opts->block_size;
   o.pack_size = opts->pack_size;
-  // A version 1 caller's struct ends before state_dir: never read it there.
+  // An older caller's struct ends before the fields its version lacks: never read them there.
   if (opts->version >= 2 && opts->state_dir != nullptr) o.state_dir = opts->state_dir;
+  if (opts->version >= 3 && opts->runtime != nullptr) o.runtime = opts->runtime->runtime;
   return o;
 }
 
@@ -394,22 +399,61 @@ const char* vmb_error_code_name(int code) {
 
 void vmb_free(void* ptr) { std::free(ptr); }
 
+// ---- runtime ------------------------------------------------------------------------------------
+
+int vmb_runtime_create(vmb_runtime** out, const vmb_runtime_options* opts, vmb_error** error) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (out == nullptr) return NullArgument("vmb_runtime_create", "out");
+    vmbackup::RuntimeOptions o;
+    if (opts != nullptr) {
+      if (opts->version != VMB_RUNTIME_OPTIONS_VERSION) {
+        return vmbackup::BadVersion("vmb_runtime_options", opts->version,
+                                    VMB_RUNTIME_OPTIONS_VERSION);
+      }
+      const std::pair<const char*, int> counts[] = {{"worker_threads", opts->worker_threads},
+                                                    {"blocking_threads", opts->blocking_threads},
+                                                    {"io_threads", opts->io_threads},
+                                                    {"job_threads", opts->job_threads}};
+      for (const auto& [field, n] : counts) {
+        if (n < 0 || n > 1024) {
+          return vmbackup::InvalidArgumentError(std::string("vmb_runtime_options.") + field +
+                                                " must be 0 (default) to 1024, got " +
+                                                std::to_string(n));
+        }
+      }
+      o.worker_threads = opts->worker_threads;
+      o.blocking_threads = opts->blocking_threads;
+      o.io_threads = opts->io_threads;
+      o.job_threads = opts->job_threads;
+      o.max_in_flight_bytes = opts->max_in_flight_bytes;
+    }
+    *out = new vmb_runtime{vmbackup::Runtime::Create(o)};
+    return Status::Ok();
+  });
+}
+
+void vmb_runtime_free(vmb_runtime* runtime) { delete runtime; }
+
+int vmb_runtime_thread_count(const vmb_runtime* runtime) {
+  return runtime == nullptr ? 0 : runtime->runtime->thread_count();
+}
+
 // ---- targets ------------------------------------------------------------------------------------
 
 int vmb_target_options_init(vmb_target_options* opts, unsigned int version, vmb_error** error) {
   return Guard(error, [&]() -> Status {
     if (opts == nullptr) return NullArgument("vmb_target_options_init", "opts");
-    if (version != 1 && version != VMB_TARGET_OPTIONS_VERSION) {
+    if (version < 1 || version > VMB_TARGET_OPTIONS_VERSION) {
       return vmbackup::BadVersion("vmb_target_options", version, VMB_TARGET_OPTIONS_VERSION);
     }
     const vmb_target_options defaults VMB_TARGET_OPTIONS_INIT;
-    if (version == 1) {
-      // The caller's struct is the version 1 layout: write only its fields.
-      std::memcpy(opts, &defaults, offsetof(vmb_target_options, state_dir));
-      opts->version = 1;
-    } else {
-      *opts = defaults;
-    }
+    // An older caller's struct is that version's layout: write only its fields.
+    size_t size = sizeof(vmb_target_options);
+    if (version == 1) size = offsetof(vmb_target_options, state_dir);
+    if (version == 2) size = offsetof(vmb_target_options, runtime);
+    std::memcpy(static_cast<void*>(opts), &defaults, size);
+    opts->version = version;
     return Status::Ok();
   });
 }

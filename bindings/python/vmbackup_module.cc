@@ -641,16 +641,35 @@ void Bind(py::module_& m) {
   py::class_<Runtime, std::shared_ptr<Runtime>>(m, "Runtime",
                                                 "Threads shared by targets and jobs. Optional: "
                                                 "targets use Runtime.default() unless given one.")
-      .def(py::init([](int worker_threads, int blocking_threads, int io_threads) {
+      .def(py::init([](int worker_threads, int blocking_threads, int io_threads, int job_threads,
+                       uint64_t max_in_flight_bytes) {
+             const std::pair<const char*, int> counts[] = {{"worker_threads", worker_threads},
+                                                           {"blocking_threads", blocking_threads},
+                                                           {"io_threads", io_threads},
+                                                           {"job_threads", job_threads}};
+             for (const auto& [field, n] : counts) {
+               if (n < 0 || n > 1024)
+                 throw py::value_error(std::string(field) + " must be 0 (default) to 1024, got " +
+                                       std::to_string(n));
+             }
              RuntimeOptions o;
              o.worker_threads = worker_threads;
              o.blocking_threads = blocking_threads;
              o.io_threads = io_threads;
+             o.job_threads = job_threads;
+             o.max_in_flight_bytes = max_in_flight_bytes;
              return Runtime::Create(o);
            }),
-           py::kw_only(), "worker_threads"_a = 0, "blocking_threads"_a = 0, "io_threads"_a = 0)
+           py::kw_only(), "worker_threads"_a = 0, "blocking_threads"_a = 0, "io_threads"_a = 0,
+           "job_threads"_a = 0, "max_in_flight_bytes"_a = 0,
+           "Threads and shared bounds (0 = default): worker_threads (one per core), "
+           "blocking_threads (4), io_threads (1), job_threads (4: backups and restores that run "
+           "at once), max_in_flight_bytes (256 MiB of packs uploading, all backups together).")
       .def_static("default", &Runtime::Default, "The process-wide runtime.")
-      .def_property_readonly("worker_threads", &Runtime::worker_threads);
+      .def_property_readonly("worker_threads", &Runtime::worker_threads)
+      .def_property_readonly("thread_count", &Runtime::thread_count,
+                             "Every thread this runtime started.")
+      .def_property_readonly("max_in_flight_bytes", &Runtime::max_in_flight_bytes);
 
   py::class_<BackupTarget, std::shared_ptr<BackupTarget>>(
       m, "BackupTarget",

@@ -5,6 +5,7 @@
 #ifndef VMBACKUP_RUNTIME_H_
 #define VMBACKUP_RUNTIME_H_
 
+#include <cstdint>
 #include <memory>
 
 #include "vmbackup/export.h"
@@ -25,6 +26,10 @@ struct RuntimeOptions {
   // with no bytes done) until one ends, in the order they were started. Bounds the memory and the
   // connections many jobs take together. Default 0 = 4.
   int job_threads = 0;
+  // Pack bytes being uploaded at once by all the backups of this runtime together (each backup's
+  // own BackupSpec::max_in_flight_bytes bounds it as well). Bounds the memory many concurrent
+  // backups take. Default 0 = 256 MiB. A pack larger than the bound is uploaded alone.
+  uint64_t max_in_flight_bytes = 0;
 };
 
 // The async core: an event loop for network I/O and timers, a worker pool for CPU work, a pool
@@ -47,6 +52,8 @@ class VMBACKUP_EXPORT Runtime {
   int worker_threads() const;
   // Every thread this runtime started: io + workers + blocking + jobs.
   int thread_count() const;
+  // The bound on pack bytes in flight shared by this runtime's backups (RuntimeOptions).
+  uint64_t max_in_flight_bytes() const;
 
   struct Impl;
   // Internal. Not part of the stable API.

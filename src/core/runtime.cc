@@ -5,6 +5,8 @@
 
 namespace vmbackup {
 namespace {
+constexpr uint64_t kDefaultMaxInFlightBytes = 256ull << 20;
+
 int ResolveWorkers(const RuntimeOptions& o) {
   if (o.worker_threads > 0) return o.worker_threads;
   unsigned hc = std::thread::hardware_concurrency();
@@ -17,6 +19,14 @@ Runtime::Impl::Impl(const RuntimeOptions& options)
       blocking_threads_(options.blocking_threads > 0 ? options.blocking_threads : 4),
       job_threads_(options.job_threads > 0 ? options.job_threads : 4),
       thread_count_(0),
+      upload_budget_(options.max_in_flight_bytes > 0 ? options.max_in_flight_bytes
+                                                     : kDefaultMaxInFlightBytes),
+      // Every pack being built (a worker of each running job) or uploaded (the budget's worth of
+      // 32 MiB packs) can be recycled; at most that many are ever in use at once.
+      pack_buffers_(std::make_shared<internal::BufferPool>(
+          static_cast<size_t>(worker_threads_) * static_cast<size_t>(job_threads_) +
+              static_cast<size_t>(upload_budget_.cap() / (32u << 20)) + 1,
+          internal::BufferPool::Retention::kWhileHeld)),
       workers_(static_cast<std::size_t>(worker_threads_)),
       blocking_(static_cast<std::size_t>(blocking_threads_)),
       jobs_(static_cast<std::size_t>(job_threads_)) {
@@ -61,5 +71,6 @@ std::shared_ptr<Runtime> Runtime::Default() {
 
 int Runtime::worker_threads() const { return impl_->worker_threads(); }
 int Runtime::thread_count() const { return impl_->thread_count(); }
+uint64_t Runtime::max_in_flight_bytes() const { return impl_->upload_budget().cap(); }
 
 }  // namespace vmbackup

@@ -7,6 +7,7 @@
 //                blocking() threads, so waiting here never deadlocks.
 //  - blocking(): a thread pool for blocking file I/O (local and NFS-backed stores: write,
 //                fsync, rename) and for restore tasks (which wait on reads and write files).
+//  - pack_buffers(), upload_budget(): memory shared by the backups of this runtime.
 //  - jobs():     a thread pool that runs job drivers (BackupJob / RestorePlan bodies); a driver
 //                blocks while its tasks run on the other pools, never the other way round.
 //
@@ -21,6 +22,8 @@
 #include <vector>
 
 #include "core/asio.h"
+#include "core/buffer_pool.h"
+#include "core/byte_budget.h"
 #include "vmbackup/runtime.h"
 
 namespace vmbackup {
@@ -35,6 +38,12 @@ struct Runtime::Impl {
   int worker_threads() const { return worker_threads_; }
   int blocking_threads() const { return blocking_threads_; }
   int thread_count() const { return thread_count_; }
+
+  // Pack buffers shared by the backups of this runtime (kept while a backup holds the pool), so
+  // concurrent and consecutive backups reuse memory instead of faulting in fresh pages.
+  const std::shared_ptr<internal::BufferPool>& pack_buffers() const { return pack_buffers_; }
+  // Pack bytes in flight, summed over all the backups of this runtime.
+  internal::ByteBudget& upload_budget() { return upload_budget_; }
 
   // Posted tasks must report their own errors; an exception that still escapes one is dropped
   // here (last line of defence: a pool thread never takes the host process down).
@@ -58,6 +67,8 @@ struct Runtime::Impl {
   int blocking_threads_;
   int job_threads_;
   int thread_count_;
+  internal::ByteBudget upload_budget_;
+  std::shared_ptr<internal::BufferPool> pack_buffers_;
   boost::asio::io_context io_;
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard_;
   std::vector<std::thread> io_threads_;

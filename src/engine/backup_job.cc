@@ -296,10 +296,14 @@ Status BackupJob::Impl::Execute() {
   const int nworkers = std::max(1, rt.worker_threads());
   const uint64_t cap = spec.max_in_flight_bytes ? spec.max_in_flight_bytes : 96ull << 20;
   const uint32_t pack_size = repo.descriptor().pack_size;
-  // Enough recycled pack buffers for every pack in flight plus one being built per worker.
-  auto pool = std::make_shared<BufferPool>(static_cast<size_t>(nworkers) + cap / pack_size + 1);
+  // Pack buffers and the bound on bytes in flight are the Runtime's, shared with its other
+  // backups: buffers a finished backup gave back are reused by the next without faulting in
+  // fresh pages, and many concurrent backups together keep at most the Runtime's bound in flight.
+  const std::shared_ptr<BufferPool>& pool = rt.impl()->pack_buffers();
+  BufferPool::Hold keep_buffers = pool->Keep();
   PackUploader uploader(
-      repo.store(), cap, [&pc](uint64_t b) { pc.bytes_written += b; }, pool);
+      repo.store(), cap, [&pc](uint64_t b) { pc.bytes_written += b; }, pool,
+      &rt.impl()->upload_budget());
   std::vector<PackBuilder> packs;
   packs.reserve(static_cast<size_t>(nworkers));
   for (int i = 0; i < nworkers; ++i) packs.emplace_back(pack_size, pool.get());

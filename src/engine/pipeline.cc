@@ -66,9 +66,10 @@ Status FirstError::Get() const {
 
 PackUploader::PackUploader(ObjectStore& store, uint64_t max_in_flight,
                            std::function<void(uint64_t)> on_written,
-                           std::shared_ptr<BufferPool> pool)
+                           std::shared_ptr<BufferPool> pool, ByteBudget* shared)
     : store_(store),
-      cap_(max_in_flight),
+      own_(max_in_flight),
+      shared_(shared),
       on_written_(std::move(on_written)),
       pool_(std::move(pool)) {}
 
@@ -76,10 +77,12 @@ PackUploader::~PackUploader() { Drain().IgnoreError(); }
 
 void PackUploader::Submit(PackBuilder::Sealed sealed) {
   const uint64_t bytes = sealed.data.size() + sealed.index.size();
+  // This backup's bound first, then the Runtime's: a backup waiting for the shared budget holds
+  // only its own, which nobody else needs.
+  own_.Acquire(bytes);
+  if (shared_ != nullptr) shared_->Acquire(bytes);
   {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait(l, [&] { return in_flight_ == 0 || in_flight_ + bytes <= cap_; });
-    in_flight_ += bytes;
+    std::lock_guard<std::mutex> l(mu_);
     ++outstanding_;
   }
   std::shared_ptr<const std::string> data;
@@ -111,8 +114,9 @@ void PackUploader::Submit(PackBuilder::Sealed sealed) {
 void PackUploader::Done(uint64_t bytes, const Status& st) {
   error_.Set(st);
   if (st.ok() && on_written_) on_written_(bytes);
+  if (shared_ != nullptr) shared_->Release(bytes);
+  own_.Release(bytes);
   std::lock_guard<std::mutex> l(mu_);
-  in_flight_ -= bytes;
   --outstanding_;
   if (st.ok()) ++packs_;
   cv_.notify_all();

@@ -13,6 +13,7 @@
 
 #include <absl/container/flat_hash_set.h>
 
+#include "core/byte_budget.h"
 #include "repo/format.h"
 #include "store/object_store.h"
 #include "vmbackup/options.h"
@@ -65,9 +66,11 @@ class FirstError {
 // outstanding. Submit blocks while the cap is reached.
 class PackUploader {
  public:
+  // At most `max_in_flight` bytes of this uploader's packs are in flight, and, when `shared` is
+  // given, its bytes count against that budget too (the Runtime's, shared by all its backups).
   // `pool` (optional) receives each pack's buffer back once its upload finished.
   PackUploader(ObjectStore& store, uint64_t max_in_flight, std::function<void(uint64_t)> on_written,
-               std::shared_ptr<BufferPool> pool = nullptr);
+               std::shared_ptr<BufferPool> pool = nullptr, ByteBudget* shared = nullptr);
   ~PackUploader();  // waits for outstanding uploads
   void Submit(PackBuilder::Sealed sealed);
   // Waits for every upload; returns the first error.
@@ -78,12 +81,12 @@ class PackUploader {
  private:
   void Done(uint64_t bytes, const Status& st);
   ObjectStore& store_;
-  uint64_t cap_;
+  ByteBudget own_;
+  ByteBudget* shared_;
   std::function<void(uint64_t)> on_written_;
   std::shared_ptr<BufferPool> pool_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t in_flight_ = 0;
   int outstanding_ = 0;
   uint64_t packs_ = 0;
   FirstError error_;

@@ -269,21 +269,32 @@ PackBuilder::PackBuilder(uint32_t target_size, BufferPool* pool)
   Reset();
 }
 
+PackBuilder::~PackBuilder() {
+  if (pool_ != nullptr && data_.capacity() >= target_size_) pool_->Give(std::move(data_));
+}
+
 void PackBuilder::Reset() {
+  // The buffer of the next pack is taken when its first block arrives: a builder that is done (or
+  // waits for its turn on the workers) holds no memory, and the pool's warm buffers go to the
+  // builders that fill them.
+  data_ = std::string();
+  entries_.clear();
+  raw_bytes_ = 0;
+}
+
+void PackBuilder::Begin() {
   // Room for a full pack, its last block's LZ4 bound and the trailer without reallocating.
   const size_t capacity = target_size_ + target_size_ / 8;
   if (pool_ != nullptr) {
     data_ = pool_->Take(capacity);
   } else {
-    data_ = std::string();
     data_.reserve(capacity);
   }
   data_.append(kPackMagic);
-  entries_.clear();
-  raw_bytes_ = 0;
 }
 
 const PackEntry& PackBuilder::Add(const Digest& digest, const char* raw, size_t raw_len) {
+  if (data_.empty()) Begin();
   PackEntry e;
   e.digest = digest;
   e.offset = data_.size();
@@ -296,6 +307,7 @@ const PackEntry& PackBuilder::Add(const Digest& digest, const char* raw, size_t 
 }
 
 StatusOr<PackBuilder::Sealed> PackBuilder::Seal() {
+  if (data_.empty()) Begin();  // an empty pack is still a well-formed one
   Sealed s;
   VMB_ASSIGN_OR_RETURN(s.id, RandomHex(16));
   s.data = std::move(data_);

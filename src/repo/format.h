@@ -109,6 +109,10 @@ class PackBuilder {
  public:
   // `pool` (optional, must outlive the builder) supplies the buffers of the next packs.
   explicit PackBuilder(uint32_t target_size, BufferPool* pool = nullptr);
+  // Gives the buffer of the pack being built (unsealed blocks are dropped) back to the pool.
+  ~PackBuilder();
+  PackBuilder(PackBuilder&&) = default;
+  PackBuilder& operator=(PackBuilder&&) = default;
   // Appends a block (compressing it when that pays) and returns its entry.
   const PackEntry& Add(const Digest& digest, const char* raw, size_t raw_len);
   bool full() const { return data_.size() >= target_size_; }
@@ -129,6 +133,7 @@ class PackBuilder {
 
  private:
   void Reset();
+  void Begin();  // takes the buffer of a new pack and writes its header
   uint32_t target_size_;
   BufferPool* pool_;
   std::string data_;

@@ -803,6 +803,69 @@ static void test_state_dir_and_file_mode_options(void) {
   vmb_error_free(err);
 }
 
+/* A runtime of the host's own: its threads are what the options say, targets opened with it run
+ * their jobs on it, bad counts are rejected naming the field, and version 2 target options (before
+ * `runtime`) still work. */
+static void test_runtime_of_its_own(void) {
+  char dest[4200];
+  vmb_error* err = NULL;
+  vmb_runtime_options ro = VMB_RUNTIME_OPTIONS_INIT;
+  ro.job_threads = -1;
+  vmb_runtime* rt = NULL;
+  CHECK_RC(vmb_runtime_create(&rt, &ro, &err), VMB_EINVAL, err);
+  CHECK(rt == NULL && err != NULL && strstr(vmb_error_message(err), "job_threads") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  ro.version = 99;
+  ro.job_threads = 1;
+  CHECK_RC(vmb_runtime_create(&rt, &ro, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_runtime_create(NULL, NULL, NULL), VMB_EINVAL, NULL);
+  CHECK(vmb_runtime_thread_count(NULL) == 0);
+  vmb_runtime_free(NULL);
+
+  ro.version = VMB_RUNTIME_OPTIONS_VERSION;
+  ro.worker_threads = 2;
+  ro.blocking_threads = 2;
+  ro.io_threads = 1;
+  ro.job_threads = 1;
+  ro.max_in_flight_bytes = 1u * MIB;
+  CHECK_RC(vmb_runtime_create(&rt, &ro, &err), VMB_OK, err);
+  CHECK(vmb_runtime_thread_count(rt) == 6);
+
+  vmb_target_options topts;
+  CHECK_RC(vmb_target_options_init(&topts, VMB_TARGET_OPTIONS_VERSION, &err), VMB_OK, err);
+  CHECK(topts.runtime == NULL);
+  topts.runtime = rt;
+  vmb_target* target = NULL;
+  CHECK_RC(vmb_target_open(&target, g_config, &topts, &err), VMB_OK, err);
+  vmb_runtime_free(rt); /* the target keeps the runtime alive */
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options b = VMB_BACKUP_OPTIONS_INIT;
+  b.name = "c-own-runtime";
+  b.volumes = &volume;
+  b.volume_count = 1;
+  CHECK_RC(vmb_backup_run(NULL, target, &b, &err), VMB_OK, err);
+  vmb_volume destination = {"disk0", dest};
+  vmb_restore_options r = VMB_RESTORE_OPTIONS_INIT;
+  r.backup = "c-own-runtime";
+  r.volumes = &destination;
+  r.volume_count = 1;
+  path_in_tmp(dest, sizeof(dest), "c-own-runtime.img");
+  CHECK_RC(vmb_restore_run(target, &r, &err), VMB_OK, err);
+  CHECK(same_bytes(g_volume, dest));
+  vmb_target_free(target);
+
+  /* Version 2 target options: the struct without runtime (its bytes are never read). */
+  vmb_target_options v2;
+  memset(&v2, 0x5a, sizeof(v2));
+  CHECK_RC(vmb_target_options_init(&v2, 2, &err), VMB_OK, err);
+  CHECK(v2.version == 2 && v2.create_if_missing == 1 && v2.state_dir == NULL);
+  vmb_target* t2 = NULL;
+  CHECK_RC(vmb_target_open(&t2, g_config, &v2, &err), VMB_OK, err);
+  vmb_target_free(t2);
+  vmb_error_free(err);
+}
+
 static void test_delete_backup(void) {
   vmb_error* err = NULL;
   CHECK_RC(vmb_target_delete_backup(g_target, "c-api-vmdir", &err), VMB_OK, err);
@@ -854,6 +917,7 @@ int main(void) {
     RUN(test_invalid_backup_options);
     RUN(test_backup_from_vm_dir);
     RUN(test_state_dir_and_file_mode_options);
+    RUN(test_runtime_of_its_own);
     RUN(test_delete_backup);
   } else {
     fprintf(stderr, "target did not open; skipping the tests that need it\n");

@@ -123,3 +123,17 @@ def test_vm_name_makes_volume_backups_reference_each_other(setup, tmp_path):
         {"name": "disk0", "path": str(vol)}]}))
     p = run("backup", "--target", str(target), "--vm-dir", str(vm_dir), "--vm-name", "w")
     assert p.returncode == 2, (p.returncode, p.stderr)
+
+
+def test_in_flight_mib_bounds_the_upload_and_is_validated(setup, tmp_path):
+    target, vol = setup
+    run("--in-flight-mib", "1", "--threads", "2", "backup", "--target", str(target), "--name",
+        "b1", "--volume", f"disk0={vol}", check=0)
+    run("restore", "b1", "--target", str(target), "--dest-dir", str(tmp_path / "r"), check=0)
+    assert sha(tmp_path / "r" / "disk0.img") == sha(vol)
+    for bad in ("0", "x", "65537"):
+        p = run("--in-flight-mib", bad, "backup", "--target", str(target), "--name", "b2",
+                "--volume", f"disk0={vol}")
+        assert p.returncode == 2, (bad, p.returncode, p.stderr)
+        assert "--in-flight-mib expects a number from 1 to 65536" in p.stderr
+    assert "b2" not in run("--json", "list", "--target", str(target), check=0).stdout

@@ -147,12 +147,26 @@ def test_state_dir_holds_the_fingerprint_key_and_file_mode_sets_restored_modes(t
         vmbackup.restore(t, "st", volumes={"disk0": tmp_path / "x.img"}, file_mode=0o1777)
 
 
-def test_own_runtime(target_dir, volume):
-    rt = vmbackup.Runtime(worker_threads=2)
+def test_own_runtime(target_dir, volume, tmp_path):
+    rt = vmbackup.Runtime(worker_threads=2, blocking_threads=2, io_threads=1, job_threads=1,
+                          max_in_flight_bytes=1 << 20)
     assert rt.worker_threads == 2
+    assert rt.thread_count == 6
+    assert rt.max_in_flight_bytes == 1 << 20
+    assert vmbackup.Runtime().max_in_flight_bytes == 256 << 20
     t = vmbackup.BackupTarget.open({"type": "file", "endpoint": str(target_dir)}, runtime=rt)
-    vmbackup.backup(t, "rt", volumes={"disk0": volume})
-    assert names(t) == ["rt"]
+    # Two backups started together on a runtime that runs one job at a time: both complete.
+    jobs = [vmbackup.BackupJob(t, n, volumes={"disk0": volume}) for n in ("rt", "rt2")]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.wait()
+    assert names(t) == ["rt", "rt2"]
+    dest = tmp_path / "rt2.img"
+    vmbackup.restore(t, "rt2", volumes={"disk0": dest})
+    assert same_bytes(volume, dest)
+    with pytest.raises(ValueError, match="job_threads"):
+        vmbackup.Runtime(job_threads=-1)
 
 
 # ---- errors -----------------------------------------------------------------------------------------

@@ -40,5 +40,32 @@ TEST(BufferPoolTest, GrowsARecycledBufferThatIsTooSmall) {
   EXPECT_GE(s.capacity(), 1u << 16);
 }
 
+// The Runtime's pool: buffers are kept only while a backup holds the pool, and freed when the last
+// hold ends, so an idle Runtime keeps no pack memory.
+TEST(BufferPoolTest, WhileHeldPoolKeepsBuffersOnlyWhileHeld) {
+  BufferPool pool(4, BufferPool::Retention::kWhileHeld);
+  pool.Give(pool.Take(4096));
+  EXPECT_EQ(pool.kept(), 0u);  // nobody holds it: dropped
+  {
+    BufferPool::Hold a = pool.Keep();
+    std::string s = pool.Take(4096);
+    const char* mem = s.data();
+    pool.Give(std::move(s));
+    EXPECT_EQ(pool.kept(), 1u);
+    {
+      BufferPool::Hold b = pool.Keep();
+      std::string t = pool.Take(4096);
+      EXPECT_EQ(t.data(), mem);  // a second holder reuses the first one's buffer
+      pool.Give(std::move(t));
+    }
+    EXPECT_EQ(pool.kept(), 1u);  // `a` still holds the pool
+    BufferPool::Hold moved = std::move(a);
+    EXPECT_EQ(pool.kept(), 1u);  // moving a hold does not end it
+  }
+  EXPECT_EQ(pool.kept(), 0u);  // the last hold ended: freed
+  pool.Give(pool.Take(4096));
+  EXPECT_EQ(pool.kept(), 0u);
+}
+
 }  // namespace
 }  // namespace vmbackup::internal

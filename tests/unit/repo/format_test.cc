@@ -1,6 +1,8 @@
 // On-target format v1: round trips and corruption detection of every encoding.
 #include "repo/format.h"
 
+#include "core/buffer_pool.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
@@ -66,6 +68,30 @@ TEST(PackTest, SealProducesPackWithTrailerAndMatchingIndex) {
         DecodeBlock(e.codec, sealed.data.data() + e.offset, e.stored_len, raw.data(), raw.size()));
     EXPECT_EQ(Sha256(raw), e.digest);
   }
+}
+
+// A builder takes a pool buffer only when its first block arrives and takes none for the pack
+// after a seal until that pack gets a block: idle builders (jobs waiting for the workers, builders
+// whose last pack is sealed) hold no memory, and an unsealed buffer goes back to the pool.
+TEST(PackTest, BuilderTakesAPoolBufferOnlyForBlocks) {
+  BufferPool pool(4);
+  std::string block = RandomBytes(4096, 3);
+  {
+    PackBuilder b(1 << 20, &pool);
+    EXPECT_EQ(pool.taken(), 0u);
+    b.Add(Sha256(block), block.data(), block.size());
+    EXPECT_EQ(pool.taken(), 1u);
+    auto sealed = b.Seal();
+    ASSERT_OK(sealed);
+    EXPECT_EQ(pool.taken(), 1u);  // nothing taken for the next pack yet
+    pool.Give(std::move(sealed->data));
+    EXPECT_EQ(pool.kept(), 1u);
+    b.Add(Sha256(block), block.data(), block.size());
+    EXPECT_EQ(pool.taken(), 2u);
+    EXPECT_EQ(pool.reused(), 1u);  // the sealed pack's buffer, warm
+    EXPECT_EQ(pool.kept(), 0u);
+  }
+  EXPECT_EQ(pool.kept(), 1u);  // the unsealed pack's buffer came back
 }
 
 TEST(PackTest, EveryFlippedByteOfAnIndexIsDetected) {

@@ -165,6 +165,46 @@ typedef enum vmb_job_state {
 /* An open backup target. Thread-safe; see the file comment. */
 typedef struct vmb_target vmb_target;
 
+/* ---- Runtime ----------------------------------------------------------------------------------- */
+
+/* The threads and shared bounds every target and job runs on (vmbackup::Runtime; see
+ * docs/threading.md). Optional: targets opened without one use the process-wide default runtime.
+ * A host that runs many jobs at once may create one to size its pools and bounds. */
+typedef struct vmb_runtime vmb_runtime;
+
+typedef struct vmb_runtime_options {
+  unsigned int version; /* VMB_RUNTIME_OPTIONS_VERSION */
+  /* Threads for CPU work (hashing, compression). Default 0 = one per core. */
+  int worker_threads;
+  /* Threads for blocking file I/O and restore tasks. Default 0 = 4. */
+  int blocking_threads;
+  /* Threads that drive network I/O and timers. Default 0 = 1. */
+  int io_threads;
+  /* Backups and restores that run at once; jobs started beyond it wait their turn. Default 0 = 4. */
+  int job_threads;
+  /* Pack bytes being uploaded at once by all the backups of this runtime together. Default 0 =
+   * 256 MiB. */
+  uint64_t max_in_flight_bytes;
+} vmb_runtime_options;
+
+#define VMB_RUNTIME_OPTIONS_VERSION 1
+#define VMB_RUNTIME_OPTIONS_INIT \
+  { VMB_RUNTIME_OPTIONS_VERSION, 0, 0, 0, 0, 0 }
+
+/* Creates a runtime with its own threads. `opts` may be NULL (defaults). On success *out is a new
+ * handle, released with vmb_runtime_free(). Returns 0; VMB_EINVAL if out is NULL, the options'
+ * version is unknown, or a count is negative or above 1024. */
+VMB_EXTERN int vmb_runtime_create(vmb_runtime** out, const vmb_runtime_options* opts,
+                                  vmb_error** error);
+
+/* Releases a runtime handle. Accepts NULL. Targets and jobs that use the runtime keep it alive; its
+ * threads end when the last of them is freed. Never call it from a progress or completion callback
+ * of a job on this runtime when that is the last reference (the threads cannot join themselves). */
+VMB_EXTERN void vmb_runtime_free(vmb_runtime* runtime);
+
+/* Every thread the runtime started (io + workers + blocking + jobs), or 0 if runtime is NULL. */
+VMB_EXTERN int vmb_runtime_thread_count(const vmb_runtime* runtime);
+
 typedef struct vmb_target_options {
   unsigned int version; /* VMB_TARGET_OPTIONS_VERSION */
   /* Initialize a repository when the target holds none. Default 1. When 0, opening an empty target
@@ -180,12 +220,15 @@ typedef struct vmb_target_options {
    * $VMBACKUP_STATE_DIR, else /var/lib/vmbackup as root, else ~/.local/state/vmbackup. When it
    * cannot be used, backups hash every block (slower, never wrong). */
   const char* state_dir;
+  /* Version 3. The runtime the target and its jobs run on (borrowed: the target keeps its own
+   * reference). Default NULL = the process-wide default runtime. */
+  const vmb_runtime* runtime;
 } vmb_target_options;
 
-/* Version 1 is still accepted: the same struct without state_dir. */
-#define VMB_TARGET_OPTIONS_VERSION 2
+/* Versions 1 and 2 are still accepted: the same struct without state_dir (1) or runtime (1, 2). */
+#define VMB_TARGET_OPTIONS_VERSION 3
 #define VMB_TARGET_OPTIONS_INIT \
-  { VMB_TARGET_OPTIONS_VERSION, 1, 0, 0, NULL }
+  { VMB_TARGET_OPTIONS_VERSION, 1, 0, 0, NULL, NULL }
 
 /* Sets *opts to the defaults of `version` (VMB_TARGET_OPTIONS_INIT).
  * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
