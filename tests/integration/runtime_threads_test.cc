@@ -3,9 +3,12 @@
 // (/proc/self/task) before the Runtime is created, after, and all through the jobs, from the
 // progress callback (a Runtime thread) and from the waiting test thread. Any thread a store, the
 // engine or a job started of its own shows up as one more than the baseline.
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <netdb.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -45,7 +48,45 @@ struct Peak {
   }
 };
 
+// A name of this machine that resolves to 127.0.0.1 (where radosgw listens) and that curl would
+// look up itself (not an IP address, not "localhost"): its host name, as Debian's /etc/hosts
+// lists it.
+StatusOr<std::string> LoopbackHostName() {
+  char name[256] = {0};
+  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0')
+    return FailedPreconditionError("gethostname failed");
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(name, nullptr, &hints, &res) != 0)
+    return FailedPreconditionError(std::string("this machine's name '") + name +
+                                   "' does not resolve; the s3-named case needs it to resolve "
+                                   "to 127.0.0.1 (add it to /etc/hosts)");
+  bool loopback = false;
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next)
+    loopback |= reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr.s_addr == htonl(0x7f000001);
+  ::freeaddrinfo(res);
+  if (!loopback)
+    return FailedPreconditionError(std::string("this machine's name '") + name +
+                                   "' does not resolve to 127.0.0.1 (add it to /etc/hosts)");
+  return std::string(name);
+}
+
 StatusOr<TargetConfig> ConfigFor(const std::string& kind, const TempDir& dir) {
+  if (kind == "s3-named") {
+    // The same radosgw, reached by a host name: the name is looked up on the Runtime's blocking
+    // pool, not by a resolver thread of curl's.
+    StatusOr<TargetConfig> base = ServerTargetConfig("s3");
+    if (!base.ok()) return base.status();
+    StatusOr<std::string> name = LoopbackHostName();
+    if (!name.ok()) return name.status();
+    TargetConfig c = *base;
+    const size_t at = c.endpoint.find("127.0.0.1");
+    if (at == std::string::npos) return FailedPreconditionError("S3 endpoint " + c.endpoint);
+    c.endpoint.replace(at, 9, *name);
+    return c;
+  }
   if (kind != "local") return ServerTargetConfig(kind == "nfs" ? "nfs3" : kind);
   TargetConfig c;
   c.type = TargetConfig::Type::kFile;
@@ -125,8 +166,12 @@ TEST_P(RuntimeThreadsTest, BackupAndRestoreRunOnTheRuntimesThreadsOnly) {
   EXPECT_GE(peak.most.load(), baseline);
 }
 
-INSTANTIATE_TEST_SUITE_P(Targets, RuntimeThreadsTest, ::testing::Values("local", "s3", "nfs"),
-                         [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Targets, RuntimeThreadsTest,
+                         ::testing::Values("local", "s3", "s3-named", "nfs"), [](const auto& info) {
+                           std::string n = info.param;
+                           for (auto& c : n) c = c == '-' ? '_' : c;
+                           return n;
+                         });
 
 }  // namespace
 }  // namespace vmbackup::integration

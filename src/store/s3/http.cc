@@ -7,17 +7,25 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "core/runtime.h"
 #include "store/s3/s3_xml.h"
@@ -31,13 +39,17 @@ struct Transfer {
   Transfer() = default;
   Transfer(const Transfer&) = delete;
   Transfer& operator=(const Transfer&) = delete;
-  ~Transfer() { curl_slist_free_all(headers); }
+  ~Transfer() {
+    curl_slist_free_all(headers);
+    curl_slist_free_all(resolve);
+  }
 
   Request req;
   std::function<void(Response)> done;
   Response resp;
   size_t sent = 0;
   curl_slist* headers = nullptr;
+  curl_slist* resolve = nullptr;  // "host:port:addresses" for CURLOPT_RESOLVE (looked up by us)
   char errbuf[CURL_ERROR_SIZE] = {0};
   uint64_t status = 0;        // from the last status line seen
   uint64_t header_bytes = 0;  // of every header line so far
@@ -165,6 +177,88 @@ CURLcode OnSslCtx(CURL*, void* ssl_ctx, void* ud) {
 
 const char kShutDown[] = "the S3 client was shut down";
 
+// How long a looked-up address is used before it is looked up again (in the background: requests
+// keep using the old one meanwhile).
+constexpr auto kAddressTtl = std::chrono::seconds(60);
+// The most addresses of one host handed to curl.
+constexpr size_t kMaxAddresses = 16;
+
+// The host and port of a URL, and whether connecting needs a lookup of the host: not for an IP
+// address, nor for "localhost" and "*.localhost", which curl answers itself without a thread.
+struct HostPort {
+  std::string host;  // as in the URL (an IPv6 literal keeps its brackets)
+  std::string port;
+  bool needs_lookup = false;
+};
+std::optional<HostPort> HostOfUrl(const std::string& url) {
+  CURLU* u = curl_url();
+  if (u == nullptr) return std::nullopt;
+  std::optional<HostPort> out;
+  char* host = nullptr;
+  char* port = nullptr;
+  if (curl_url_set(u, CURLUPART_URL, url.c_str(), 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+    HostPort hp;
+    hp.host = host;
+    hp.port = port;
+    std::string lower = hp.host;
+    for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    in6_addr a6;
+    in_addr a4;
+    const bool ip = (lower.size() > 2 && lower.front() == '[') ||
+                    ::inet_pton(AF_INET, lower.c_str(), &a4) == 1 ||
+                    ::inet_pton(AF_INET6, lower.c_str(), &a6) == 1;
+    const bool local =
+        lower == "localhost" ||
+        (lower.size() > 10 && lower.compare(lower.size() - 10, 10, ".localhost") == 0);
+    hp.needs_lookup = !ip && !local;
+    out = std::move(hp);
+  }
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  return out;
+}
+
+// Blocking (runs on the blocking pool): the CURLOPT_RESOLVE entry "host:port:addr,addr" of
+// host:port, or "" with *error set.
+std::string LookUpHost(const std::string& host, const std::string& port, std::string* error) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) {
+    *error = std::string("could not resolve host '") + host +
+             "': " + (rc == EAI_SYSTEM ? std::strerror(errno) : ::gai_strerror(rc));
+    return "";
+  }
+  std::vector<std::string> addrs;
+  for (addrinfo* ai = res; ai != nullptr && addrs.size() < kMaxAddresses; ai = ai->ai_next) {
+    char buf[INET6_ADDRSTRLEN] = {0};
+    std::string a;
+    if (ai->ai_family == AF_INET &&
+        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr, buf,
+                    sizeof(buf)) != nullptr) {
+      a = buf;
+    } else if (ai->ai_family == AF_INET6 &&
+               ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr, buf,
+                           sizeof(buf)) != nullptr) {
+      a = std::string("[") + buf + "]";
+    }
+    if (!a.empty() && std::find(addrs.begin(), addrs.end(), a) == addrs.end()) addrs.push_back(a);
+  }
+  ::freeaddrinfo(res);
+  if (addrs.empty()) {
+    *error = "could not resolve host '" + host + "': no IPv4 or IPv6 address";
+    return "";
+  }
+  std::string entry = host + ":" + port + ":";
+  for (size_t i = 0; i < addrs.size(); ++i) entry += (i ? "," : "") + addrs[i];
+  return entry;
+}
+
 // A curl easy handle for `t`, or null when curl is out of memory.
 CURL* MakeEasy(Transfer* t, const EngineOptions& opts) {
   CURL* e = curl_easy_init();
@@ -184,6 +278,9 @@ CURL* MakeEasy(Transfer* t, const EngineOptions& opts) {
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1024L);
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, opts.low_speed_time_s);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  // The host's addresses were looked up on the Runtime's blocking pool (HostLookup below), so curl
+  // finds them in its cache and starts no resolver thread of its own.
+  if (t->resolve != nullptr) curl_easy_setopt(e, CURLOPT_RESOLVE, t->resolve);
   if (!opts.verify_tls) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -240,8 +337,8 @@ using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
 // and timer callbacks from inside the curl_multi_* calls made there).
 class Core : public std::enable_shared_from_this<Core> {
  public:
-  Core(boost::asio::io_context& io, EngineOptions opts)
-      : io_(io), strand_(io.get_executor()), opts_(std::move(opts)), timer_(io) {}
+  Core(Runtime::Impl& rt, EngineOptions opts)
+      : rt_(rt), io_(rt.io()), strand_(io_.get_executor()), opts_(std::move(opts)), timer_(io_) {}
   ~Core() {
     // Normally Teardown() has run; this only covers a Core that never got that far.
     for (auto& [easy, t] : active_) {
@@ -465,7 +562,7 @@ class Core : public std::enable_shared_from_this<Core> {
     }
   }
 
-  // strand: a new request.
+  // strand: a new request. Its host's addresses are looked up first when they are not known yet.
   void Start(std::unique_ptr<Transfer> t) {
     if (closed_) {
       t->resp.curl_code = CURLE_ABORTED_BY_CALLBACK;
@@ -473,6 +570,33 @@ class Core : public std::enable_shared_from_this<Core> {
       Deliver(std::move(t));
       return;
     }
+    std::optional<HostPort> hp;
+    try {
+      hp = HostOfUrl(t->req.url);
+    } catch (...) {  // out of memory: let curl deal with the name
+    }
+    if (hp && hp->needs_lookup) {
+      const std::string key = hp->host + ":" + hp->port;
+      auto known = addresses_.find(key);
+      if (known == addresses_.end()) {
+        Park(key, *hp, std::move(t));
+        return;
+      }
+      if (std::chrono::steady_clock::now() - known->second.at > kAddressTtl &&
+          lookups_.find(key) == lookups_.end()) {
+        try {
+          StartLookup(key, *hp);  // refresh in the background; this request uses the old entry
+        } catch (...) {
+          lookups_.erase(key);  // out of memory: the old entry serves until a later refresh
+        }
+      }
+      t->resolve = curl_slist_append(nullptr, known->second.entry.c_str());
+    }
+    Launch(std::move(t));
+  }
+
+  // strand: hands `t` to curl.
+  void Launch(std::unique_ptr<Transfer> t) {
     CURL* easy = MakeEasy(t.get(), opts_);
     if (easy != nullptr) {
       std::unordered_map<CURL*, std::unique_ptr<Transfer>>::iterator it;
@@ -496,6 +620,85 @@ class Core : public std::enable_shared_from_this<Core> {
     t->resp.curl_code = CURLE_OUT_OF_MEMORY;
     t->resp.out_of_memory = true;
     SetError(t.get(), "out of memory starting the request");
+    Deliver(std::move(t));
+  }
+
+  // strand: `t` waits for the lookup of `key`, which starts unless one already runs.
+  void Park(const std::string& key, const HostPort& hp, std::unique_ptr<Transfer> t) {
+    try {
+      auto [it, fresh] = lookups_.try_emplace(key);
+      it->second.waiting.push_back(std::move(t));
+      if (fresh) StartLookup(key, hp);
+    } catch (...) {  // out of memory: fail what waits for a lookup that could not start
+      if (t) Fail(std::move(t), CURLE_OUT_OF_MEMORY, "out of memory looking up the host");
+      if (auto it = lookups_.find(key); it != lookups_.end() && !it->second.started) {
+        for (auto& w : it->second.waiting)
+          Fail(std::move(w), CURLE_OUT_OF_MEMORY, "out of memory looking up the host");
+        lookups_.erase(it);
+      }
+    }
+  }
+
+  // strand: looks `key` up on the Runtime's blocking pool (getaddrinfo blocks); requests waiting
+  // for it fail after the connect timeout if it has not answered by then.
+  void StartLookup(const std::string& key, const HostPort& hp) {
+    Lookup& l = lookups_[key];
+    l.host = hp.host;
+    l.deadline = std::make_unique<boost::asio::steady_timer>(io_);
+    l.deadline->expires_after(std::chrono::milliseconds(opts_.connect_timeout_ms));
+    l.deadline->async_wait(boost::asio::bind_executor(
+        strand_, [h = Hold(shared_from_this()), key](const boost::system::error_code& ec) {
+          if (ec != boost::asio::error::operation_aborted) h->LookupTimedOut(key);
+        }));
+    std::weak_ptr<Core> weak = weak_from_this();
+    rt_.PostBlocking([weak, key, host = hp.host, port = hp.port, lookup = opts_.lookup] {
+      std::string error;
+      std::string entry = lookup ? lookup(host, port, &error) : LookUpHost(host, port, &error);
+      if (entry.empty() && error.empty()) error = "could not resolve host '" + host + "'";
+      if (std::shared_ptr<Core> core = weak.lock()) {
+        boost::asio::post(core->strand_,
+                          [h = Hold(core), key, entry = std::move(entry),
+                           error = std::move(error)] { h->LookupDone(key, entry, error); });
+      }
+    });
+    l.started = true;
+  }
+
+  // strand: the lookup of `key` answered (`entry` "" and `error` set when it failed).
+  void LookupDone(const std::string& key, const std::string& entry, const std::string& error) {
+    std::vector<std::unique_ptr<Transfer>> waiting;
+    if (auto it = lookups_.find(key); it != lookups_.end()) {
+      waiting = std::move(it->second.waiting);
+      lookups_.erase(it);  // destroys the deadline timer (its wait ends with operation_aborted)
+    }
+    if (closed_) return;  // Teardown failed every waiting request already
+    if (!entry.empty()) addresses_[key] = Address{entry, std::chrono::steady_clock::now()};
+    for (auto& t : waiting) {
+      if (entry.empty()) {
+        Fail(std::move(t), CURLE_COULDNT_RESOLVE_HOST, error.c_str());
+        continue;
+      }
+      t->resolve = curl_slist_append(nullptr, entry.c_str());
+      Launch(std::move(t));
+    }
+  }
+
+  // strand: the lookup of `key` took longer than the connect timeout: its requests fail (a later
+  // request starts a new lookup; a late answer still fills the cache).
+  void LookupTimedOut(const std::string& key) {
+    auto it = lookups_.find(key);
+    if (it == lookups_.end() || closed_) return;
+    std::vector<std::unique_ptr<Transfer>> waiting = std::move(it->second.waiting);
+    const std::string text = "resolving host '" + it->second.host + "' took longer than " +
+                             std::to_string(opts_.connect_timeout_ms) + " ms";
+    lookups_.erase(it);
+    for (auto& t : waiting) Fail(std::move(t), CURLE_OPERATION_TIMEDOUT, text.c_str());
+  }
+
+  // strand or any thread: ends `t` with `code` and `text` without it reaching curl.
+  void Fail(std::unique_ptr<Transfer> t, CURLcode code, const char* text) {
+    t->resp.curl_code = static_cast<int>(code);
+    SetError(t.get(), text);
     Deliver(std::move(t));
   }
 
@@ -557,12 +760,30 @@ class Core : public std::enable_shared_from_this<Core> {
       SetError(t.get(), kShutDown);
       Deliver(std::move(t));
     }
+    for (auto& [key, lookup] : lookups_) {
+      for (auto& t : lookup.waiting) Fail(std::move(t), CURLE_ABORTED_BY_CALLBACK, kShutDown);
+    }
+    lookups_.clear();
     curl_multi_cleanup(multi_);  // closes the cached connections (may call OnSocket: REMOVE)
     multi_ = nullptr;
     for (auto& [fd, sock] : sockets_) Drop(*sock);
     sockets_.clear();
   }
 
+  // A lookup of a host's addresses in progress, and the requests waiting for it.
+  struct Lookup {
+    std::string host;
+    bool started = false;  // posted to the blocking pool
+    std::vector<std::unique_ptr<Transfer>> waiting;
+    std::unique_ptr<boost::asio::steady_timer> deadline;
+  };
+  // A host's addresses as a CURLOPT_RESOLVE entry, and when they were looked up.
+  struct Address {
+    std::string entry;
+    std::chrono::steady_clock::time_point at;
+  };
+
+  Runtime::Impl& rt_;  // lookups are posted to its blocking pool (only before Teardown)
   boost::asio::io_context& io_;
   Strand strand_;
   const EngineOptions opts_;
@@ -572,6 +793,8 @@ class Core : public std::enable_shared_from_this<Core> {
   bool closed_ = false;              // strand
   std::unordered_map<curl_socket_t, std::shared_ptr<Socket>> sockets_;  // strand
   std::unordered_map<CURL*, std::unique_ptr<Transfer>> active_;         // strand
+  std::unordered_map<std::string, Lookup> lookups_;                     // strand, by "host:port"
+  std::unordered_map<std::string, Address> addresses_;                  // strand, by "host:port"
   std::atomic<long> holds_{0};                                          // Holds alive (see Hold)
   std::mutex mu_;  // with cv_: Close() waits for holds_ == 0
   std::condition_variable cv_;
@@ -588,7 +811,7 @@ Engine::Engine(std::shared_ptr<Runtime> runtime, EngineOptions options)
     : impl_(std::make_unique<Impl>()) {
   std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   impl_->rt = std::move(runtime);
-  impl_->core = std::make_shared<Core>(impl_->rt->impl()->io(), std::move(options));
+  impl_->core = std::make_shared<Core>(*impl_->rt->impl(), std::move(options));
   if (!impl_->core->Init()) throw std::bad_alloc();
 }
 

@@ -84,6 +84,12 @@ struct EngineOptions {
   bool verify_tls = true;
   long connect_timeout_ms = 10000;
   long low_speed_time_s = 30;  // abort a transfer slower than 1 KiB/s for this long
+  // Looks up the addresses of a host name (blocking; runs on the Runtime's blocking pool, never on
+  // a thread of curl's own). Returns the CURLOPT_RESOLVE entry "host:port:addr[,addr...]", or ""
+  // with *error set. Null = getaddrinfo. IP addresses, "localhost" and "*.localhost" are never
+  // looked up (curl answers them itself). Answers are kept 60 s, then refreshed in the background.
+  std::function<std::string(const std::string& host, const std::string& port, std::string* error)>
+      lookup;
 };
 
 class Engine {

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/runtime.h"
 #include "vmbackup/runtime.h"
 
 namespace vmbackup::internal::http {
@@ -323,6 +324,104 @@ TEST(HttpEngineTest, DestroyingTheEngineFailsEachRequestInFlightExactlyOnce) {
   // And none runs again later.
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(done.responses().size(), static_cast<size_t>(kRequests + 2));
+}
+
+// Host names are looked up by the engine on the Runtime's blocking pool and handed to curl as
+// CURLOPT_RESOLVE entries, so curl's threaded resolver never starts a thread. "s3.test" exists in
+// no DNS: the requests reach the server only through the engine's lookup, which runs once for all
+// of them (the answer is kept) and on a blocking-pool thread.
+TEST(HttpEngineTest, HostNamesAreLookedUpOnTheRuntimeOnceAndStartNoThread) {
+  auto rt = TwoIoThreads();
+  PollServer server(std::chrono::milliseconds(5), true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const int baseline = ThreadCount();
+  std::atomic<int> lookups{0};
+  std::atomic<bool> on_io_thread{false};
+  int most = baseline;
+  {
+    EngineOptions eo;
+    eo.max_connections = 4;
+    eo.lookup = [&](const std::string& host, const std::string& port, std::string* error) {
+      ++lookups;
+      if (rt->impl()->io().get_executor().running_in_this_thread()) on_io_thread = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // requests queue meanwhile
+      if (host != "s3.test") {
+        *error = "unknown host " + host;
+        return std::string();
+      }
+      return host + ":" + port + ":127.0.0.1";
+    };
+    Engine engine(rt, eo);
+    const std::string url = server.Url("/named");
+    const std::string named = "http://s3.test:" + url.substr(url.rfind(':') + 1);
+    constexpr int kRequests = 40;
+    Completions done;
+    for (int i = 0; i < kRequests; ++i)
+      engine.Submit(Get(named), [&done](Response r) { done.Add("named", r); });
+    while (!done.WaitFor(kRequests, std::chrono::seconds(0))) {
+      most = std::max(most, ThreadCount());
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    for (const Response& r : done.responses()) {
+      EXPECT_EQ(r.curl_code, 0) << r.curl_error;
+      EXPECT_EQ(r.status, 200);
+      EXPECT_EQ(r.body, "/named");
+    }
+    EXPECT_EQ(lookups.load(), 1) << "one lookup serves every request to the host";
+    EXPECT_FALSE(on_io_thread.load()) << "a lookup blocked the io_context";
+
+    // A name the lookup does not know fails with curl's code for it and the lookup's words.
+    Completions bad;
+    engine.Submit(Get("http://nowhere.test:1/x"), [&bad](Response r) { bad.Add("bad", r); });
+    ASSERT_TRUE(bad.WaitFor(1));
+    EXPECT_EQ(bad.responses()[0].curl_code, CURLE_COULDNT_RESOLVE_HOST);
+    EXPECT_NE(bad.responses()[0].curl_error.find("unknown host nowhere.test"), std::string::npos)
+        << bad.responses()[0].curl_error;
+    most = std::max(most, ThreadCount());
+  }
+  EXPECT_LE(most, baseline) << "a thread besides the Runtime's ran";
+}
+
+// A lookup that does not answer within the connect timeout fails its requests (they never wait
+// without a deadline); destroying the engine while a lookup runs fails what waits for it.
+TEST(HttpEngineTest, AHangingLookupFailsItsRequestsAfterTheConnectTimeout) {
+  auto rt = TwoIoThreads();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  EngineOptions eo;
+  eo.connect_timeout_ms = 200;
+  eo.lookup = [&](const std::string& host, const std::string& port, std::string*) {
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [&] { return release; });
+    return host + ":" + port + ":127.0.0.1";
+  };
+  Completions done, parked;  // outlive the engine: its destructor runs their callbacks
+  {
+    Engine engine(rt, eo);
+    const auto t0 = Clock::now();
+    engine.Submit(Get("http://slow.test:1/x"), [&done](Response r) { done.Add("slow", r); });
+    ASSERT_TRUE(done.WaitFor(1, std::chrono::seconds(10)));
+    const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+    EXPECT_EQ(done.responses()[0].curl_code, CURLE_OPERATION_TIMEDOUT);
+    EXPECT_NE(
+        done.responses()[0].curl_error.find("resolving host 'slow.test' took longer than 200"),
+        std::string::npos)
+        << done.responses()[0].curl_error;
+    EXPECT_GE(waited, 0.19);
+    EXPECT_LT(waited, 5.0);
+
+    // Another request parks behind a new lookup; the engine goes away before it answers.
+    engine.Submit(Get("http://slow2.test:1/x"), [&parked](Response r) { parked.Add("p", r); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(parked.WaitFor(1, std::chrono::seconds(0))) << "the destructor ended the request";
+  EXPECT_EQ(parked.responses()[0].curl_code, CURLE_ABORTED_BY_CALLBACK);
+  {
+    std::lock_guard<std::mutex> l(mu);
+    release = true;  // let the blocked lookups end so the Runtime can join its pool
+  }
+  cv.notify_all();
 }
 
 }  // namespace
