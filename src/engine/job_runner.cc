@@ -28,6 +28,19 @@ Status JobRunner::Start() {
   start_ = MonotonicSeconds();
   exited_ = false;
   // On the Runtime's job pool: a job started beyond RuntimeOptions::job_threads waits there.
+  try {
+    PostDriver();
+  } catch (...) {
+    // Not queued (out of memory): the job never started, and the destructor must not wait.
+    started_ = false;
+    state_ = JobState::kPending;
+    exited_ = true;
+    return CurrentExceptionToStatus("start job");
+  }
+  return Status::Ok();
+}
+
+void JobRunner::PostDriver() {
   runtime_->impl()->PostJob([this] {
     Status st;
     try {
@@ -60,7 +73,6 @@ Status JobRunner::Start() {
     exited_ = true;
     cv_.notify_all();
   });
-  return Status::Ok();
 }
 
 Status JobRunner::EnsureStarted() {

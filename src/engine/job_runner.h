@@ -55,6 +55,8 @@ class JobRunner {
  private:
   // Starts the job unless it was started (the Wait forms start it).
   Status EnsureStarted();
+  // Queues the driver on the Runtime's job pool. REQUIRES: mu_ held. Throws when it cannot queue.
+  void PostDriver();
 
   std::shared_ptr<Runtime> runtime_;
   std::function<Status()> body_;
