@@ -262,10 +262,22 @@ class Conn : public std::enable_shared_from_this<Conn> {
   // A fresh context will be set up: forget the last failure.
   void Reset() { failure_.clear(); }
 
-  // Destroys the context. Pending calls are cancelled (their callbacks run now), so every Call
-  // still in flight must be alive when this is called.
+  // A file handle opened on the context: closed with it unless Closing(fh) came first (libnfs
+  // does not free the handles of a context it destroys).
+  void Opened(nfsfh* fh) { open_files_.push_back(fh); }
+  void Closing(nfsfh* fh) { std::erase(open_files_, fh); }
+
+  // Destroys the context (after closing the files still open on it). Pending calls are cancelled
+  // (their callbacks run now), so every Call still in flight must be alive when this is called.
   void Close() {
     Unwatch();
+    if (nfs != nullptr) {
+      for (nfsfh* fh : open_files_) {
+        nfs_close_async(
+            nfs, fh, [](int, nfs_context*, void*, void*) {}, nullptr);
+      }
+    }
+    open_files_.clear();
     if (nfs != nullptr) nfs_destroy_context(nfs);
     if (rpc != nullptr) rpc_destroy_context(rpc);
     nfs = nullptr;
@@ -294,6 +306,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   // this only happens when memory ran out).
   void Abandon() {
     Unwatch();
+    open_files_.clear();
     nfs = nullptr;
     rpc = nullptr;
     failure_ = "abandoned";
@@ -434,6 +447,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   bool shut_down_ = false;
   std::string failure_;
   std::shared_ptr<Conn> aux_;
+  std::vector<nfsfh*> open_files_;
 };
 
 // Waits for the call to complete.
@@ -622,6 +636,10 @@ class Core : public std::enable_shared_from_this<Core> {
   // Runs `op` on the io_context and waits for it on this thread.
   // REQUIRES: not called from an io_context thread (ObjectStore's rule for the blocking forms).
   Status Block(awaitable<Status> op, std::string what) {
+    if (io_.get_executor().running_in_this_thread()) {
+      // It would wait for this very thread (with one io thread, for ever).
+      return InternalError(what + ": a blocking NFS call from an io_context thread");
+    }
     auto p = std::make_shared<std::promise<Status>>();
     auto f = p->get_future();
     Spawn(std::move(op), std::move(what), [p](Status st) { p->set_value(std::move(st)); });
@@ -952,8 +970,16 @@ class Core : public std::enable_shared_from_this<Core> {
         x->done = true;
         x->status = status;
         if (status == RPC_STATUS_SUCCESS && data != nullptr) {
-          for (exportnode* e = *static_cast<exportnode**>(data); e != nullptr; e = e->ex_next)
-            x->out->push_back(e->ex_dir);
+          // libnfs decodes the list into memory aligned to 4 bytes only (UBSan: misaligned
+          // exportnode): each node is copied out before it is read.
+          exportnode* next = nullptr;
+          std::memcpy(&next, data, sizeof next);
+          while (next != nullptr) {
+            exportnode e;
+            std::memcpy(&e, static_cast<const void*>(next), sizeof e);
+            x->out->push_back(e.ex_dir);
+            next = e.ex_next;
+          }
         }
       };
       auto dl = std::min(deadline, Clock::now() + milliseconds(5000));
@@ -1026,6 +1052,7 @@ class Core : public std::enable_shared_from_this<Core> {
   awaitable<void> CloseFh(Conn& c, nfsfh* fh, Clock::time_point deadline) {
     if (c.nfs == nullptr || fh == nullptr) co_return;
     Call call;
+    c.Closing(fh);
     if (nfs_close_async(c.nfs, fh, OnNfsDone, &call) < 0) co_return;
     (co_await Wait(c, call, deadline)).IgnoreError();
   }
@@ -1183,6 +1210,7 @@ class Core : public std::enable_shared_from_this<Core> {
       }
       if (oc.err < 0) co_return CallError(oc, "create temporary file for " + Name(key));
       auto* fh = static_cast<nfsfh*>(oc.ptr);
+      c.Opened(fh);
       Status st;
       if (ep_.version == 4) {
         // libnfs creates exclusively on v4 (EXCLUSIVE4), which carries no attributes: the server
@@ -1201,6 +1229,7 @@ class Core : public std::enable_shared_from_this<Core> {
       }
       if (c.nfs != nullptr) {
         Call cc;
+        c.Closing(fh);
         Status cst = Queued(c, nfs_close_async(c.nfs, fh, OnNfsDone, &cc), "close");
         if (cst.ok()) cst = co_await Wait(c, cc, deadline);
         if (cst.ok() && cc.err < 0) cst = CallError(cc, "close " + Name(key));
@@ -1295,6 +1324,7 @@ class Core : public std::enable_shared_from_this<Core> {
     VMB_CO_RETURN_IF_ERROR(co_await Wait(c, oc, deadline));
     if (oc.err < 0) co_return CallError(oc, "open " + Name(key));
     auto* fh = static_cast<nfsfh*>(oc.ptr);
+    c.Opened(fh);
     Call sc(Call::kStat);
     Status st = Queued(c, nfs_fstat64_async(c.nfs, fh, OnNfsDone, &sc), "stat");
     if (st.ok()) st = co_await Wait(c, sc, deadline);
