@@ -17,10 +17,10 @@ struct RuntimeOptions {
   // Threads for CPU work (hashing, compression) of backup and restore pipelines.
   // Default 0 = std::thread::hardware_concurrency().
   int worker_threads = 0;
-  // Threads that run blocking file I/O (writes, fsync, renames) for local and NFS-backed targets.
-  // Default 0 = 4.
+  // Threads that run blocking file I/O (writes, fsync, renames) for local-directory targets, and
+  // restore tasks. Default 0 = 4.
   int blocking_threads = 0;
-  // Threads that drive asynchronous network I/O and timers. Default 0 = 1.
+  // Threads that drive asynchronous network I/O (S3, NFS) and timers. Default 0 = 1.
   int io_threads = 0;
   // Backups and restores that run at once; jobs started beyond this wait (in state kInProgress,
   // with no bytes done) until one ends, in the order they were started. Bounds the memory and the

@@ -1,12 +1,13 @@
 // Runtime::Impl: the async core behind the public Runtime.
 //
 //  - io():       a Boost.Asio io_context run by `io_threads` threads: network event loops
-//                (curl multi, libnfs) and timers. Handlers here must never block.
+//                (curl multi, libnfs contexts and the NFS store's coroutines) and timers.
+//                Handlers here must never block.
 //  - workers():  a thread pool for CPU work (hashing, compression) of job pipelines. Pipeline
 //                tasks may block waiting for store operations, which complete on io() or
 //                blocking() threads, so waiting here never deadlocks.
-//  - blocking(): a thread pool for blocking file I/O (local and NFS-backed stores: write,
-//                fsync, rename) and for restore tasks (which wait on reads and write files).
+//  - blocking(): a thread pool for blocking file I/O (local-directory stores: write, fsync,
+//                rename) and for restore tasks (which wait on reads and write files).
 //  - pack_buffers(), upload_budget(): memory shared by the backups of this runtime.
 //  - jobs():     a thread pool that runs job drivers (BackupJob / RestorePlan bodies); a driver
 //                blocks while its tasks run on the other pools, never the other way round.

@@ -7,6 +7,12 @@
 //                                 [--workers N] [--rate-mib N] [--overwrite 1]
 //   vmbackup_integ_helper open    --target DIR
 //
+// --target-json JSON opens a target setting (S3, NFS, ...) instead of a directory. With
+// --no-new-threads 1 the helper creates its Runtime, then forbids every new thread of the process
+// (a seccomp filter fails clone() of a thread with EPERM and clone3() with ENOSYS, checked by
+// trying to start one) before it opens the target: the job must run on the Runtime's threads
+// alone, and whatever the library would start, even for a moment, fails instead.
+//
 // Output, one line each, flushed at once:
 //   progress <bytes_scanned> <bytes_written>     from the progress callback
 //   stats <bytes_new> <bytes_reused>             after a successful backup
@@ -17,10 +23,21 @@
 // --rate-mib caps the scanning rate (MiB/s) by sleeping in the progress callback; with --workers 1
 // the single pipeline worker sleeps, which stands in for a slow disk or network so that a kill
 // lands while the job is in flight.
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -56,6 +73,34 @@ bool SplitPair(const std::string& s, std::string* a, std::string* b) {
   return true;
 }
 
+// From now on no thread of this process may start another thread (see the header comment).
+bool ForbidNewThreads() {
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),  // glibc falls back to clone()
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),  // flags
+      BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+  if (::syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
+    return false;
+  try {
+    std::thread t([] {});
+    t.join();
+    return false;  // the filter did not stop it
+  } catch (const std::system_error&) {
+    return true;
+  }
+}
+
 ProgressCallback MakeProgress(double rate_mib) {
   return [rate_mib](const Progress& p) {
     Line("progress " + std::to_string(p.bytes_scanned) + " " + std::to_string(p.bytes_written));
@@ -73,7 +118,8 @@ ProgressCallback MakeProgress(double rate_mib) {
 int main(int argc, char** argv) {
   if (argc < 2) return Usage("missing mode");
   const std::string mode = argv[1];
-  std::string target_dir, name;
+  std::string target_dir, target_json, name;
+  bool no_new_threads = false;
   std::vector<std::pair<std::string, std::string>> volumes, dests;
   TargetOptions opts;
   int workers = 0;
@@ -86,6 +132,10 @@ int main(int argc, char** argv) {
     std::string a, b;
     if (flag == "--target") {
       target_dir = value;
+    } else if (flag == "--target-json") {
+      target_json = value;
+    } else if (flag == "--no-new-threads") {
+      no_new_threads = value == "1";
     } else if (flag == "--name") {
       name = value;
     } else if (flag == "--volume" && SplitPair(value, &a, &b)) {
@@ -106,16 +156,20 @@ int main(int argc, char** argv) {
       return Usage("bad flag " + flag + " " + value);
     }
   }
-  if (target_dir.empty()) return Usage("--target is required");
-  if (workers > 0) {
+  if (target_dir.empty() == target_json.empty())
+    return Usage("one of --target and --target-json is required");
+  if (workers > 0 || no_new_threads) {
     RuntimeOptions ro;
     ro.worker_threads = workers;
     opts.runtime = Runtime::Create(ro);
   }
+  if (no_new_threads && !ForbidNewThreads())
+    return Finish(Status(StatusCode::kInternal, "could not forbid new threads"));
   TargetConfig config;
   config.type = TargetConfig::Type::kFile;
   config.endpoint = target_dir;
-  auto target = BackupTarget::Open(config, opts);
+  auto target = target_json.empty() ? BackupTarget::Open(config, opts)
+                                    : BackupTarget::Open(target_json, opts);
   if (!target.ok()) return Finish(target.status());
   if (mode == "open") {
     Line("repository " + (*target)->repository_id());

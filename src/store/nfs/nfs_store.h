@@ -13,9 +13,16 @@
 // kUnavailable naming the server and the last error. Nothing ever waits without a deadline.
 //
 // Thread-safety: thread-safe. The store keeps a pool of libnfs contexts (one TCP connection and one
-// mount each; TargetOptions::max_requests_in_flight, default 4); each operation borrows one
-// context, drives it with poll() on the calling thread, and returns it. PutAsync / GetAsync use the
-// runtime's blocking pool (ObjectStore's default).
+// mount each; TargetOptions::max_requests_in_flight, default 4), each serviced on the Runtime's
+// io_context on an asio strand of its own: a stream_descriptor over a dup() of the context's socket
+// waits for the events libnfs asks for and calls nfs_service. Operations are coroutines on the
+// io_context that borrow a context per attempt; deadlines and retry backoff are asio timers. The
+// store starts no thread and uses no blocking-pool thread: PutAsync / GetAsync complete on an
+// io_context thread; the blocking forms wait on the calling thread (never call them from an
+// io_context thread). Destroying the store ends pending operations with kUnavailable ("the NFS
+// store was closed"), calls their completions, and waits until no handler of it is left (when
+// destroyed on an io_context thread it does not wait; the Runtime then lives until the last
+// handler ran). The server's name is resolved when the store is opened.
 #ifndef VMBACKUP_STORE_NFS_NFS_STORE_H_
 #define VMBACKUP_STORE_NFS_NFS_STORE_H_
 

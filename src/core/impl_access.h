@@ -1,0 +1,39 @@
+// ImplAccess: the library's own door to the private `Impl` of its public classes (Runtime,
+// BackupTarget, BackupJob, RestorePlan, VolumeSnapshot, VolumeSnapshotter). Each of them names
+// `internal::ImplAccess` as a friend and keeps `Impl` and `impl()` private, so a host program sees
+// neither; code inside the library (and its own tests) reaches them through ImplOf().
+#ifndef VMBACKUP_CORE_IMPL_ACCESS_H_
+#define VMBACKUP_CORE_IMPL_ACCESS_H_
+
+#include <memory>
+
+#include "vmbackup/runtime.h"
+
+namespace vmbackup::internal {
+
+struct ImplAccess {
+  template <typename T>
+  static auto* Get(const T& object) {
+    return object.impl();
+  }
+  // The private Impl type of a public class, for code that has to name it.
+  template <typename T>
+  using ImplType = typename T::Impl;
+};
+
+// The Impl behind `object` (never null for an object the library created).
+template <typename T>
+auto* ImplOf(const T& object) {
+  return ImplAccess::Get(object);
+}
+template <typename T>
+auto* ImplOf(const std::shared_ptr<T>& object) {
+  return ImplAccess::Get(*object);
+}
+
+// Runtime::Impl, named (see core/runtime.h).
+using RuntimeImpl = ImplAccess::ImplType<Runtime>;
+
+}  // namespace vmbackup::internal
+
+#endif  // VMBACKUP_CORE_IMPL_ACCESS_H_
