@@ -10,6 +10,7 @@
 #ifndef VMBACKUP_ENGINE_RESTORE_READER_H_
 #define VMBACKUP_ENGINE_RESTORE_READER_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
