@@ -1,15 +1,12 @@
 // RestorePlan: record → volume indexes → parallel fetch / decompress / verify / write into a
-// temporary file → fsync → rename → fsync dir; then vm.json. See restore_plan.h.
+// temporary file → fsync → rename → fsync dir; then vm.json. See restore_plan.h. Each volume is
+// read by a RestoreReader (restore_reader.h) and written by a VolumeWriter (restore_writer.h).
 #include "vmbackup/restore_plan.h"
 
-#include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <climits>
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
@@ -18,6 +15,8 @@
 #include "engine/job_runner.h"
 #include "engine/pipeline.h"
 #include "engine/read_plan.h"
+#include "engine/restore_reader.h"
+#include "engine/restore_writer.h"
 #include "target/target_impl.h"
 
 namespace vmbackup {
@@ -26,66 +25,6 @@ using namespace internal;  // NOLINT(build/namespaces)
 using nlohmann::json;
 
 namespace {
-
-// What a destination path is when the restore is planned, and again when it starts.
-struct Destination {
-  enum Kind { kNew, kFile, kDevice } kind = kNew;
-  std::string write_path;  // the device's real path, or the path itself
-  uint64_t device_size = 0;
-};
-
-// Classifies `path`. A symbolic link is followed only when `follow_devices` (explicit
-// destinations: /dev/vg/lv is one) and only to a block device; any other link is a file to
-// replace, never written through. Errors: kAlreadyExists when it exists and !overwrite;
-// kFailedPrecondition for a device in use or too small, or a path that is neither file nor device.
-StatusOr<Destination> Classify(const std::string& path, bool follow_devices, bool overwrite,
-                               uint64_t volume_size) {
-  Destination d;
-  d.write_path = path;
-  struct stat sb;
-  if (::lstat(path.c_str(), &sb) != 0) {
-    if (errno == ENOENT) return d;
-    return ErrnoToStatus(errno, "destination " + path);
-  }
-  if (S_ISLNK(sb.st_mode) && follow_devices) {
-    char real[PATH_MAX];
-    struct stat rs;
-    if (::realpath(path.c_str(), real) != nullptr && ::stat(real, &rs) == 0 &&
-        S_ISBLK(rs.st_mode)) {
-      d.write_path = real;
-      sb = rs;
-    }
-  }
-  if (!overwrite)
-    return AlreadyExistsError("destination " + path + " exists (set overwrite to replace it)");
-  if (S_ISBLK(sb.st_mode)) {
-    d.kind = Destination::kDevice;
-    // O_EXCL on a block device: EBUSY while it is mounted or held (LVM, another O_EXCL opener).
-    int fd = ::open(d.write_path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EBUSY)
-        return FailedPreconditionError("destination " + path +
-                                       (d.write_path != path ? " (" + d.write_path + ")" : "") +
-                                       " is in use (mounted or held by another program)");
-      return ErrnoToStatus(errno, "open destination device " + d.write_path);
-    }
-    int rc = ::ioctl(fd, BLKGETSIZE64, &d.device_size);
-    int err = errno;
-    ::close(fd);
-    if (rc != 0) return ErrnoToStatus(err, "size of destination device " + d.write_path);
-    if (d.device_size < volume_size)
-      return FailedPreconditionError(
-          "destination device " + d.write_path + " holds " + std::to_string(d.device_size) +
-          " bytes, less than the volume's " + std::to_string(volume_size));
-    return d;
-  }
-  if (S_ISREG(sb.st_mode) || S_ISLNK(sb.st_mode)) {
-    d.kind = Destination::kFile;
-    return d;
-  }
-  return FailedPreconditionError("destination " + path +
-                                 " is neither a regular file nor a block device");
-}
 
 std::string AbsolutePath(const std::string& p) {
   if (p.empty() || p[0] == '/') return p;
@@ -174,7 +113,8 @@ StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<Backu
           if (path.empty()) continue;  // explicit list that leaves this volume out
           if (!seen.insert(path).second)
             return InvalidArgumentError("spec: two volumes restore to the same path " + path);
-          VMB_ASSIGN_OR_RETURN(Destination d, Classify(path, is_explicit, spec.overwrite, v.size));
+          VMB_ASSIGN_OR_RETURN(Destination d,
+                               ClassifyDestination(path, is_explicit, spec.overwrite, v.size));
           if (d.kind == Destination::kDevice && !seen.insert("device:" + d.write_path).second)
             return InvalidArgumentError("spec: two volumes restore to the same device " +
                                         d.write_path);
@@ -183,7 +123,7 @@ StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<Backu
         }
         if (!spec.dest_dir.empty()) {
           VMB_RETURN_IF_ERROR(
-              Classify(spec.dest_dir + "/vm.json", false, spec.overwrite, 0).status());
+              ClassifyDestination(spec.dest_dir + "/vm.json", false, spec.overwrite, 0).status());
         }
         impl->target = std::move(target);
         impl->spec = std::move(spec);
@@ -289,101 +229,27 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   ProgressCounters& pc = run.counters();
   Repository& repo = *target->impl()->repo;
   Runtime& rt = *target->impl()->runtime;
-  // Checked again: time passed since Create.
-  VMB_ASSIGN_OR_RETURN(Destination d, Classify(dest, follow_devices, spec.overwrite, v.size));
-  const bool is_block = d.kind == Destination::kDevice;
-  // Regular files: write a temporary file beside the destination, rename when complete. Block
-  // devices: written in place, opened exclusively (no mounted or otherwise held device).
-  VMB_ASSIGN_OR_RETURN(std::string tmp_rand, RandomHex(4));
-  const std::string tmp = is_block ? d.write_path : dest + ".vmbackup-partial-" + tmp_rand;
-  int fd = is_block ? ::open(tmp.c_str(), O_WRONLY | O_EXCL | O_CLOEXEC)
-                    : ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                             spec.file_mode);
-  if (fd < 0) {
-    if (is_block && errno == EBUSY)
-      return FailedPreconditionError("destination " + dest + (tmp != dest ? " (" + tmp + ")" : "") +
-                                     " is in use (mounted or held by another program)");
-    return ErrnoToStatus(errno, "create " + tmp);
-  }
-  struct stat opened;
-  if (::fstat(fd, &opened) != 0 ||
-      (is_block ? !S_ISBLK(opened.st_mode) : !S_ISREG(opened.st_mode))) {
-    ::close(fd);
-    if (!is_block) ::unlink(tmp.c_str());
-    return FailedPreconditionError("destination " + dest + " changed while the restore started");
-  }
-  // The mode the host asked for, whatever the process umask.
-  if (!is_block && ::fchmod(fd, spec.file_mode) != 0) {
-    Status st = ErrnoToStatus(errno, "chmod " + tmp);
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  auto cleanup = [&] {
-    ::close(fd);
-    if (!is_block) ::unlink(tmp.c_str());
-  };
-  if (!is_block && ::ftruncate(fd, static_cast<off_t>(v.size)) != 0) {
-    Status st = ErrnoToStatus(errno, "size " + tmp);
-    cleanup();
-    return st;
-  }
+  // The writer: a temporary file beside a regular-file destination (renamed when every volume is
+  // complete), or the block device itself. It removes the temporary file on every error below.
+  VMB_ASSIGN_OR_RETURN(
+      std::unique_ptr<VolumeWriter> out,
+      VolumeWriter::Open(dest, follow_devices, spec.overwrite, spec.file_mode, v.size));
+  const bool is_block = out->is_block();
+  // The reader: every data block located in its pack; runs of nearby blocks of one pack read with
+  // ONE ranged Get.
+  RestoreReader reader(repo.store(), index, vidx, v.size, backup.name, v.name);
+  VMB_RETURN_IF_ERROR(reader.Plan());
   const uint32_t bs = vidx.block_size;
   const uint64_t nblocks = vidx.block_count();
+  // Block devices keep old contents: zero and hole blocks must be written as zeros.
+  const std::vector<uint64_t> zero_blocks =
+      is_block ? NonDataBlocks(vidx) : std::vector<uint64_t>{};
   FirstError error;
-  auto block_len = [&](uint64_t b) {
-    return static_cast<size_t>(std::min<uint64_t>(bs, v.size - b * bs));
-  };
-  auto where = [&](uint64_t b) {
-    return "backup '" + backup.name + "', volume '" + v.name + "', offset " +
-           std::to_string(b * bs);
-  };
-
-  // Plan: every data block located in its pack, then sorted by (pack, offset) and cut into fetch
-  // units: runs of nearby blocks of one pack read with ONE ranged Get of at most kMaxUnit bytes.
-  // Fewer, larger reads matter on S3 and NFS; on a local disk they turn into sequential reads.
-  struct Piece {
-    uint32_t pack;
-    uint64_t offset;  // in the pack
-    const BlockLocation* loc;
-    uint64_t block;  // block number in the volume
-  };
-  std::vector<Piece> pieces;
-  std::vector<uint64_t> zero_blocks;  // written explicitly on block devices only
-  for (uint64_t b = 0; b < nblocks; ++b) {
-    if (vidx.kinds[b] != BlockKind::kData) {
-      if (is_block) zero_blocks.push_back(b);
-      continue;
-    }
-    const BlockLocation* loc = index.Find(vidx.digests[b]);
-    if (loc == nullptr) {
-      std::string msg = where(b) + ": block " + ToHex(vidx.digests[b]) + " is in no pack index";
-      if (!index.damaged().empty()) msg += " (damaged: " + index.damaged().front() + ")";
-      cleanup();
-      return DataLossError(msg);
-    }
-    if (loc->raw_len != block_len(b)) {
-      cleanup();
-      return DataLossError(where(b) + ": pack index gives the block a different length");
-    }
-    pieces.push_back({loc->pack, loc->offset, loc, b});
-  }
-  std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) {
-    return std::tie(a.pack, a.offset, a.block) < std::tie(b.pack, b.offset, b.block);
-  });
-  constexpr uint64_t kMaxUnit = 8u << 20;   // bytes per read
-  constexpr uint64_t kMaxGap = 256u << 10;  // read through gaps this small rather than split
-  std::vector<ReadPiece> read_pieces;
-  read_pieces.reserve(pieces.size());
-  for (const Piece& p : pieces) read_pieces.push_back({p.pack, p.offset, p.loc->stored_len});
-  const std::vector<ReadUnit> units = CoalesceReads(read_pieces, kMaxGap, kMaxUnit);
-  read_pieces = {};
 
   std::atomic<size_t> next_unit{0}, next_zero{0};
   // More tasks than cores, on the blocking pool: each waits on reads from the target part of the
   // time, and the others decompress, verify and write meanwhile.
   const int ntasks = std::max(2, rt.impl()->blocking_threads());
-  std::atomic<uint64_t> unflushed{0};
   Status ran = RunOnBlocking(
       rt, ntasks,
       [&](int) {
@@ -392,40 +258,18 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
         for (;;) {
           if (run.cancelled() || error.has_error()) return;
           const size_t ui = next_unit.fetch_add(1, std::memory_order_relaxed);
-          if (ui >= units.size()) break;
-          const ReadUnit& u = units[ui];
-          const std::string key = PackKey(index.pack_id(pieces[u.first].pack));
-          Status got = repo.store().GetInto(key, u.begin, u.end - u.begin, &buf);
-          if (!got.ok()) {
-            // Missing, or shorter than its index says (a range past the end): the target's
-            // data is damaged, whatever the store called it.
-            const StatusCode c = got.code();
-            error.Set(c == StatusCode::kNotFound
-                          ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
-                                          " is missing")
-                      : c == StatusCode::kOutOfRange || c == StatusCode::kDataLoss
-                          ? DataLossError(where(pieces[u.first].block) + ": pack object " + key +
-                                          " does not hold bytes " + std::to_string(u.begin) + "-" +
-                                          std::to_string(u.end) + " that its pack index lists (" +
-                                          got.message() + ")")
-                          : got.WithContext(where(pieces[u.first].block) + ", object " + key));
+          if (ui >= reader.unit_count()) break;
+          if (Status got = reader.Fetch(ui, &buf); !got.ok()) {
+            error.Set(got);
             return;
           }
-          const std::string* data = &buf;
-          pc.bytes_read += data->size();
+          pc.bytes_read += buf.size();
+          const ReadUnit& u = reader.unit(ui);
           for (size_t i = u.first; i < u.last; ++i) {
-            const Piece& p = pieces[i];
-            const size_t len = block_len(p.block);
-            Status st = DecodeBlock(p.loc->codec, data->data() + (p.offset - u.begin),
-                                    p.loc->stored_len, raw.get(), len);
-            if (st.ok() && Sha256(raw.get(), len) != vidx.digests[p.block])
-              st = DataLossError("digest mismatch (corrupt block)");
-            if (!st.ok()) {
-              error.Set(DataLossError(where(p.block) + ", object " + key + " at " +
-                                      std::to_string(p.offset) + ": " + st.message()));
-              return;
-            }
-            st = PwriteAll(fd, raw.get(), len, p.block * bs, tmp);
+            const uint64_t b = reader.piece(i).block;
+            const size_t len = reader.block_length(b);
+            Status st = reader.Decode(ui, i, buf, raw.get());
+            if (st.ok()) st = out->Write(raw.get(), len, b * bs);
             if (!st.ok()) {
               error.Set(st);
               return;
@@ -436,26 +280,21 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
             run.MaybeReport();
             if (run.cancelled()) return;
           }
-          // Start write-back every 64 MiB so the final fsync does not find the whole volume dirty.
-          if (unflushed.fetch_add(u.end - u.begin) > (64u << 20)) {
-            unflushed.store(0);
-            ::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-          }
+          out->NoteWritten(u.end - u.begin);
           run.MaybeReport();
         }
-        // Block devices keep old contents: zero and hole blocks must be written as zeros.
         std::memset(raw.get(), 0, bs);
         for (;;) {
           if (run.cancelled() || error.has_error()) return;
           const size_t zi = next_zero.fetch_add(1, std::memory_order_relaxed);
           if (zi >= zero_blocks.size()) break;
           const uint64_t b = zero_blocks[zi];
-          Status st = PwriteAll(fd, raw.get(), block_len(b), b * bs, tmp);
+          Status st = out->Write(raw.get(), reader.block_length(b), b * bs);
           if (!st.ok()) {
             error.Set(st);
             return;
           }
-          pc.bytes_scanned += block_len(b);
+          pc.bytes_scanned += reader.block_length(b);
           pc.blocks_done += 1;
         }
       },
@@ -465,7 +304,7 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   if (!is_block) {
     for (uint64_t b = 0; b < nblocks; ++b) {
       if (vidx.kinds[b] != BlockKind::kData) {
-        pc.bytes_scanned += block_len(b);
+        pc.bytes_scanned += reader.block_length(b);
         pc.blocks_done += 1;
       }
     }
@@ -473,17 +312,9 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   Status st = error.Get();
   if (st.ok() && run.cancelled())
     st = CancelledError("restore of backup '" + backup.name + "' cancelled");
-  if (st.ok() && ::fsync(fd) != 0) st = ErrnoToStatus(errno, "fsync " + tmp);
-  if (!st.ok()) {
-    cleanup();
-    return st;
-  }
-  if (::close(fd) != 0) {
-    st = ErrnoToStatus(errno, "close " + tmp);
-    if (!is_block) ::unlink(tmp.c_str());
-    return st;
-  }
-  if (!is_block) pending->emplace_back(tmp, dest);
+  VMB_RETURN_IF_ERROR(st);
+  VMB_RETURN_IF_ERROR(out->Finish());
+  if (!is_block) pending->emplace_back(out->path(), dest);
   return Status::Ok();
 }
 
