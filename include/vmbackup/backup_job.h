@@ -31,6 +31,10 @@
 
 namespace vmbackup {
 
+namespace internal {
+struct ImplAccess;  // the library's own access to Impl (src/core/impl_access.h)
+}  // namespace internal
+
 enum class JobState : int { kPending = 0, kInProgress = 1, kReady = 2, kError = 3 };
 // "Pending", "InProgress", "Ready", "Error".
 VMBACKUP_EXPORT const char* JobStateName(JobState state);
@@ -117,9 +121,9 @@ class VMBACKUP_EXPORT BackupJob {
   // The backup's name (generated at Create() when the spec left it empty).
   const std::string& name() const;
 
-  struct Impl;
-
  private:
+  friend struct internal::ImplAccess;
+  struct Impl;
   explicit BackupJob(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -29,6 +29,10 @@
 
 namespace vmbackup {
 
+namespace internal {
+struct ImplAccess;  // the library's own access to Impl (src/core/impl_access.h)
+}  // namespace internal
+
 // The parsed backup-target setting. Secrets are kept here but never printed by the library.
 struct VMBACKUP_EXPORT TargetConfig {
   enum class Type : int { kFile = 0, kS3 = 1, kNfs = 2 };
@@ -137,11 +141,10 @@ class VMBACKUP_EXPORT BackupTarget {
   // The repository's unique id (hex).
   const std::string& repository_id() const;
 
-  struct Impl;
-  // Internal. Not part of the stable API.
-  Impl* impl() const { return impl_.get(); }
-
  private:
+  friend struct internal::ImplAccess;
+  struct Impl;
+  Impl* impl() const { return impl_.get(); }
   explicit BackupTarget(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -37,6 +37,10 @@
 
 namespace vmbackup {
 
+namespace internal {
+struct ImplAccess;  // the library's own access to Impl (src/core/impl_access.h)
+}  // namespace internal
+
 // Where one volume of the backup goes.
 struct VolumeDestination {
   std::string volume;  // volume name in the backup
@@ -109,9 +113,9 @@ class VMBACKUP_EXPORT RestorePlan {
   // The destination path chosen for each volume, in backup order.
   std::vector<VolumeDestination> destinations() const;
 
-  struct Impl;
-
  private:
+  friend struct internal::ImplAccess;
+  struct Impl;
   explicit RestorePlan(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -12,6 +12,10 @@
 
 namespace vmbackup {
 
+namespace internal {
+struct ImplAccess;  // the library's own access to Impl (src/core/impl_access.h)
+}  // namespace internal
+
 // Threads of a Runtime.
 struct RuntimeOptions {
   // Threads for CPU work (hashing, compression) of backup and restore pipelines.
@@ -55,11 +59,10 @@ class VMBACKUP_EXPORT Runtime {
   // The bound on pack bytes in flight shared by this runtime's backups (RuntimeOptions).
   uint64_t max_in_flight_bytes() const;
 
-  struct Impl;
-  // Internal. Not part of the stable API.
-  Impl* impl() const { return impl_.get(); }
-
  private:
+  friend struct internal::ImplAccess;
+  struct Impl;
+  Impl* impl() const { return impl_.get(); }
   explicit Runtime(const RuntimeOptions& options);
   std::unique_ptr<Impl> impl_;
 };

@@ -26,6 +26,10 @@
 
 namespace vmbackup {
 
+namespace internal {
+struct ImplAccess;  // the library's own access to Impl (src/core/impl_access.h)
+}  // namespace internal
+
 struct SnapshotOptions {
   enum class Mode : int {
     kAuto = 0,     // reflink clone if supported, else direct read
@@ -71,10 +75,11 @@ class VMBACKUP_EXPORT VolumeSnapshot {
   // (EIO).
   StatusOr<size_t> ReadAt(uint64_t offset, void* buf, size_t length) const;
 
+ private:
+  friend class VolumeSnapshotter;
+  friend struct internal::ImplAccess;
   struct Impl;
   explicit VolumeSnapshot(std::unique_ptr<Impl> impl);
-
- private:
   std::unique_ptr<Impl> impl_;
 };
 

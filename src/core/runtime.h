@@ -25,6 +25,7 @@
 #include "core/asio.h"
 #include "core/buffer_pool.h"
 #include "core/byte_budget.h"
+#include "core/impl_access.h"
 #include "vmbackup/runtime.h"
 
 namespace vmbackup {
@@ -77,10 +78,6 @@ struct Runtime::Impl {
   boost::asio::thread_pool blocking_;
   boost::asio::thread_pool jobs_;
 };
-
-namespace internal {
-inline Runtime::Impl& RuntimeOf(const std::shared_ptr<Runtime>& rt) { return *rt->impl(); }
-}  // namespace internal
 
 }  // namespace vmbackup
 

@@ -107,7 +107,7 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
           return InvalidArgumentError("spec.name '" + spec.name +
                                       "' must be 1-200 of [A-Za-z0-9._-]");
         // A target that is down when a job starts fails fast (core/retry.h, kConnectDeadline).
-        VMB_RETURN_IF_ERROR(target->impl()->repo->store().Ping());
+        VMB_RETURN_IF_ERROR(internal::ImplOf(target)->repo->store().Ping());
         auto existing = target->GetBackup(spec.name);
         if (existing.ok() || existing.status().code() == StatusCode::kDataLoss)
           return AlreadyExistsError("a backup named '" + spec.name +
@@ -118,8 +118,8 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
         impl->spec = std::move(spec);
         Impl* raw = impl.get();
         impl->runner = std::make_unique<JobRunner>(
-            impl->target->impl()->runtime, [raw] { return raw->Execute(); }, impl->spec.progress,
-            impl->spec.progress_interval_ms);
+            internal::ImplOf(impl->target)->runtime, [raw] { return raw->Execute(); },
+            impl->spec.progress, impl->spec.progress_interval_ms);
         return std::unique_ptr<BackupJob>(new BackupJob(std::move(impl)));
       });
 }
@@ -164,11 +164,11 @@ Transfer StartTransfer(Runtime& rt, Repository& repo, const BackupSpec& spec,
   // Pack buffers a finished backup gave back are reused by the next without faulting in fresh
   // pages, and many concurrent backups together keep at most the Runtime's bound in flight.
   Transfer t;
-  t.pool = rt.impl()->pack_buffers();
+  t.pool = internal::ImplOf(rt)->pack_buffers();
   t.keep_buffers = t.pool->Keep();
   t.uploader = std::make_unique<PackUploader>(
       repo.store(), cap, [&pc](uint64_t b) { pc.bytes_written += b; }, t.pool,
-      &rt.impl()->upload_budget());
+      &internal::ImplOf(rt)->upload_budget());
   return t;
 }
 
@@ -180,23 +180,23 @@ Status BackupJob::Impl::Execute() {
   const double t0 = MonotonicSeconds();
   const std::string created_at = NowRfc3339();
   JobRunner& run = *runner;
-  Repository& repo = *target->impl()->repo;
-  Runtime& rt = *target->impl()->runtime;
+  Repository& repo = *internal::ImplOf(target)->repo;
+  Runtime& rt = *internal::ImplOf(target)->runtime;
   run.SetPhase(Progress::Phase::kPreparing);
   run.MaybeReport(true);
 
   // Parent, block index, fingerprint reference, snapshots and block plans. Fingerprints need this
   // host's keys (from its state directory, never from the target); without them every block is
   // hashed and none are recorded.
-  VMB_ASSIGN_OR_RETURN(BackupPlan plan, PlanBackup(
-                                            repo, spec, vm_name, vm_namespace,
-                                            [this]() -> std::optional<FingerprintKeys> {
-                                              if (auto k = target->impl()->FingerprintKeys();
-                                                  k.ok())
-                                                return *k;
-                                              return std::nullopt;
-                                            },
-                                            &run.counters()));
+  VMB_ASSIGN_OR_RETURN(BackupPlan plan,
+                       PlanBackup(
+                           repo, spec, vm_name, vm_namespace,
+                           [this]() -> std::optional<FingerprintKeys> {
+                             if (auto k = internal::ImplOf(target)->FingerprintKeys(); k.ok())
+                               return *k;
+                             return std::nullopt;
+                           },
+                           &run.counters()));
   const FingerprintKeys* fkeys = plan.fkeys ? &*plan.fkeys : nullptr;
 
   // Transfer.

@@ -41,7 +41,7 @@ Status JobRunner::Start() {
 }
 
 void JobRunner::PostDriver() {
-  runtime_->impl()->PostJob([this] {
+  internal::ImplOf(runtime_)->PostJob([this] {
     Status st;
     try {
       st = cancelled() ? CancelledError("cancelled before it started") : body_();

@@ -36,13 +36,15 @@ Status RunAll(int n, const std::function<void(std::function<void()>)>& post,
 Status RunOnWorkers(Runtime& rt, int n, const std::function<void(int)>& fn,
                     const std::string& what) {
   return RunAll(
-      n, [&rt](std::function<void()> task) { rt.impl()->PostWork(std::move(task)); }, fn, what);
+      n, [&rt](std::function<void()> task) { internal::ImplOf(rt)->PostWork(std::move(task)); }, fn,
+      what);
 }
 
 Status RunOnBlocking(Runtime& rt, int n, const std::function<void(int)>& fn,
                      const std::string& what) {
   return RunAll(
-      n, [&rt](std::function<void()> task) { rt.impl()->PostBlocking(std::move(task)); }, fn, what);
+      n, [&rt](std::function<void()> task) { internal::ImplOf(rt)->PostBlocking(std::move(task)); },
+      fn, what);
 }
 
 bool ClaimSet::TryClaim(const Digest& d) {

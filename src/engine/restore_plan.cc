@@ -62,7 +62,7 @@ StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<Backu
         if (spec.backup.empty())
           return InvalidArgumentError("spec.backup: a backup name is required");
         // A target that is down when a job starts fails fast (core/retry.h, kConnectDeadline).
-        VMB_RETURN_IF_ERROR(target->impl()->repo->store().Ping());
+        VMB_RETURN_IF_ERROR(internal::ImplOf(target)->repo->store().Ping());
         auto impl = std::make_unique<Impl>();
         VMB_ASSIGN_OR_RETURN(impl->backup, target->GetBackup(spec.backup));
         std::map<std::string, std::string> explicit_dest;
@@ -129,8 +129,8 @@ StatusOr<std::unique_ptr<RestorePlan>> RestorePlan::Create(std::shared_ptr<Backu
         impl->spec = std::move(spec);
         Impl* raw = impl.get();
         impl->runner = std::make_unique<JobRunner>(
-            impl->target->impl()->runtime, [raw] { return raw->Execute(); }, impl->spec.progress,
-            impl->spec.progress_interval_ms);
+            internal::ImplOf(impl->target)->runtime, [raw] { return raw->Execute(); },
+            impl->spec.progress, impl->spec.progress_interval_ms);
         return std::unique_ptr<RestorePlan>(new RestorePlan(std::move(impl)));
       });
 }
@@ -155,7 +155,7 @@ std::vector<VolumeDestination> RestorePlan::destinations() const { return impl_-
 
 Status RestorePlan::Impl::Execute() {
   JobRunner& run = *runner;
-  Repository& repo = *target->impl()->repo;
+  Repository& repo = *internal::ImplOf(target)->repo;
   run.SetPhase(Progress::Phase::kPreparing);
   run.MaybeReport(true);
   // Load and verify every volume index first: a damaged backup fails before anything is written.
@@ -227,8 +227,8 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
                                         std::vector<std::pair<std::string, std::string>>* pending) {
   JobRunner& run = *runner;
   ProgressCounters& pc = run.counters();
-  Repository& repo = *target->impl()->repo;
-  Runtime& rt = *target->impl()->runtime;
+  Repository& repo = *internal::ImplOf(target)->repo;
+  Runtime& rt = *internal::ImplOf(target)->runtime;
   // The writer: a temporary file beside a regular-file destination (renamed when every volume is
   // complete), or the block device itself. It removes the temporary file on every error below.
   VMB_ASSIGN_OR_RETURN(
@@ -249,7 +249,7 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   std::atomic<size_t> next_unit{0}, next_zero{0};
   // More tasks than cores, on the blocking pool: each waits on reads from the target part of the
   // time, and the others decompress, verify and write meanwhile.
-  const int ntasks = std::max(2, rt.impl()->blocking_threads());
+  const int ntasks = std::max(2, internal::ImplOf(rt)->blocking_threads());
   Status ran = RunOnBlocking(
       rt, ntasks,
       [&](int) {

@@ -8,7 +8,7 @@ namespace vmbackup::internal {
 
 void ObjectStore::PutAsync(std::string key, std::shared_ptr<const std::string> data,
                            PutOptions opts, std::function<void(Status)> done) {
-  runtime_->impl()->PostBlocking(
+  internal::ImplOf(runtime_)->PostBlocking(
       [this, key = std::move(key), data = std::move(data), opts, done = std::move(done)] {
         Status st;
         try {
@@ -30,7 +30,7 @@ Status ObjectStore::GetInto(const std::string& key, uint64_t offset, uint64_t le
 
 void ObjectStore::GetAsync(std::string key, uint64_t offset, uint64_t length,
                            std::function<void(StatusOr<std::string>)> done) {
-  runtime_->impl()->PostBlocking(
+  internal::ImplOf(runtime_)->PostBlocking(
       [this, key = std::move(key), offset, length, done = std::move(done)] {
         StatusOr<std::string> r = InternalError("get " + key);
         try {

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <optional>
 
+#include "core/impl_access.h"
 #include "repo/fingerprints.h"
 #include "repo/repository.h"
 #include "vmbackup/backup_target.h"

@@ -208,7 +208,7 @@ StatusOr<std::unique_ptr<VolumeSnapshot>> VolumeSnapshotter::Snapshot() {
     snap->size = static_cast<uint64_t>(sb.st_size);
   }
   ::posix_fadvise(snap->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  return std::make_unique<VolumeSnapshot>(std::move(snap));
+  return std::unique_ptr<VolumeSnapshot>(new VolumeSnapshot(std::move(snap)));
 }
 
 }  // namespace vmbackup

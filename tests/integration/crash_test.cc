@@ -94,7 +94,7 @@ TEST_F(CrashTest, BackupKilledAfterFirstPackLeavesNoRecordAndNextBackupReusesIts
     EXPECT_TRUE(FileExists(target_dir_ + "/" + internal::PackKey(id))) << "index without pack";
     for (const auto& e : *entries) indexed_raw += e.raw_len;
   }
-  auto index = target->impl()->repo->LoadIndex();
+  auto index = internal::ImplOf(target)->repo->LoadIndex();
   ASSERT_OK(index);
   EXPECT_THAT((*index)->damaged(), IsEmpty());
 

@@ -102,7 +102,7 @@ class HostileTargetTest : public ::testing::TestWithParam<std::string> {
     VMB_RETURN_IF_ERROR((*job)->Run());
     return (*job)->result();
   }
-  ObjectStore& store() { return target_->impl()->repo->store(); }
+  ObjectStore& store() { return internal::ImplOf(target_)->repo->store(); }
   void Put(const std::string& key, const std::string& bytes) {
     ASSERT_OK(store().Put(key, bytes, PutOptions{}));
   }

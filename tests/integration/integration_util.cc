@@ -152,7 +152,7 @@ Status FaultStore::Delete(const std::vector<std::string>& keys) {
 
 Status InjectFaultStore(BackupTarget& target, const std::string& dir, bool read_only,
                         uint64_t quota) {
-  BackupTarget::Impl& impl = *target.impl();
+  auto& impl = *internal::ImplOf(target);
   auto local = internal::OpenLocalStore(dir, impl.runtime);
   if (!local.ok()) return local.status();
   auto store = std::make_unique<FaultStore>(std::move(*local), impl.runtime, read_only, quota);

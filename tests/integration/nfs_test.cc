@@ -551,7 +551,7 @@ TEST_F(NfsTest, OperationsCompleteWhileEveryBlockingPoolThreadIsBusy) {
   auto gate = std::make_shared<Gate>();
   std::unique_ptr<Gate, void (*)(Gate*)> opener(gate.get(), [](Gate* g) { g->Open(); });
   for (int i = 0; i < 2; ++i) {
-    rt->impl()->PostBlocking([gate] {
+    internal::ImplOf(rt)->PostBlocking([gate] {
       std::unique_lock<std::mutex> l(gate->mu);
       ++gate->waiting;
       gate->cv.notify_all();

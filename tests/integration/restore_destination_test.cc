@@ -223,7 +223,7 @@ class ThrowingStore final : public internal::ObjectStore {
 };
 
 TEST_F(RestoreDestinationTest, ExceptionsInsideStoresEndJobsWithAStatus) {
-  BackupTarget::Impl& impl = *target_->impl();
+  auto& impl = *internal::ImplOf(target_);
   auto local = internal::OpenLocalStore(dir_.Sub("target"), impl.runtime);
   ASSERT_OK(local);
   auto owned = std::make_unique<ThrowingStore>(std::move(*local), impl.runtime);

@@ -1459,14 +1459,14 @@ class NfsStore final : public ObjectStore {
            std::shared_ptr<Runtime> rt)
       : ObjectStore(std::move(rt)),
         tracker_(std::make_shared<Tracker>()),
-        core_(std::make_shared<Core>(runtime_->impl()->io(), tracker_, std::move(ep),
+        core_(std::make_shared<Core>(internal::ImplOf(runtime_)->io(), tracker_, std::move(ep),
                                      std::move(prefix), retry, connections)) {}
 
   // Ends pending operations (kUnavailable "the NFS store was closed") and waits until no handler
   // of the store is left on the io_context.
   ~NfsStore() override {
     core_->Close();
-    if (runtime_->impl()->io().get_executor().running_in_this_thread()) {
+    if (internal::ImplOf(runtime_)->io().get_executor().running_in_this_thread()) {
       // Waiting here could wait for this very thread: the last handler lets the Runtime go.
       std::lock_guard<std::mutex> l(tracker_->mu);
       if (tracker_->live > 0) tracker_->keep = runtime_;

@@ -337,7 +337,7 @@ using Strand = boost::asio::strand<boost::asio::io_context::executor_type>;
 // and timer callbacks from inside the curl_multi_* calls made there).
 class Core : public std::enable_shared_from_this<Core> {
  public:
-  Core(Runtime::Impl& rt, EngineOptions opts)
+  Core(RuntimeImpl& rt, EngineOptions opts)
       : rt_(rt), io_(rt.io()), strand_(io_.get_executor()), opts_(std::move(opts)), timer_(io_) {}
   ~Core() {
     // Normally Teardown() has run; this only covers a Core that never got that far.
@@ -783,7 +783,7 @@ class Core : public std::enable_shared_from_this<Core> {
     std::chrono::steady_clock::time_point at;
   };
 
-  Runtime::Impl& rt_;  // lookups are posted to its blocking pool (only before Teardown)
+  RuntimeImpl& rt_;  // lookups are posted to its blocking pool (only before Teardown)
   boost::asio::io_context& io_;
   Strand strand_;
   const EngineOptions opts_;
@@ -811,12 +811,12 @@ Engine::Engine(std::shared_ptr<Runtime> runtime, EngineOptions options)
     : impl_(std::make_unique<Impl>()) {
   std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   impl_->rt = std::move(runtime);
-  impl_->core = std::make_shared<Core>(*impl_->rt->impl(), std::move(options));
+  impl_->core = std::make_shared<Core>(*internal::ImplOf(impl_->rt), std::move(options));
   if (!impl_->core->Init()) throw std::bad_alloc();
 }
 
 Engine::~Engine() {
-  boost::asio::io_context& io = impl_->rt->impl()->io();
+  boost::asio::io_context& io = internal::ImplOf(impl_->rt)->io();
   if (io.get_executor().running_in_this_thread()) {
     // Against the documented rule: waiting here could wait for this very thread. Tear down
     // without waiting, keeping the Runtime alive until the teardown ran.

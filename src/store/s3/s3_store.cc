@@ -212,7 +212,8 @@ class S3Store final : public ObjectStore {
       // queued behind one that gave up do not each wait out the whole deadline again.
       const auto from = outage_.CountFrom(c->started);
       if (auto when = c->policy.NextAttempt(c->attempt, from, now)) {
-        auto timer = std::make_shared<boost::asio::steady_timer>(runtime_->impl()->io(), *when);
+        auto timer =
+            std::make_shared<boost::asio::steady_timer>(internal::ImplOf(runtime_)->io(), *when);
         {
           std::lock_guard<std::mutex> l(timers_mu_);
           if (!closing_) {

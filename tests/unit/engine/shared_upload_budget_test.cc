@@ -53,14 +53,14 @@ TEST(SharedUploadBudgetTest, ConcurrentBackupsShareTheRuntimesBoundAndBuffers) {
   }
   for (auto& job : jobs) ASSERT_OK(job->Wait());
 
-  internal::ByteBudget& budget = rt->impl()->upload_budget();
+  internal::ByteBudget& budget = internal::ImplOf(rt)->upload_budget();
   EXPECT_GT(budget.peak(), 0u);  // the backups counted their packs against the Runtime's bound
   // Each pack (1 MiB of blocks plus its index and trailer) is below the bound, so the bound held.
   EXPECT_LE(budget.peak(), 3u << 20);
   EXPECT_EQ(budget.in_flight(), 0u);
   jobs.clear();
   // No backup runs: the Runtime keeps no pack buffers.
-  EXPECT_EQ(rt->impl()->pack_buffers()->kept(), 0u);
+  EXPECT_EQ(internal::ImplOf(rt)->pack_buffers()->kept(), 0u);
 
   for (int i = 0; i < kJobs; ++i) {
     const std::string name = "vm" + std::to_string(i);

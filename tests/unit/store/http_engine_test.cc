@@ -343,7 +343,7 @@ TEST(HttpEngineTest, HostNamesAreLookedUpOnTheRuntimeOnceAndStartNoThread) {
     eo.max_connections = 4;
     eo.lookup = [&](const std::string& host, const std::string& port, std::string* error) {
       ++lookups;
-      if (rt->impl()->io().get_executor().running_in_this_thread()) on_io_thread = true;
+      if (internal::ImplOf(rt)->io().get_executor().running_in_this_thread()) on_io_thread = true;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));  // requests queue meanwhile
       if (host != "s3.test") {
         *error = "unknown host " + host;
