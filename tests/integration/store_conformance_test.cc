@@ -2,11 +2,15 @@
 // src/store/object_store.h, run against every store — the in-memory store, a local directory, S3
 // (Ceph radosgw) and NFS (nfs-ganesha). The S3 and NFS variants need the servers' environment
 // (scripts/test.sh starts both); without it they fail and say how to start them.
+//
+// This is the one place for the contract: the per-backend suites (local_store_test.cc,
+// s3_test.cc, nfs_test.cc, ...) test only what is particular to their backend.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <future>
 #include <thread>
 
@@ -78,37 +82,71 @@ TEST_P(StoreConformanceTest, PutGetHeadAndReplace) {
   Put("a/empty", "");
   EXPECT_EQ(*store_->Get("a/empty"), "");
   EXPECT_EQ(store_->Head("a/empty")->size, 0u);
+  // durable = false only relaxes when the object must survive a crash.
+  ASSERT_OK(store_->Put("a/fast", "not durable", PutOptions{.durable = false}));
+  EXPECT_EQ(*store_->Get("a/fast"), "not durable");
 }
 
 TEST_P(StoreConformanceTest, MissingObjectsAreNotFound) {
+  // Quickly: a missing object is an answer, not an outage to retry.
+  const auto t0 = std::chrono::steady_clock::now();
   EXPECT_THAT(store_->Get("no/such"), StatusIs(StatusCode::kNotFound, "no/such"));
+  EXPECT_THAT(store_->Get("no/such", 2, 3), StatusIs(StatusCode::kNotFound, "no/such"));
   EXPECT_THAT(store_->Head("no/such"), StatusIs(StatusCode::kNotFound, "no/such"));
+  EXPECT_LT(SecondsSince(t0), 5.0);
   EXPECT_OK(store_->Delete({"no/such", "no/other"}));  // missing keys are not an error
+}
+
+// A key that only prefixes other objects (a directory on a file system) is no object.
+TEST_P(StoreConformanceTest, KeyThatOnlyPrefixesOthersIsNotFound) {
+  Put("dir/obj", "x");
+  EXPECT_THAT(store_->Head("dir"), StatusIs(StatusCode::kNotFound, "dir"));
+  if (GetParam() == "nfs4" && !RunKnownBugs())
+    GTEST_SKIP() << "BUG: on NFSv4 the OPEN of a directory fails with NFS4ERR_ISDIR, which Get "
+                    "reports as INVALID_ARGUMENT (\"Is a directory\") instead of NOT_FOUND";
+  EXPECT_THAT(store_->Get("dir"), StatusIs(StatusCode::kNotFound, "dir"));
+  EXPECT_THAT(store_->Get("dir", 0, 1), StatusIs(StatusCode::kNotFound, "dir"));
 }
 
 TEST_P(StoreConformanceTest, CreateIfAbsentRefusesAnExistingObject) {
   ASSERT_OK(store_->Put("once", "first", PutOptions{.if_absent = true}));
   EXPECT_THAT(store_->Put("once", "second", PutOptions{.if_absent = true}),
-              StatusIs(StatusCode::kAlreadyExists, ""));
+              StatusIs(StatusCode::kAlreadyExists, "once"));
   EXPECT_EQ(*store_->Get("once"), "first");
+  // A plain put still replaces it.
+  Put("once", "third");
+  EXPECT_EQ(*store_->Get("once"), "third");
 }
 
 TEST_P(StoreConformanceTest, ConcurrentCreateIfAbsentHasExactlyOneWinner) {
-  constexpr int kWriters = 6;
-  std::atomic<int> wins{0}, exists{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kWriters; ++i)
-    threads.emplace_back([&, i] {
-      Status st = store_->Put("race", "writer-" + std::to_string(i), PutOptions{.if_absent = true});
-      if (st.ok()) ++wins;
-      if (st.code() == StatusCode::kAlreadyExists) ++exists;
-    });
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(wins.load(), 1);
-  EXPECT_EQ(exists.load(), kWriters - 1);
-  auto got = store_->Get("race");
-  ASSERT_OK(got);
-  EXPECT_EQ(got->rfind("writer-", 0), 0u);
+  constexpr int kWriters = 8;
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    const std::string key = "race/r" + std::to_string(round);
+    std::atomic<int> ready{0}, wins{0}, winner{-1};
+    std::vector<Status> results(kWriters);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kWriters; ++i)
+      threads.emplace_back([&, i] {
+        ++ready;  // start together
+        while (ready.load() < kWriters) std::this_thread::yield();
+        results[i] = store_->Put(key, "writer-" + std::to_string(i), PutOptions{.if_absent = true});
+        if (results[i].ok()) {
+          ++wins;
+          winner = i;
+        }
+      });
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(wins.load(), 1);
+    for (const Status& st : results) {
+      if (!st.ok()) {
+        EXPECT_THAT(st, StatusIs(StatusCode::kAlreadyExists, key));
+      }
+    }
+    auto got = store_->Get(key);
+    ASSERT_OK(got);
+    EXPECT_EQ(*got, "writer-" + std::to_string(winner.load())) << "the winner's bytes";
+  }
 }
 
 TEST_P(StoreConformanceTest, RangedReadsFollowTheContract) {
@@ -122,10 +160,16 @@ TEST_P(StoreConformanceTest, RangedReadsFollowTheContract) {
   std::string buf = "junk";
   ASSERT_OK(store_->GetInto("big/obj", 5, 7, &buf));
   EXPECT_EQ(buf, data.substr(5, 7));
-  // Past the end: out of range; running past the end: a short object (data loss).
-  EXPECT_THAT(store_->Get("big/obj", data.size() + 1, 0), StatusIs(StatusCode::kOutOfRange, ""));
-  EXPECT_THAT(store_->Get("big/obj", data.size(), 5), StatusIs(StatusCode::kOutOfRange, ""));
-  EXPECT_THAT(store_->Get("big/obj", data.size() - 3, 10), StatusIs(StatusCode::kDataLoss, ""));
+  // Past the end: out of range; running past the end: a short object (data loss). Both name it.
+  EXPECT_THAT(store_->Get("big/obj", data.size() + 1, 0),
+              StatusIs(StatusCode::kOutOfRange, "big/obj"));
+  EXPECT_THAT(store_->Get("big/obj", data.size(), 5), StatusIs(StatusCode::kOutOfRange, "big/obj"));
+  EXPECT_THAT(store_->Get("big/obj", data.size() - 3, 10),
+              StatusIs(StatusCode::kDataLoss, "shorter"));
+  EXPECT_THAT(store_->Get("big/obj", data.size() - 3, 10),
+              StatusIs(StatusCode::kDataLoss, "big/obj"));
+  EXPECT_THAT(store_->GetInto("big/obj", data.size() - 3, 10, &buf),
+              StatusIs(StatusCode::kDataLoss, "shorter"));
 }
 
 TEST_P(StoreConformanceTest, GetAtMostRefusesLargerObjects) {
@@ -140,7 +184,8 @@ TEST_P(StoreConformanceTest, GetAtMostRefusesLargerObjects) {
 TEST_P(StoreConformanceTest, ListingIsSortedFilteredAndPaged) {
   const std::vector<std::string> keys = {"l/a", "l/b/1", "l/b/2", "l/c", "l/d/x/y", "l/e",
                                          "l/f", "l/g",   "l/h",   "l/i", "lx/other"};
-  for (const auto& k : keys) Put(k, k);
+  for (size_t i = 0; i < keys.size(); ++i)
+    ASSERT_OK(store_->Put(keys[i], keys[i], PutOptions{.durable = i % 2 == 0}));
   auto all = store_->ListAll("l/");
   ASSERT_OK(all);
   EXPECT_THAT(Keys(*all), ElementsAre("l/a", "l/b/1", "l/b/2", "l/c", "l/d/x/y", "l/e", "l/f",
@@ -153,12 +198,18 @@ TEST_P(StoreConformanceTest, ListingIsSortedFilteredAndPaged) {
   do {
     auto page = store_->List("l/", token, 3);
     ASSERT_OK(page);
-    EXPECT_LE(page->objects.size(), 3u);
+    // Full pages until the last.
+    if (page->next_token.empty()) {
+      EXPECT_LE(page->objects.size(), 3u);
+    } else {
+      EXPECT_EQ(page->objects.size(), 3u);
+    }
     for (const auto& o : page->objects) paged.push_back(o.key);
     token = page->next_token;
     ASSERT_LT(++pages, 10);
   } while (!token.empty());
   EXPECT_EQ(paged, Keys(*all));
+  EXPECT_EQ(pages, 4);
   auto sub = store_->ListAll("l/b/");
   ASSERT_OK(sub);
   EXPECT_THAT(Keys(*sub), ElementsAre("l/b/1", "l/b/2"));
@@ -175,22 +226,30 @@ TEST_P(StoreConformanceTest, BatchDeleteRemovesEveryKey) {
   for (int i = 0; i < 25; ++i) keys.push_back("d/" + std::to_string(100 + i));
   for (const auto& k : keys) Put(k, "x");
   Put("d-keep", "kept");
-  ASSERT_OK(store_->Delete(keys));
+  std::vector<std::string> batch = keys;
+  batch.insert(batch.begin() + 10, "d/never-existed");  // missing keys in a batch are no error
+  ASSERT_OK(store_->Delete(batch));
   auto left = store_->ListAll("d/");
   ASSERT_OK(left);
   EXPECT_THAT(*left, IsEmpty());
+  EXPECT_THAT(store_->Head("d/100"), StatusIs(StatusCode::kNotFound, "d/100"));
+  EXPECT_THAT(store_->Get("d/124"), StatusIs(StatusCode::kNotFound, "d/124"));
   EXPECT_EQ(*store_->Get("d-keep"), "kept");
+  EXPECT_OK(store_->Delete(keys)) << "deleting them again";
 }
 
 TEST_P(StoreConformanceTest, BadKeysAreInvalidArgumentForEveryOperation) {
   for (const std::string& bad :
-       {std::string("../x"), std::string("/abs"), std::string("a//b"), std::string("a/./b"),
-        std::string("sp ace"), std::string(""), std::string("trailing/")}) {
+       {std::string("../x"), std::string("a/../b"), std::string("./a"), std::string("/abs"),
+        std::string("a//b"), std::string("a/./b"), std::string("sp ace"), std::string(""),
+        std::string("trailing/")}) {
     SCOPED_TRACE(bad);
-    EXPECT_THAT(store_->Put(bad, "x", PutOptions{}), StatusIs(StatusCode::kInvalidArgument, ""));
-    EXPECT_THAT(store_->Get(bad), StatusIs(StatusCode::kInvalidArgument, ""));
-    EXPECT_THAT(store_->Head(bad), StatusIs(StatusCode::kInvalidArgument, ""));
-    EXPECT_THAT(store_->Delete({bad}), StatusIs(StatusCode::kInvalidArgument, ""));
+    const auto refused = StatusIs(StatusCode::kInvalidArgument, "key");
+    EXPECT_THAT(store_->Put(bad, "x", PutOptions{}), refused);
+    EXPECT_THAT(store_->Put(bad, "x", PutOptions{.if_absent = true}), refused);
+    EXPECT_THAT(store_->Get(bad), refused);
+    EXPECT_THAT(store_->Head(bad), refused);
+    EXPECT_THAT(store_->Delete({bad}), refused);
   }
 }
 
@@ -200,6 +259,7 @@ TEST_P(StoreConformanceTest, AsyncFormsCompleteExactlyOnce) {
   store_->PutAsync("async/obj", data, PutOptions{},
                    [&put_done](Status st) { put_done.set_value(st); });
   ASSERT_OK(put_done.get_future().get());
+  EXPECT_EQ(*store_->Get("async/obj"), "async bytes");
   std::promise<StatusOr<std::string>> get_done;
   store_->GetAsync("async/obj", 6, 5,
                    [&get_done](StatusOr<std::string> r) { get_done.set_value(std::move(r)); });
