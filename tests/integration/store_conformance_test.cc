@@ -101,9 +101,6 @@ TEST_P(StoreConformanceTest, MissingObjectsAreNotFound) {
 TEST_P(StoreConformanceTest, KeyThatOnlyPrefixesOthersIsNotFound) {
   Put("dir/obj", "x");
   EXPECT_THAT(store_->Head("dir"), StatusIs(StatusCode::kNotFound, "dir"));
-  if (GetParam() == "nfs4" && !RunKnownBugs())
-    GTEST_SKIP() << "BUG: on NFSv4 the OPEN of a directory fails with NFS4ERR_ISDIR, which Get "
-                    "reports as INVALID_ARGUMENT (\"Is a directory\") instead of NOT_FOUND";
   EXPECT_THAT(store_->Get("dir"), StatusIs(StatusCode::kNotFound, "dir"));
   EXPECT_THAT(store_->Get("dir", 0, 1), StatusIs(StatusCode::kNotFound, "dir"));
 }

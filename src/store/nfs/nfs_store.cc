@@ -1322,6 +1322,9 @@ class Core : public std::enable_shared_from_this<Core> {
     VMB_CO_RETURN_IF_ERROR(
         Queued(c, nfs_open_async(c.nfs, Path(key).c_str(), O_RDONLY, OnNfsDone, &oc), "open"));
     VMB_CO_RETURN_IF_ERROR(co_await Wait(c, oc, deadline));
+    // NFSv4 refuses to OPEN a directory (NFS4ERR_ISDIR); v3 opens it and the stat below sees it.
+    // Either way a key that only prefixes other objects is no object.
+    if (oc.err == -EISDIR) co_return NotFoundError("object " + key + " is not a regular file");
     if (oc.err < 0) co_return CallError(oc, "open " + Name(key));
     auto* fh = static_cast<nfsfh*>(oc.ptr);
     c.Opened(fh);
