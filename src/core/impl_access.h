@@ -16,9 +16,9 @@ struct ImplAccess {
   static auto* Get(const T& object) {
     return object.impl();
   }
-  // The private Impl type of a public class, for code that has to name it.
-  template <typename T>
-  using ImplType = typename T::Impl;
+  // Runtime's private Impl type, for code that has to name it (a member alias: its access is
+  // checked here, where it is allowed).
+  using RuntimeImpl = Runtime::Impl;
 };
 
 // The Impl behind `object` (never null for an object the library created).
@@ -32,7 +32,7 @@ auto* ImplOf(const std::shared_ptr<T>& object) {
 }
 
 // Runtime::Impl, named (see core/runtime.h).
-using RuntimeImpl = ImplAccess::ImplType<Runtime>;
+using RuntimeImpl = ImplAccess::RuntimeImpl;
 
 }  // namespace vmbackup::internal
 
