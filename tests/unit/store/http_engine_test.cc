@@ -190,6 +190,16 @@ class Completions {
   std::vector<Response> responses_;
 };
 
+// Waits until `done` holds `n` responses, sampling the thread count every millisecond meanwhile;
+// returns the larger of `most` and every sample.
+int WaitSamplingThreads(Completions& done, size_t n, int most) {
+  while (!done.WaitFor(n, std::chrono::seconds(0))) {
+    most = std::max(most, ThreadCount());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return most;
+}
+
 Request Get(const std::string& url) {
   Request r;
   r.method = "GET";
@@ -227,10 +237,7 @@ TEST(HttpEngineTest, StartsNoThreadEvenWithManyRequestsInFlight) {
       if (i % 16 == 0) most = std::max(most, ThreadCount());
     }
     // Sample while the burst is in flight.
-    while (!done.WaitFor(kRequests, std::chrono::seconds(0))) {
-      most = std::max(most, ThreadCount());
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    most = WaitSamplingThreads(done, kRequests, most);
     for (const Response& r : done.responses()) {
       EXPECT_EQ(r.curl_code, 0) << r.curl_error;
       EXPECT_EQ(r.status, 200);
@@ -358,10 +365,7 @@ TEST(HttpEngineTest, HostNamesAreLookedUpOnTheRuntimeOnceAndStartNoThread) {
     Completions done;
     for (int i = 0; i < kRequests; ++i)
       engine.Submit(Get(named), [&done](Response r) { done.Add("named", r); });
-    while (!done.WaitFor(kRequests, std::chrono::seconds(0))) {
-      most = std::max(most, ThreadCount());
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    most = WaitSamplingThreads(done, kRequests, most);
     for (const Response& r : done.responses()) {
       EXPECT_EQ(r.curl_code, 0) << r.curl_error;
       EXPECT_EQ(r.status, 200);
