@@ -17,7 +17,7 @@
 #   --json FILE       write the results as JSON                  (default: none)
 #   --build-dir DIR   Release build directory                    (default build-bench, as run_all.sh)
 #   --bin FILE        use this vmbackup_concurrent_jobs binary, build nothing
-#   --worker-threads W, --in-flight-mib B   passed through (default 0 = the library's defaults)
+#   --worker-threads W, --job-threads J, --in-flight-mib B   passed through (default 0 = the library's defaults)
 #   --keep            keep the local repositories
 #   --prepare-only    only generate the volumes
 #   --single-first    run the one-job baseline before the concurrent phases (default: after them,
@@ -52,7 +52,7 @@ while [ $# -gt 0 ]; do
   --json) JSON=${2:?} && shift ;;
   --build-dir) BUILD=${2:?} && shift ;;
   --bin) BIN=${2:?} && shift ;;
-  --worker-threads | --in-flight-mib) EXTRA+=("$1" "${2:?}") && shift ;;
+  --worker-threads | --job-threads | --in-flight-mib) EXTRA+=("$1" "${2:?}") && shift ;;
   --keep | --prepare-only | --single-first) EXTRA+=("$1") ;;
   -h | --help)
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'

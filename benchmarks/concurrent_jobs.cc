@@ -18,7 +18,7 @@
 // throughput, peak RSS <= 512 MiB) are reported, never enforced.
 //
 // Usage: vmbackup_concurrent_jobs --target DIR|JSON [--jobs 32] [--size-mib 256] [--restores 8]
-//          [--work-dir DIR] [--json FILE] [--worker-threads 0] [--in-flight-mib 0]
+//          [--work-dir DIR] [--json FILE] [--worker-threads 0] [--job-threads 0] [--in-flight-mib 0]
 //          [--between-cmd CMD] [--keep] [--prepare-only] [--single-first]
 // --target: a local directory (each phase's repository goes to a fresh subdirectory of it) or a
 //   backup-target setting JSON such as {"type":"s3",...} (each phase: "prefix" + "/<run>-<phase>").
@@ -68,6 +68,7 @@ struct Options {
   std::string work_dir;
   std::string json;
   int worker_threads = 0;
+  int job_threads = 0;
   uint64_t in_flight_mib = 0;
   std::string between_cmd;
   bool keep = false;
@@ -80,7 +81,7 @@ struct Options {
       stderr,
       "vmbackup_concurrent_jobs: %s\n"
       "usage: vmbackup_concurrent_jobs --target DIR|JSON [--jobs N] [--size-mib M] "
-      "[--restores R] [--work-dir DIR] [--json FILE] [--worker-threads W] "
+      "[--restores R] [--work-dir DIR] [--json FILE] [--worker-threads W] [--job-threads J] "
       "[--in-flight-mib B] [--between-cmd CMD] [--keep] [--prepare-only] [--single-first]\n",
       why.c_str());
   std::exit(2);
@@ -131,6 +132,8 @@ Options ParseArgs(int argc, char** argv) {
       o.json = value();
     } else if (a == "--worker-threads") {
       o.worker_threads = static_cast<int>(ParseCount(a, value()));
+    } else if (a == "--job-threads") {
+      o.job_threads = static_cast<int>(ParseCount(a, value()));
     } else if (a == "--in-flight-mib") {
       o.in_flight_mib = ParseCount(a, value());
     } else if (a == "--between-cmd") {
@@ -324,6 +327,7 @@ std::shared_ptr<BackupTarget> OpenPhaseTarget(const Context& c, const std::strin
 std::shared_ptr<Runtime> NewRuntime(const Context& c) {
   RuntimeOptions ro;
   ro.worker_threads = c.opt.worker_threads;
+  ro.job_threads = c.opt.job_threads;
   return Runtime::Create(ro);
 }
 
@@ -584,11 +588,12 @@ void WriteJson(const Context& c, const std::vector<PhaseResult>& rs,
                "  \"cores\": %u,\n  \"target\": \"%s\",\n  \"target_type\": \"%s\",\n"
                "  \"jobs\": %d,\n  \"size_mib\": %" PRIu64
                ",\n  \"restores\": %d,\n"
-               "  \"worker_threads\": %d,\n  \"in_flight_mib\": %" PRIu64 ",\n  \"phases\": [",
+               "  \"worker_threads\": %d,\n  \"job_threads\": %d,\n  \"in_flight_mib\": %" PRIu64
+               ",\n  \"phases\": [",
                c.run.c_str(), JsonEscape(host).c_str(), std::thread::hardware_concurrency(),
                JsonEscape(c.s3 ? c.base.ToRedactedJson() : c.base.endpoint).c_str(),
                c.s3 ? "s3" : "file", c.opt.jobs, c.opt.size_mib, c.opt.restores,
-               c.opt.worker_threads, c.opt.in_flight_mib);
+               c.opt.worker_threads, c.opt.job_threads, c.opt.in_flight_mib);
   for (size_t i = 0; i < rs.size(); ++i) {
     const auto& r = rs[i];
     std::fprintf(f,

@@ -223,6 +223,12 @@ rgw frontends = $fe
 rgw data = $D/data
 # virtual-hosted style: Host "<bucket>.localhost:<port>"
 rgw dns name = localhost
+# Deleted objects' data is reclaimed by radosgw's garbage collector, by default two hours after the
+# delete: tests and benchmarks that write and delete GiBs would fill the memstore OSD, which then
+# blocks every write (uploads stall until curl's low-speed limit). Reclaim within about a minute.
+rgw gc obj min wait = 30
+rgw gc processor period = 30
+rgw gc processor max time = 30
 CONF
   export CEPH_CONF=$CONF
   ceph-mon -c "$CONF" --id a --mkfs --keyring /dev/null >&2 || die "ceph-mon --mkfs failed"
