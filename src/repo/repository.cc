@@ -2,6 +2,9 @@
 #include "repo/repository.h"
 
 #include <algorithm>
+#include <map>
+#include <optional>
+#include <tuple>
 
 #include "core/errors.h"
 
@@ -83,24 +86,73 @@ static StatusOr<BackupInfo> DecodeRecordNamed(std::string_view bytes, const std:
 StatusOr<BackupList> Repository::ListBackups() const {
   VMB_ASSIGN_OR_RETURN(auto keys, store_->ListAll(kRecordPrefix));
   BackupList out;
-  for (const auto& o : keys) {
-    std::string name = BackupNameFromRecordKey(o.key);
-    if (name.empty()) continue;
-    auto bytes = store_->GetAtMost(o.key, kMaxRecordBytes);
-    if (!bytes.ok()) {
-      if (bytes.status().code() == StatusCode::kNotFound) continue;
-      if (bytes.status().code() == StatusCode::kDataLoss) {
-        out.damaged.push_back(name + ": " + bytes.status().message());
+  // Cached records still listed as they were; the others are read (new, replaced, or not cached).
+  std::vector<std::string> names;
+  std::vector<ObjectInfo> to_read;
+  {
+    std::lock_guard<std::mutex> l(records_mu_);
+    std::map<std::string, CachedRecord> kept;
+    uint64_t kept_bytes = 0;
+    for (auto& o : keys) {
+      std::string name = BackupNameFromRecordKey(o.key);
+      if (name.empty()) continue;
+      auto it = records_.find(name);
+      if (it != records_.end() && !o.version.empty() && it->second.version == o.version &&
+          it->second.size == o.size) {
+        out.backups.push_back(*it->second.info);
+        kept_bytes += it->second.size;
+        kept.emplace(std::move(name), std::move(it->second));
         continue;
       }
-      return bytes.status();
+      names.push_back(std::move(name));
+      to_read.push_back(std::move(o));
     }
-    auto rec = DecodeRecordNamed(*bytes, name);
-    if (!rec.ok()) {
-      out.damaged.push_back(name + ": " + rec.status().message());
-      continue;
+    records_ = std::move(kept);  // records no longer listed (deleted, replaced) are forgotten
+    records_bytes_ = kept_bytes;
+  }
+  // Records within the size bound are read in parallel at their listed size; any that fails that
+  // way (too large, changed since the listing, a transient error) is read again the plain way,
+  // whose answer decides.
+  std::vector<ObjectInfo> parallel;
+  std::vector<size_t> parallel_of;
+  for (size_t i = 0; i < to_read.size(); ++i) {
+    if (to_read[i].size == 0 || to_read[i].size > kMaxRecordBytes) continue;
+    parallel.push_back(to_read[i]);
+    parallel_of.push_back(i);
+  }
+  std::vector<std::optional<StatusOr<std::string>>> fetched(to_read.size());
+  auto got = store_->GetMany(parallel, kRecordFetchWindow, kRecordCacheBytes);
+  for (size_t k = 0; k < got.size(); ++k) fetched[parallel_of[k]] = std::move(got[k]);
+  for (size_t i = 0; i < to_read.size(); ++i) {
+    const std::string& name = names[i];
+    std::optional<StatusOr<BackupInfo>> rec;
+    if (fetched[i] && fetched[i]->ok()) {
+      auto r = DecodeRecordNamed(**fetched[i], name);
+      if (r.ok()) rec = std::move(r);
     }
-    out.backups.push_back(std::move(*rec));
+    if (!rec) {
+      auto bytes = store_->GetAtMost(to_read[i].key, kMaxRecordBytes);
+      if (!bytes.ok()) {
+        if (bytes.status().code() == StatusCode::kNotFound) continue;
+        if (bytes.status().code() == StatusCode::kDataLoss) {
+          out.damaged.push_back(name + ": " + bytes.status().message());
+          continue;
+        }
+        return bytes.status();
+      }
+      rec = DecodeRecordNamed(*bytes, name);
+      if (!rec->ok()) {
+        out.damaged.push_back(name + ": " + rec->status().message());
+        continue;
+      }
+    }
+    out.backups.push_back(**rec);
+    if (to_read[i].version.empty()) continue;
+    std::lock_guard<std::mutex> l(records_mu_);
+    if (records_bytes_ + to_read[i].size > kRecordCacheBytes) continue;
+    records_bytes_ += to_read[i].size;
+    records_[name] = CachedRecord{to_read[i].size, to_read[i].version,
+                                  std::make_shared<const BackupInfo>(std::move(**rec))};
   }
   std::sort(out.backups.begin(), out.backups.end(), [](const BackupInfo& a, const BackupInfo& b) {
     return std::tie(a.created_at, a.name) < std::tie(b.created_at, b.name);
@@ -129,6 +181,14 @@ Status Repository::DeleteBackup(const std::string& name) {
   }
   // The record goes first: from then on the backup is not listed, and its indexes are garbage.
   VMB_RETURN_IF_ERROR(store_->Delete({RecordKey(name)}));
+  {
+    std::lock_guard<std::mutex> l(records_mu_);
+    auto it = records_.find(name);
+    if (it != records_.end()) {
+      records_bytes_ -= it->second.size;
+      records_.erase(it);
+    }
+  }
   VMB_ASSIGN_OR_RETURN(auto vidx, store_->ListAll("volumes/" + name + "/"));
   std::vector<std::string> keys;
   for (auto& o : vidx) keys.push_back(o.key);

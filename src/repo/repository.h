@@ -6,10 +6,16 @@
 // are skipped and reported (their blocks count as absent: a backup stores them again; a restore
 // that needs them fails with kDataLoss naming the damaged index).
 //
+// Backup records are immutable once published, so ListBackups keeps the records it decoded (by
+// name, with the size and version their listing gave, up to kRecordCacheBytes in all) and fetches
+// only the records that are new or were replaced since, in parallel: listing a repository of N
+// backups costs one listing plus the new records' reads, not N reads one after another.
+//
 // Thread-safety: all methods are thread-safe.
 #ifndef VMBACKUP_REPO_REPOSITORY_H_
 #define VMBACKUP_REPO_REPOSITORY_H_
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -53,6 +59,12 @@ class RepoIndex {
   std::vector<std::string> damaged_;
 };
 
+// The most record bytes a Repository keeps decoded for ListBackups (further records are read again
+// at each listing).
+inline constexpr uint64_t kRecordCacheBytes = 64ull << 20;
+// Records ListBackups reads at once.
+inline constexpr size_t kRecordFetchWindow = 16;
+
 class Repository {
  public:
   // Opens the repository in `store`, initializing it (create-if-absent of the descriptor) when
@@ -66,6 +78,9 @@ class Repository {
   // Loads pack indexes added since the last call; returns the current immutable snapshot.
   StatusOr<std::shared_ptr<const RepoIndex>> LoadIndex();
 
+  // Every backup whose record is readable, oldest first; damaged records in `damaged`. Errors:
+  // the store's (listing, or reading a record) other than kNotFound (a record deleted meanwhile is
+  // left out) and kDataLoss (reported as damaged).
   StatusOr<BackupList> ListBackups() const;
   StatusOr<BackupInfo> GetBackup(const std::string& name) const;
   Status DeleteBackup(const std::string& name);
@@ -90,7 +105,17 @@ class Repository {
   // Objects larger than `max_size` are kDataLoss too (never read whole).
   StatusOr<std::string> GetPinned(const std::string& key, const std::string& sha256_hex,
                                   uint64_t max_size, const std::string& what) const;
-  std::mutex index_mu_;  // serializes LoadIndex
+  // Records ListBackups decoded, by backup name (see the file comment). Never holds a damaged
+  // record; an entry is used only while the listing shows the same size and a non-empty version.
+  struct CachedRecord {
+    uint64_t size = 0;
+    std::string version;
+    std::shared_ptr<const BackupInfo> info;
+  };
+  mutable std::mutex records_mu_;
+  mutable std::map<std::string, CachedRecord> records_;
+  mutable uint64_t records_bytes_ = 0;  // sum of the cached records' sizes
+  std::mutex index_mu_;                 // serializes LoadIndex
   std::shared_ptr<const RepoIndex> index_;
   std::set<std::string> loaded_;  // pack ids whose index is in index_ (or known damaged)
 };

@@ -77,6 +77,13 @@ std::pair<std::string, std::string> SplitKey(const std::string& rel) {
 }
 
 // True when `name` in directory `dirfd` is a symbolic link (not followed).
+// ObjectInfo::version of a file: a key is replaced by renaming a new file over it (another inode),
+// and a write in place changes the modification time.
+std::string FileVersion(const struct stat& sb) {
+  return std::to_string(sb.st_dev) + ":" + std::to_string(sb.st_ino) + ":" +
+         std::to_string(sb.st_mtim.tv_sec) + "." + std::to_string(sb.st_mtim.tv_nsec);
+}
+
 bool IsLinkAt(int dirfd, const char* name) {
   struct stat sb;
   return ::fstatat(dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(sb.st_mode);
@@ -297,7 +304,7 @@ class LocalStore final : public ObjectStore {
     struct stat sb;
     if (::fstat(fd.get(), &sb) != 0) return ErrnoToStatus(errno, "stat " + Describe() + "/" + key);
     if (!S_ISREG(sb.st_mode)) return NotFoundError("object " + key + " is not a file");
-    return ObjectInfo{key, static_cast<uint64_t>(sb.st_size)};
+    return ObjectInfo{key, static_cast<uint64_t>(sb.st_size), FileVersion(sb)};
   }
 
   // Regular files only; symbolic links met on the way are skipped and never descended into. The
@@ -332,7 +339,7 @@ class LocalStore final : public ObjectStore {
       Fd fd(raw);
       struct stat sb;
       if (::fstat(fd.get(), &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
-      page.objects.push_back({*it, static_cast<uint64_t>(sb.st_size)});
+      page.objects.push_back({*it, static_cast<uint64_t>(sb.st_size), FileVersion(sb)});
     }
     return page;
   }

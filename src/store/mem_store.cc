@@ -25,6 +25,7 @@ Status MemStore::Put(const std::string& key, std::string_view data, const PutOpt
   std::lock_guard<std::mutex> l(mu_);
   if (opts.if_absent && objects_.count(key)) return AlreadyExistsError("object " + key + " exists");
   objects_[key] = std::string(data);
+  versions_[key] = next_version_++;
   ++puts_;
   return Status::Ok();
 }
@@ -50,7 +51,8 @@ StatusOr<ObjectInfo> MemStore::Head(const std::string& key) {
   std::lock_guard<std::mutex> l(mu_);
   auto it = objects_.find(key);
   if (it == objects_.end()) return NotFoundError("object " + key + " not found");
-  return ObjectInfo{key, it->second.size()};
+  auto v = versions_.find(key);
+  return ObjectInfo{key, it->second.size(), v == versions_.end() ? "" : std::to_string(v->second)};
 }
 
 StatusOr<ListPage> MemStore::List(const std::string& prefix, const std::string& token,
@@ -64,7 +66,9 @@ StatusOr<ListPage> MemStore::List(const std::string& prefix, const std::string& 
       page.next_token = page.objects.back().key;
       break;
     }
-    page.objects.push_back({it->first, it->second.size()});
+    auto v = versions_.find(it->first);
+    page.objects.push_back(
+        {it->first, it->second.size(), v == versions_.end() ? "" : std::to_string(v->second)});
   }
   return page;
 }
@@ -73,7 +77,10 @@ Status MemStore::Delete(const std::vector<std::string>& keys) {
   for (const auto& k : keys) VMB_RETURN_IF_ERROR(ValidateKey(k));
   for (const auto& k : keys) VMB_RETURN_IF_ERROR(Fault(Op::kDelete, k));
   std::lock_guard<std::mutex> l(mu_);
-  for (const auto& k : keys) objects_.erase(k);
+  for (const auto& k : keys) {
+    objects_.erase(k);
+    versions_.erase(k);
+  }
   return Status::Ok();
 }
 
@@ -85,6 +92,7 @@ std::map<std::string, std::string> MemStore::Snapshot() const {
 void MemStore::Overwrite(const std::string& key, std::string data) {
   std::lock_guard<std::mutex> l(mu_);
   objects_[key] = std::move(data);
+  versions_[key] = next_version_++;
 }
 
 size_t MemStore::put_count() const {

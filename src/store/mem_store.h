@@ -39,6 +39,8 @@ class MemStore final : public ObjectStore {
   Status Fault(Op op, const std::string& key) const;
   mutable std::mutex mu_;
   std::map<std::string, std::string> objects_;
+  std::map<std::string, uint64_t> versions_;  // bumped by every Put and Overwrite of a key
+  uint64_t next_version_ = 1;
   FaultHook hook_;
   size_t puts_ = 0;
 };

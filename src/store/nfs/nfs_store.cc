@@ -921,6 +921,19 @@ class Core : public std::enable_shared_from_this<Core> {
       co_return InvalidArgumentError("endpoint " + ep_.libnfs_url + ": " + msg);
     }
     nfs_destroy_url(url);
+    // Every context its own NFSv4 client. libnfs names a client "Libnfs pid:<pid> <seconds>", so
+    // the connections of one process made within a second shared a name: the server took each
+    // new one for the same client rebooted (another verifier) and dropped the others' open
+    // state, and concurrent reads failed at random with ENOENT. (libnfs keeps, and leaks, its
+    // default name's copy: a few bytes per connection.)
+    {
+      VMB_CO_ASSIGN_OR_RETURN(std::string id, RandomHex(16));
+      const std::string name = "vmbackup pid:" + std::to_string(::getpid()) + " " + id;
+      nfs4_set_client_name(c.nfs, name.c_str());
+      char verifier[8];
+      VMB_CO_RETURN_IF_ERROR(RandomBytes(verifier, sizeof verifier));
+      nfs4_set_verifier(c.nfs, verifier);
+    }
     nfs_set_autoreconnect(c.nfs, 0);  // we reconnect ourselves, within the deadline
     nfs_set_dircache(c.nfs, 0);       // other hosts change directories too
     Call call;
@@ -1361,6 +1374,17 @@ class Core : public std::enable_shared_from_this<Core> {
                          std::to_string(got) + ")");
   }
 
+  // ObjectInfo::version from a file's attributes. A key is replaced by renaming a new file over
+  // it, which changes the file id (v3) and the change time (a rename sets it), and a write in
+  // place changes both times. libnfs's v4 directory entries carry no stable file id (another
+  // number at each listing, unlike GETATTR's), so v4 versions are the two times alone.
+  std::string VersionTag(uint64_t fileid, uint64_t mtime, uint64_t mtime_ns, uint64_t ctime,
+                         uint64_t ctime_ns) const {
+    std::string t = std::to_string(mtime) + "." + std::to_string(mtime_ns) + ":" +
+                    std::to_string(ctime) + "." + std::to_string(ctime_ns);
+    return ep_.version == 4 ? t : std::to_string(fileid) + ":" + t;
+  }
+
   // Collects the objects below `rel_dir` whose keys start with `prefix`.
   awaitable<Status> Walk(Conn& c, Clock::time_point deadline, std::string rel_dir,
                          std::string prefix, std::vector<ObjectInfo>* out) {
@@ -1385,7 +1409,9 @@ class Core : public std::enable_shared_from_this<Core> {
         size_t n = std::min(prefix.size(), as_prefix.size());
         if (prefix.compare(0, n, as_prefix, 0, n) == 0) subdirs.push_back(rel);
       } else if (rel.compare(0, prefix.size(), prefix) == 0) {
-        out->push_back({rel, e->size});
+        out->push_back({rel, e->size,
+                        VersionTag(e->inode, static_cast<uint64_t>(e->mtime.tv_sec), e->mtime_nsec,
+                                   static_cast<uint64_t>(e->ctime.tv_sec), e->ctime_nsec)});
       }
     }
     nfs_closedir(c.nfs, dir);
@@ -1413,7 +1439,9 @@ class Core : public std::enable_shared_from_this<Core> {
     if (call.err < 0) co_return CallError(call, "stat " + Name(key));
     if ((call.st.nfs_mode & S_IFMT) != S_IFREG)
       co_return NotFoundError("object " + key + " is not a file");
-    *info = ObjectInfo{key, call.st.nfs_size};
+    *info = ObjectInfo{key, call.st.nfs_size,
+                       VersionTag(call.st.nfs_ino, call.st.nfs_mtime, call.st.nfs_mtime_nsec,
+                                  call.st.nfs_ctime, call.st.nfs_ctime_nsec)};
     co_return Status::Ok();
   }
 

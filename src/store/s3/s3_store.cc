@@ -576,7 +576,9 @@ class S3Store final : public ObjectStore {
     const std::string what = "header Content-Length of S3 HEAD " + key + " on " + Describe();
     if (it == r->headers.end()) return DataLossError(what + " is missing");
     VMB_ASSIGN_OR_RETURN(uint64_t size, ParseDecimalField(it->second, what));
-    return ObjectInfo{key, size};
+    auto etag = r->headers.find("etag");
+    return ObjectInfo{key, size,
+                      etag != r->headers.end() && etag->second.size() <= 256 ? etag->second : ""};
   }
 
   StatusOr<ListPage> List(const std::string& prefix, const std::string& token,

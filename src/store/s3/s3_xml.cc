@@ -424,7 +424,11 @@ StatusOr<ListPage> ParseListObjectsV2(std::string_view body, std::string_view st
       if (page.objects.size() >= static_cast<size_t>(max_keys < 0 ? 0 : max_keys))
         return DataLossError("S3 listing returned more than the " + std::to_string(max_keys) +
                              " keys asked for");
-      page.objects.push_back(ObjectInfo{std::move(rel), n});
+      const XmlElement* etag = c.Child("ETag");
+      // The ETag is the object's version for readers that cache (bounded: a longer one is
+      // not kept, and the object is simply fetched again).
+      std::string version = etag != nullptr && etag->text.size() <= 256 ? etag->text : "";
+      page.objects.push_back(ObjectInfo{std::move(rel), n, std::move(version)});
     }
   }
   if (!has_truncated || (truncated != "true" && truncated != "false"))
