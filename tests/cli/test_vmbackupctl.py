@@ -136,4 +136,5 @@ def test_in_flight_mib_bounds_the_upload_and_is_validated(setup, tmp_path):
                 "--volume", f"disk0={vol}")
         assert p.returncode == 2, (bad, p.returncode, p.stderr)
         assert "--in-flight-mib expects a number from 1 to 65536" in p.stderr
-    assert "b2" not in run("--json", "list", "--target", str(target), check=0).stdout
+    listed = json.loads(run("--json", "list", "--target", str(target), check=0).stdout)
+    assert [b["name"] for b in listed["backups"]] == ["b1"], listed

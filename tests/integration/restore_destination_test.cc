@@ -213,6 +213,8 @@ class ThrowingStore final : public internal::ObjectStore {
   StatusOr<internal::ObjectInfo> Head(const std::string& key) override { return base_->Head(key); }
   StatusOr<internal::ListPage> List(const std::string& prefix, const std::string& token,
                                     int max_keys) override {
+    // Listing records too: ListBackups reads only records it has not decoded before.
+    if (throw_get_records && prefix.rfind("records/", 0) == 0) throw std::runtime_error("boom");
     return base_->List(prefix, token, max_keys);
   }
   Status Delete(const std::vector<std::string>& keys) override { return base_->Delete(keys); }
