@@ -100,13 +100,27 @@ class NfsTest : public ::testing::Test {
     return BackupTarget::Open(TargetJsonFor(url, prefix_), o);
   }
   StatusOr<std::unique_ptr<internal::ObjectStore>> Store(const std::string& url, int timeout = 30) {
+    TargetOptions o;
+    o.retry_timeout_seconds = timeout;
+    return Store(url, o, Runtime::Default());
+  }
+  StatusOr<std::unique_ptr<internal::ObjectStore>> Store(const std::string& url,
+                                                         const TargetOptions& o,
+                                                         std::shared_ptr<Runtime> rt) {
     TargetConfig c;
     c.type = TargetConfig::Type::kNfs;
     c.endpoint = url;
     c.prefix = prefix_;
-    TargetOptions o;
-    o.retry_timeout_seconds = timeout;
-    return internal::OpenNfsStore(c, o, Runtime::Default());
+    return internal::OpenNfsStore(c, o, std::move(rt));
+  }
+  // A runtime of its own with one worker and one job thread.
+  static std::shared_ptr<Runtime> SmallRuntime(int blocking_threads, int io_threads) {
+    RuntimeOptions ro;
+    ro.blocking_threads = blocking_threads;
+    ro.worker_threads = 1;
+    ro.io_threads = io_threads;
+    ro.job_threads = 1;
+    return Runtime::Create(ro);
   }
   // Restarts ganesha with a pause of `seconds`; returns the script's exit status.
   int RestartServer(int seconds, const std::string& log) {
@@ -489,19 +503,10 @@ int ThreadsNow() {
 // Every thread of the blocking pool waits on a gate: NFS operations, async and blocking, still
 // complete (they run on the io_context and need no pool thread), and no thread is started.
 TEST_F(NfsTest, OperationsCompleteWhileEveryBlockingPoolThreadIsBusy) {
-  RuntimeOptions ro;
-  ro.blocking_threads = 2;
-  ro.worker_threads = 1;
-  ro.io_threads = 1;
-  ro.job_threads = 1;
-  auto rt = Runtime::Create(ro);
-  TargetConfig c;
-  c.type = TargetConfig::Type::kNfs;
-  c.endpoint = url3_;
-  c.prefix = prefix_;
+  auto rt = SmallRuntime(2, 1);
   TargetOptions o;
   o.retry_timeout_seconds = 30;
-  auto store = internal::OpenNfsStore(c, o, rt);
+  auto store = Store(url3_, o, rt);
   ASSERT_OK(store);
   auto& s = **store;
 
@@ -566,21 +571,12 @@ TEST_F(NfsTest, OperationsCompleteWhileEveryBlockingPoolThreadIsBusy) {
 // called before the destructor returns, the ones it cut short with kUnavailable "closed", and no
 // handler touches the freed store afterwards (the ASan and TSan builds run this too).
 TEST_F(NfsTest, DestroyingTheStoreEndsPendingOperations) {
-  RuntimeOptions ro;
-  ro.blocking_threads = 1;
-  ro.worker_threads = 1;
-  ro.io_threads = 2;
-  ro.job_threads = 1;
-  auto rt = Runtime::Create(ro);
-  TargetConfig c;
-  c.type = TargetConfig::Type::kNfs;
-  c.endpoint = url3_;
-  c.prefix = prefix_;
+  auto rt = SmallRuntime(1, 2);
   TargetOptions o;
   o.retry_timeout_seconds = 30;
   o.max_requests_in_flight = 2;
   for (int round = 0; round < 3; ++round) {
-    auto store = internal::OpenNfsStore(c, o, rt);
+    auto store = Store(url3_, o, rt);
     ASSERT_OK(store);
     ASSERT_OK((*store)->Put("read-me", std::string(4 * kMiB, 'r'), {}));
     auto data = std::make_shared<const std::string>(16 * kMiB, static_cast<char>('a' + round));

@@ -30,6 +30,17 @@ std::string Block(char c) {
 
 Digest DigestOf(const std::string& s) { return Sha256(s.data(), s.size()); }
 
+// An index of one pack ("0123") that holds the block `d`, stored uncompressed.
+RepoIndex IndexHolding(const Digest& d) {
+  PackEntry held;
+  held.digest = d;
+  held.raw_len = kBs;
+  held.stored_len = kBs;
+  RepoIndex index;
+  index.AddPack("0123", {held});
+  return index;
+}
+
 class BlockProcessorTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -84,19 +95,15 @@ TEST_F(BlockProcessorTest, EachBlockBecomesWhatItsPlanSaysAndNewDataIsStoredOnce
   const std::string a = Block('a'), b = Block('b'), zeros(kBs, '\0');
   // Parent: block 5 is data the packs hold, block 6 a zero block.
   const std::string old = Block('o');
-  RepoIndex index;
-  PackEntry held;
-  held.digest = DigestOf(old);
-  held.raw_len = kBs;
-  held.stored_len = kBs;
-  index.AddPack("0123", {held});
+  const Digest held = DigestOf(old);
+  const RepoIndex index = IndexHolding(held);
   auto parent = std::make_shared<VolumeIndex>();
   parent->volume_size = 7 * kBs;
   parent->block_size = kBs;
   parent->kinds.assign(7, BlockKind::kHole);
   parent->digests.assign(7, Digest{});
   parent->kinds[5] = BlockKind::kData;
-  parent->digests[5] = held.digest;
+  parent->digests[5] = held;
   parent->kinds[6] = BlockKind::kZero;
 
   const BlockPlan R = BlockPlan::kRead, H = BlockPlan::kHole, C = BlockPlan::kCopy;
@@ -118,7 +125,7 @@ TEST_F(BlockProcessorTest, EachBlockBecomesWhatItsPlanSaysAndNewDataIsStoredOnce
   EXPECT_EQ(out.index.digests[0], DigestOf(a));
   EXPECT_EQ(out.index.digests[3], DigestOf(a));
   EXPECT_EQ(out.index.digests[4], DigestOf(b));
-  EXPECT_EQ(out.index.digests[5], held.digest);  // copied, never read
+  EXPECT_EQ(out.index.digests[5], held);  // copied, never read
   EXPECT_EQ(out.data_blocks, 4u);
   EXPECT_EQ(out.zero_blocks, 2u);
   EXPECT_EQ(out.hole_blocks, 1u);
@@ -141,12 +148,7 @@ TEST_F(BlockProcessorTest, AnUnchangedFingerprintTakesTheReferencesDigest) {
   // processor takes it without hashing, because the fingerprint matches. Block 1's fingerprint
   // does not match: hashed.
   const Digest stand_in = DigestOf(Block('s'));
-  RepoIndex index;
-  PackEntry held;
-  held.digest = stand_in;
-  held.raw_len = kBs;
-  held.stored_len = kBs;
-  index.AddPack("0123", {held});
+  const RepoIndex index = IndexHolding(stand_in);
   auto ref = std::make_shared<VolumeIndex>();
   ref->volume_size = 2 * kBs;
   ref->block_size = kBs;
