@@ -132,8 +132,11 @@ StatusOr<VerifyReport> Verifier::Run() {
 
 Status Verifier::LoadPacks() {
   ObjectStore& store = repo_.store();
-  VMB_ASSIGN_OR_RETURN(auto pack_keys, store.ListAll("packs/"));
+  // Indexes first: a writer makes its pack durable before it writes the pack's index, so every
+  // index listed here has its pack in the listing below, even while backups run (listing packs
+  // first would report the pack of an index written in between as missing).
   VMB_ASSIGN_OR_RETURN(auto index_keys, store.ListAll(kIndexPrefix));
+  VMB_ASSIGN_OR_RETURN(auto pack_keys, store.ListAll("packs/"));
   std::vector<std::string> ids;
   auto state = [&](const std::string& id) -> PackState& {
     auto [it, added] = pack_of_.try_emplace(id, static_cast<uint32_t>(packs_.size()));
