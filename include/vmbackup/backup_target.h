@@ -141,8 +141,8 @@ class VMBACKUP_EXPORT BackupTarget {
   //   kCancelled        the progress callback returned false;
   //   the store's error when the target cannot be listed or read (kUnavailable, kPermissionDenied,
   //   ...): a verify that could not look at everything reports nothing.
-  // Thread-safe; may run while backups, restores and deletes use the target (objects they add or
-  // remove meanwhile may be reported as missing or not looked at).
+  // Thread-safe; may run while backups, restores and deletes use the target: what they add
+  // meanwhile may not be looked at, and a backup deleted meanwhile is skipped, not reported.
   StatusOr<VerifyReport> Verify(const VerifyOptions& options = {}) const;
 
   // Verifies (options.verify), then repairs each damaged pack: rebuilds a damaged or missing pack

@@ -230,6 +230,13 @@ Status Verifier::CheckVolumes(const BackupList& list) {
       auto vidx = repo_.LoadVolumeIndex(b.name, v);
       if (!vidx.ok()) {
         if (vidx.status().code() != StatusCode::kDataLoss) return vidx.status();
+        // A backup deleted since it was listed (the record goes first, then its indexes) is not
+        // damage: it is simply gone.
+        auto record = repo_.store().Head(RecordKey(b.name));
+        if (!record.ok() && record.status().code() == StatusCode::kNotFound) {
+          --report_.backups;
+          break;
+        }
         report_.damaged_volume_indexes.push_back(vidx.status().message());
         damaged_backups_.insert(b.name);
         metadata_damaged_.insert(b.name);

@@ -536,6 +536,29 @@ TEST_F(VerifyTest, PackPublishedBetweenTheTwoListingsWasReportedMissing) {
   store_->SetFaultHook(nullptr);
 }
 
+TEST_F(VerifyTest, BackupDeletedWhileVerifyRunsWasReportedAsADamagedVolumeIndex) {
+  AddBackup("b1", RandomData(4 * kBlock, 22));
+  AddBackup("b2", RandomData(4 * kBlock, 23));
+  const std::string vidx = VolumeIndexKey("b1", "disk0.0123abcd");
+  store_->SetFaultHook([&](MemStore::Op op, const std::string& key) {
+    if (op == MemStore::Op::kGet && key == vidx) {
+      // DeleteBackup's order: the record, then the volume indexes.
+      store_->SetFaultHook(nullptr);
+      EXPECT_OK(store_->Delete({RecordKey("b1"), vidx}));
+    }
+    return Status::Ok();
+  });
+  auto r = Verify(false);
+  ASSERT_OK(r);
+  EXPECT_TRUE(r->ok()) << VerifyReportToJson(*r);
+  EXPECT_EQ(r->backups, 1u);
+  // A volume index missing while its record is still there is damage.
+  ASSERT_OK(store_->Delete({VolumeIndexKey("b2", "disk0.0123abcd")}));
+  auto damaged = Verify(false);
+  ASSERT_OK(damaged);
+  EXPECT_THAT(damaged->damaged_volume_indexes, SizeIs(1));
+}
+
 // ---- parallel pack-index loading ----
 
 TEST(GetManyTest, KeepsAtMostWindowReadsInFlightAndHandsEveryResultOnTheCallingThread) {
