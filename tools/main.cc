@@ -113,6 +113,34 @@ const std::vector<CommandDef>& Commands() {
        "Blocks that no other backup uses stay on the target until garbage collection.\n",
        {kTargetFlag},
        CmdDelete},
+      {"verify",
+       "verify [--target CONFIG] [--read-data] [--read-data-subset X]",
+       "check the backups on the target",
+       "Reads every backup record and volume index, every pack index, and checks that every\n"
+       "block a backup references is indexed and its pack present with the right size.\n"
+       "--read-data also fetches and hashes every referenced block; --read-data-subset reads\n"
+       "only a share of the packs (0.1 or 10%) or part n of m (1/5 .. 5/5 cover every pack).\n"
+       "Each bad block is reported with its backup, volume, offset, pack and offset in the\n"
+       "pack. Changes nothing. Exit 0 when nothing is damaged, 14 when damage was found.\n",
+       {kTargetFlag,
+        {"read-data", false, false, "", "fetch and hash every referenced block"},
+        {"read-data-subset", true, false, "X",
+         "with --read-data: a share (0.1, 10%) or part n/m of the packs"}},
+       CmdVerify},
+      {"repair",
+       "repair [--target CONFIG] [--dry-run] [--read-data] [--read-data-subset X]",
+       "repair damaged packs and pack indexes",
+       "Verifies, then rebuilds damaged or missing pack indexes from the copy in their pack\n"
+       "(every block checked first), copies the good blocks of a damaged pack to a new pack and\n"
+       "removes the indexes of missing packs, so that lost blocks are stored again by the next\n"
+       "backup. Lists the backups that stay unrestorable until then. --read-data finds corrupt\n"
+       "blocks in packs whose index is intact too. --dry-run changes nothing. Exit 0 when\n"
+       "nothing stays damaged, 14 otherwise.\n",
+       {kTargetFlag,
+        {"dry-run", false, false, "", "report the repairs, change nothing"},
+        {"read-data", false, false, "", "check every referenced block, not only damaged packs"},
+        {"read-data-subset", true, false, "X", "with --read-data: a share or part n/m of packs"}},
+       CmdRepair},
       {"demo",
        "demo [--work-dir DIR] [--size-mib N] [--keep] [--with-dirty-map]",
        "end-to-end proof on a local target",

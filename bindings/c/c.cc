@@ -526,6 +526,76 @@ uint32_t vmb_target_block_size(const vmb_target* target) {
   return target->target->block_size();
 }
 
+// ---- verify and repair --------------------------------------------------------------------------
+
+int vmb_verify_options_init(vmb_verify_options* opts, unsigned int version, vmb_error** error) {
+  return Guard(error, [&]() -> Status {
+    if (opts == nullptr) return NullArgument("vmb_verify_options_init", "opts");
+    if (version != VMB_VERIFY_OPTIONS_VERSION)
+      return vmbackup::BadVersion("vmb_verify_options", version, VMB_VERIFY_OPTIONS_VERSION);
+    *opts = vmb_verify_options VMB_VERIFY_OPTIONS_INIT;
+    return Status::Ok();
+  });
+}
+
+namespace vmbackup {
+namespace {
+// The C++ options of `opts` (NULL = defaults).
+StatusOr<RepairOptions> ToRepairOptions(const vmb_verify_options* opts) {
+  RepairOptions r;
+  if (opts == nullptr) return r;
+  if (opts->version != VMB_VERIFY_OPTIONS_VERSION)
+    return BadVersion("vmb_verify_options", opts->version, VMB_VERIFY_OPTIONS_VERSION);
+  VerifyOptions& v = r.verify;
+  v.read_data = opts->read_data != 0;
+  if (opts->read_data_subset != nullptr) {
+    Status st = ParseReadDataSubset(opts->read_data_subset, &v);
+    if (!st.ok()) return st.WithContext("vmb_verify_options.read_data_subset");
+  }
+  if (opts->parallel_reads < 0)
+    return InvalidArgumentError("vmb_verify_options.parallel_reads: must not be negative");
+  v.parallel_reads = opts->parallel_reads;
+  v.max_bad_blocks_listed = opts->max_bad_blocks_listed;
+  if (opts->progress_interval_ms < 0)
+    return InvalidArgumentError("vmb_verify_options.progress_interval_ms: must not be negative");
+  v.progress_interval_ms = opts->progress_interval_ms;
+  v.progress = WrapProgress(opts->progress, opts->progress_payload);
+  r.dry_run = opts->dry_run != 0;
+  return r;
+}
+}  // namespace
+}  // namespace vmbackup
+
+int vmb_target_verify(char** out, const vmb_target* target, const vmb_verify_options* opts,
+                      vmb_error** error) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (out == nullptr) return NullArgument("vmb_target_verify", "out");
+    if (target == nullptr) return NullArgument("vmb_target_verify", "target");
+    StatusOr<vmbackup::RepairOptions> o = vmbackup::ToRepairOptions(opts);
+    if (!o.ok()) return o.status();
+    StatusOr<vmbackup::VerifyReport> report = target->target->Verify(o->verify);
+    if (!report.ok()) return report.status();
+    *out = vmbackup::Dup(vmbackup::VerifyReportToJson(*report));
+    return Status::Ok();
+  });
+}
+
+int vmb_target_repair(char** out, vmb_target* target, const vmb_verify_options* opts,
+                      vmb_error** error) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (out == nullptr) return NullArgument("vmb_target_repair", "out");
+    if (target == nullptr) return NullArgument("vmb_target_repair", "target");
+    StatusOr<vmbackup::RepairOptions> o = vmbackup::ToRepairOptions(opts);
+    if (!o.ok()) return o.status();
+    StatusOr<vmbackup::RepairReport> report = target->target->Repair(*o);
+    if (!report.ok()) return report.status();
+    *out = vmbackup::Dup(vmbackup::RepairReportToJson(*report));
+    return Status::Ok();
+  });
+}
+
 // ---- backups ------------------------------------------------------------------------------------
 
 int vmb_backup_options_init(vmb_backup_options* opts, unsigned int version, vmb_error** error) {

@@ -26,6 +26,7 @@
 #include "vmbackup/export.h"
 #include "vmbackup/runtime.h"
 #include "vmbackup/status.h"
+#include "vmbackup/verify.h"
 
 namespace vmbackup {
 
@@ -133,6 +134,26 @@ class VMBACKUP_EXPORT BackupTarget {
   // Deletes the record of backup `name` (and its volume indexes). Blocks that no other backup uses
   // stay on the target until garbage collection. kNotFound if there is no such backup.
   Status DeleteBackup(std::string_view name);
+
+  // Checks the backups on the target (see vmbackup/verify.h) and changes nothing. Damage found is
+  // in the report (VerifyReport::ok() is false), not in the status. Returns:
+  //   kInvalidArgument  bad options (the message names the field);
+  //   kCancelled        the progress callback returned false;
+  //   the store's error when the target cannot be listed or read (kUnavailable, kPermissionDenied,
+  //   ...): a verify that could not look at everything reports nothing.
+  // Thread-safe; may run while backups, restores and deletes use the target: what they add
+  // meanwhile may not be looked at, and a backup deleted meanwhile is skipped, not reported.
+  StatusOr<VerifyReport> Verify(const VerifyOptions& options = {}) const;
+
+  // Verifies (options.verify), then repairs each damaged pack: rebuilds a damaged or missing pack
+  // index from the copy in the pack's trailer after checking every block it lists, copies the
+  // good blocks of a pack with bad blocks to a new pack, and removes the index of a pack that is
+  // missing or unreadable, so that lost blocks are in no pack index and the next backup stores
+  // them again. With dry_run, reports the actions and changes nothing. Returns the errors of
+  // Verify; a repair of one pack that fails is reported in its action (RepairAction::error), the
+  // others go on. Thread-safe; safe while backups run (it only adds objects and removes pack
+  // indexes whose blocks are lost or copied elsewhere), but two repairs should not run at once.
+  StatusOr<RepairReport> Repair(const RepairOptions& options = {});
 
   // The configuration the target was opened with.
   const TargetConfig& config() const;

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "core/errors.h"
+#include "store/get_many.h"
 
 namespace vmbackup::internal {
 
@@ -54,20 +55,28 @@ StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {
   }
   if (index_ && fresh.empty()) return index_;
   auto next = std::make_shared<RepoIndex>(index_ ? *index_ : RepoIndex());
-  for (const auto& id : fresh) {
-    auto bytes = store_->GetAtMost(PackIndexKey(id), kMaxWholeObjectRead);
-    if (!bytes.ok()) {
-      if (bytes.status().code() == StatusCode::kNotFound) continue;  // deleted meanwhile
-      return bytes.status();
-    }
-    auto entries = DecodePackIndex(*bytes, id, "pack index " + PackIndexKey(id));
-    loaded_.insert(id);
-    if (!entries.ok()) {
-      next->AddDamaged(entries.status().message());
-      continue;
-    }
-    next->AddPack(id, *entries);
-  }
+  // The new pack indexes are fetched kDefaultGetWindow at a time and added in the order they
+  // arrive; `loaded_` changes only once all arrived, so a failed load is retried whole next time.
+  std::vector<std::string> done;
+  done.reserve(fresh.size());
+  VMB_RETURN_IF_ERROR(GetMany(
+      *store_, fresh.size(), [&](size_t i) { return PackIndexKey(fresh[i]); }, kDefaultGetWindow,
+      [&](size_t i, StatusOr<std::string> bytes) -> Status {
+        const std::string& id = fresh[i];
+        if (!bytes.ok()) {
+          if (bytes.status().code() == StatusCode::kNotFound) return Status::Ok();  // deleted
+          return bytes.status();
+        }
+        auto entries = DecodePackIndex(*bytes, id, "pack index " + PackIndexKey(id));
+        done.push_back(id);
+        if (!entries.ok()) {
+          next->AddDamaged(entries.status().message());
+          return Status::Ok();
+        }
+        next->AddPack(id, *entries);
+        return Status::Ok();
+      }));
+  loaded_.insert(done.begin(), done.end());
   index_ = std::move(next);
   return index_;
 }

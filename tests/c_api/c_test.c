@@ -878,6 +878,113 @@ static void test_delete_backup(void) {
   CHECK(listed("c-api-1") == 1);
 }
 
+/* Verify (fast and full, with progress), a deleted pack index found, repaired (dry run first),
+ * and the target verified whole again; bad options are VMB_EINVAL naming the field. */
+static int count_progress(const vmb_progress* p, void* payload) {
+  (void)p;
+  ++*(int*)payload;
+  return 0;
+}
+
+static void test_verify_and_repair(void) {
+  vmb_error* err = NULL;
+  char* json = NULL;
+  /* A target of its own: every pack on it is referenced by the one backup. */
+  char dir[4200], config[4400];
+  path_in_tmp(dir, sizeof(dir), "verify-target");
+  CHECK(mkdir(dir, 0700) == 0);
+  snprintf(config, sizeof(config), "{\"type\":\"file\",\"endpoint\":\"%s\"}", dir);
+  vmb_target* target = NULL;
+  CHECK_RC(vmb_target_open(&target, config, NULL, &err), VMB_OK, err);
+  if (target == NULL) return;
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options b = VMB_BACKUP_OPTIONS_INIT;
+  b.name = "c-verify";
+  b.volumes = &volume;
+  b.volume_count = 1;
+  CHECK_RC(vmb_backup_run(NULL, target, &b, &err), VMB_OK, err);
+  CHECK_RC(vmb_target_verify(&json, target, NULL, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"ok\":true") != NULL);
+  CHECK(json != NULL && strstr(json, "\"blocks_checked\":0") != NULL);
+  vmb_free(json);
+  json = NULL;
+
+  vmb_verify_options opts;
+  CHECK_RC(vmb_verify_options_init(&opts, VMB_VERIFY_OPTIONS_VERSION, &err), VMB_OK, err);
+  int calls = 0;
+  opts.read_data = 1;
+  opts.progress = count_progress;
+  opts.progress_payload = &calls;
+  opts.progress_interval_ms = 0;
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"ok\":true") != NULL);
+  CHECK(json != NULL && strstr(json, "\"blocks_checked\":0") == NULL);
+  CHECK(calls >= 2);
+  vmb_free(json);
+  json = NULL;
+
+  opts.read_data_subset = "half";
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_EINVAL, err);
+  CHECK(json == NULL);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "read_data_subset") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  opts.read_data_subset = "1/2";
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_OK, err);
+  vmb_free(json);
+  json = NULL;
+  opts.version = 99;
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_EINVAL, err);
+  vmb_error_free(err);
+  err = NULL;
+
+  /* Delete one pack index file. */
+  char index_dir[4300], victim[4600];
+  snprintf(index_dir, sizeof(index_dir), "%s/index", dir);
+  victim[0] = '\0';
+  {
+    char cmd[4400];
+    snprintf(cmd, sizeof(cmd), "ls %s | head -n 1", index_dir);
+    FILE* ls = popen(cmd, "r");
+    char name[256] = "";
+    if (ls != NULL) {
+      if (fgets(name, sizeof(name), ls) == NULL) name[0] = '\0';
+      pclose(ls);
+    }
+    name[strcspn(name, "\n")] = '\0';
+    CHECK(name[0] != '\0');
+    snprintf(victim, sizeof(victim), "%s/%s", index_dir, name);
+  }
+  CHECK(unlink(victim) == 0);
+  CHECK_RC(vmb_target_verify(&json, target, NULL, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"ok\":false") != NULL);
+  CHECK(json != NULL && strstr(json, "in no readable pack index") != NULL);
+  vmb_free(json);
+  json = NULL;
+
+  vmb_verify_options_init(&opts, VMB_VERIFY_OPTIONS_VERSION, NULL);
+  opts.dry_run = 1;
+  CHECK_RC(vmb_target_repair(&json, target, &opts, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"action\":\"rebuilt index\"") != NULL);
+  CHECK(json != NULL && strstr(json, "\"done\":false") != NULL);
+  CHECK(!file_exists(victim));
+  vmb_free(json);
+  json = NULL;
+  CHECK_RC(vmb_target_repair(&json, target, NULL, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"done\":true") != NULL);
+  CHECK(json != NULL && strstr(json, "\"unrestorable_backups\":[]") != NULL);
+  CHECK(file_exists(victim));
+  vmb_free(json);
+  json = NULL;
+  opts.dry_run = 0;
+  opts.read_data = 1;
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"ok\":true") != NULL);
+  vmb_free(json);
+  vmb_error_free(err);
+  vmb_target_free(target);
+}
+
 int main(void) {
   const char* base = getenv("TMPDIR");
   if (base == NULL || base[0] == '\0') base = "/tmp";
@@ -919,6 +1026,7 @@ int main(void) {
     RUN(test_state_dir_and_file_mode_options);
     RUN(test_runtime_of_its_own);
     RUN(test_delete_backup);
+    RUN(test_verify_and_repair);
   } else {
     fprintf(stderr, "target did not open; skipping the tests that need it\n");
     ++g_failed;

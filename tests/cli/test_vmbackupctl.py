@@ -138,3 +138,49 @@ def test_in_flight_mib_bounds_the_upload_and_is_validated(setup, tmp_path):
         assert "--in-flight-mib expects a number from 1 to 65536" in p.stderr
     listed = json.loads(run("--json", "list", "--target", str(target), check=0).stdout)
     assert [b["name"] for b in listed["backups"]] == ["b1"], listed
+
+
+def test_verify_and_repair_exit_codes_and_json(setup, tmp_path):
+    target, vol = setup
+    run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
+    ok = run("--json", "verify", "--target", str(target), "--read-data", check=0)
+    doc = json.loads(ok.stdout)
+    assert doc["ok"] is True and doc["blocks_checked"] > 0 and doc["backups"] == 1
+    run("verify", "--target", str(target), "--read-data", "--read-data-subset", "1/3", check=0)
+    bad = run("verify", "--target", str(target), "--read-data", "--read-data-subset", "lots")
+    assert bad.returncode == 2 and "read-data-subset" in bad.stderr
+    bad = run("verify", "--target", str(target), "--read-data-subset", "1/3")
+    assert bad.returncode == 2 and "--read-data" in bad.stderr
+
+    # Flip a byte of the first block of a pack: fast verify passes, full verify names the block.
+    pack = sorted(target.glob("packs/*/*.pack"))[0]
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 1
+    pack.write_bytes(bytes(data))
+    run("verify", "--target", str(target), check=0)
+    damaged = run("--json", "verify", "--target", str(target), "--read-data", check=14)
+    doc = json.loads(damaged.stdout)
+    assert doc["ok"] is False and doc["bad_block_count"] == 1
+    block = doc["bad_blocks"][0]
+    assert (block["backup"], block["volume"], block["pack_id"], block["pack_offset"]) == (
+        "b1", "disk0", pack.stem, 8)
+    text = run("verify", "--target", str(target), "--read-data", check=14)
+    assert f"bad block: backup b1, volume disk0, offset {block['offset']}, pack {pack.stem}" \
+        in text.stdout
+
+    dry = run("--json", "repair", "--target", str(target), "--read-data", "--dry-run", check=14)
+    assert json.loads(dry.stdout)["actions"][0]["done"] is False
+    rep = run("--json", "repair", "--target", str(target), "--read-data", check=14)
+    doc = json.loads(rep.stdout)
+    assert doc["actions"][0]["action"] == "repacked" and doc["actions"][0]["done"] is True
+    assert doc["unrestorable_backups"] == ["b1"]
+
+    # The next backup stores the lost block again; then everything verifies.
+    run("backup", "--target", str(target), "--name", "b2", "--volume", f"disk0={vol}", check=0)
+    run("verify", "--target", str(target), "--read-data", check=0)
+    run("restore", "b1", "--target", str(target), "--dest-dir", str(tmp_path / "r"), check=0)
+    assert sha(tmp_path / "r" / "disk0.img") == sha(vol)
+    run("repair", "--target", str(target), check=0)
+    # Errors are not "damage found": an unreachable target exits with its own code.
+    missing = run("verify", "--target", str(tmp_path / "nope"))
+    assert missing.returncode not in (0, 14)

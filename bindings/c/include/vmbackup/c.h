@@ -283,6 +283,65 @@ VMB_EXTERN int vmb_target_delete_backup(vmb_target* target, const char* name, vm
 /* Returns the repository's block size in bytes, or 0 if target is NULL. */
 VMB_EXTERN uint32_t vmb_target_block_size(const vmb_target* target);
 
+/* ---- Verify and repair ------------------------------------------------------------------------ */
+
+/* How vmb_target_verify() and vmb_target_repair() check the target. All pointers are borrowed for
+ * the duration of the call. */
+typedef struct vmb_verify_options {
+  unsigned int version; /* VMB_VERIFY_OPTIONS_VERSION */
+  /* Non-zero: fetch every referenced block and check its SHA-256. Default 0: the fast checks only
+   * (records, volume indexes, pack indexes, pack sizes). */
+  int read_data;
+  /* With read_data: which packs to read, as a fraction ("0.1"), a percentage ("10%") or a part
+   * "n/m" (parts 1..m of m read every pack once). Default NULL = every pack. */
+  const char* read_data_subset;
+  /* Packs read at once with read_data (about 32 MiB of memory each). Default 0 = 8. */
+  int parallel_reads;
+  /* At most this many bad blocks are listed in the report ("bad_block_count" counts them all).
+   * Default 10000; 0 = no limit. */
+  uint64_t max_bad_blocks_listed;
+  /* Progress callback and its payload (phase PREPARING while indexes are read, TRANSFERRING while
+   * blocks are read: bytes_total / bytes_read, blocks_total / blocks_done). Runs on the calling
+   * thread. Non-zero cancels (VMB_ECANCELLED). Default NULL = none. */
+  vmb_progress_cb progress;
+  void* progress_payload;
+  /* Minimum time between two progress reports, in ms. Default 200. */
+  int progress_interval_ms;
+  /* vmb_target_repair() only: non-zero reports the repairs without writing or deleting anything.
+   * Default 0. */
+  int dry_run;
+} vmb_verify_options;
+
+#define VMB_VERIFY_OPTIONS_VERSION 1
+#define VMB_VERIFY_OPTIONS_INIT \
+  { VMB_VERIFY_OPTIONS_VERSION, 0, NULL, 0, 10000, NULL, NULL, 200, 0 }
+
+/* Sets *opts to the defaults of `version` (VMB_VERIFY_OPTIONS_INIT).
+ * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
+VMB_EXTERN int vmb_verify_options_init(vmb_verify_options* opts, unsigned int version,
+                                       vmb_error** error);
+
+/* Checks the backups on the target and changes nothing. On success *out is a caller-owned JSON
+ * report (vmb_free; schema in docs/c_api.md, "Verify report") whose "ok" is false when damage was
+ * found: damage is in the report, not in the return code. `opts` may be NULL (fast checks).
+ * Returns 0, or: VMB_EINVAL bad options (the message names the field) or NULL out / target;
+ * VMB_ECANCELLED the progress callback returned non-zero; otherwise the store's error when the
+ * target could not be listed or read (VMB_EUNAVAILABLE, VMB_EPERM, ...). Blocks the calling
+ * thread; may run while jobs use the target. */
+VMB_EXTERN int vmb_target_verify(char** out, const vmb_target* target,
+                                 const vmb_verify_options* opts, vmb_error** error);
+
+/* Verifies (as vmb_target_verify with `opts`), then repairs damaged packs: rebuilds damaged or
+ * missing pack indexes from their pack's trailer after checking every block, copies the good
+ * blocks of packs with bad blocks to new packs, and removes the indexes of missing packs, so lost
+ * blocks are stored again by the next backup. With opts->dry_run nothing is changed. On success
+ * *out is a caller-owned JSON report (vmb_free; docs/c_api.md, "Repair report") listing the
+ * actions and the backups that still cannot be restored ("unrestorable_backups"). A repair of one
+ * pack that fails is reported in its action. Returns the codes of vmb_target_verify(). Two repairs
+ * of one target must not run at once. */
+VMB_EXTERN int vmb_target_repair(char** out, vmb_target* target, const vmb_verify_options* opts,
+                                 vmb_error** error);
+
 /* ---- Backups --------------------------------------------------------------------------------- */
 
 /* A volume: backup source (name, path of a file or block device) or restore destination (name of
