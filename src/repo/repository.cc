@@ -130,8 +130,13 @@ StatusOr<BackupList> Repository::ListBackups() const {
     parallel_of.push_back(i);
   }
   std::vector<std::optional<StatusOr<std::string>>> fetched(to_read.size());
-  auto got = store_->GetMany(parallel, kRecordFetchWindow, kRecordCacheBytes);
-  for (size_t k = 0; k < got.size(); ++k) fetched[parallel_of[k]] = std::move(got[k]);
+  VMB_RETURN_IF_ERROR(GetMany(
+      *store_, parallel.size(), [&](size_t k) { return parallel[k].key; },
+      [&](size_t k) { return parallel[k].size; }, kRecordFetchWindow,
+      [&](size_t k, StatusOr<std::string> got) {
+        fetched[parallel_of[k]] = std::move(got);
+        return Status::Ok();
+      }));
   for (size_t i = 0; i < to_read.size(); ++i) {
     const std::string& name = names[i];
     std::optional<StatusOr<BackupInfo>> rec;

@@ -63,7 +63,7 @@ class RepoIndex {
 // at each listing).
 inline constexpr uint64_t kRecordCacheBytes = 64ull << 20;
 // Records ListBackups reads at once.
-inline constexpr size_t kRecordFetchWindow = 16;
+inline constexpr int kRecordFetchWindow = 16;
 
 class Repository {
  public:

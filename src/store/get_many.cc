@@ -24,6 +24,12 @@ struct GetManyState {
 
 Status GetMany(ObjectStore& store, size_t n, const std::function<std::string(size_t)>& key,
                int window, const std::function<Status(size_t, StatusOr<std::string>)>& consume) {
+  return GetMany(store, n, key, nullptr, window, consume);
+}
+
+Status GetMany(ObjectStore& store, size_t n, const std::function<std::string(size_t)>& key,
+               const std::function<uint64_t(size_t)>& length, int window,
+               const std::function<Status(size_t, StatusOr<std::string>)>& consume) {
   auto state = std::make_shared<GetManyState>();
   const size_t limit = static_cast<size_t>(std::max(1, window));
   size_t next = 0;
@@ -35,6 +41,7 @@ Status GetMany(ObjectStore& store, size_t n, const std::function<std::string(siz
         const size_t i = next++;
         l.unlock();  // the completion may run inline on this thread and take the lock
         std::string k = key(i);
+        const uint64_t len = length ? length(i) : 0;
         auto done = [state, i](StatusOr<std::string> got) {
           std::lock_guard<std::mutex> g(state->mu);
           state->ready.emplace_back(i, std::move(got));
@@ -45,7 +52,7 @@ Status GetMany(ObjectStore& store, size_t n, const std::function<std::string(siz
         ++state->in_flight;
         l.unlock();
         try {
-          store.GetAsync(std::move(k), 0, 0, std::move(done));
+          store.GetAsync(std::move(k), 0, len, std::move(done));
         } catch (...) {
           // Not started (the store calls `done` exactly once when it accepted the read).
           l.lock();

@@ -29,6 +29,14 @@ inline constexpr int kDefaultGetWindow = 32;
                              const std::function<std::string(size_t)>& key, int window,
                              const std::function<Status(size_t, StatusOr<std::string>)>& consume);
 
+// As above, object i read as the range [0, length(i)) (GetAsync's `length`: 0 = whole), e.g. the
+// size a listing gave, so nothing beyond it is read: an object that changed size since is
+// kDataLoss or kOutOfRange. A null `length` reads every object whole.
+[[nodiscard]] Status GetMany(ObjectStore& store, size_t n,
+                             const std::function<std::string(size_t)>& key,
+                             const std::function<uint64_t(size_t)>& length, int window,
+                             const std::function<Status(size_t, StatusOr<std::string>)>& consume);
+
 }  // namespace vmbackup::internal
 
 #endif  // VMBACKUP_STORE_GET_MANY_H_
