@@ -1,4 +1,4 @@
-// The vmbackupctl commands (target test, backup, list, show, restore, delete) and the job runners
+// The vmbackupctl commands (target test, backup, list, show, restore, delete, forget, gc) and the job runners
 // the demo shares with them. Each Cmd* function prints its result (text or --json) and returns the
 // process exit code. Run on the main thread.
 #ifndef VMBACKUP_TOOLS_COMMANDS_H_
@@ -22,6 +22,9 @@ int CmdList(Context& ctx, const ParsedArgs& args);
 int CmdShow(Context& ctx, const ParsedArgs& args);
 int CmdRestore(Context& ctx, const ParsedArgs& args);
 int CmdDelete(Context& ctx, const ParsedArgs& args);
+// maintenance_cmds.cc
+int CmdForget(Context& ctx, const ParsedArgs& args);
+int CmdGc(Context& ctx, const ParsedArgs& args);
 
 // A finished backup.
 struct BackupRun {

@@ -16,6 +16,24 @@ void RepoIndex::AddPack(const std::string& pack_id, const std::vector<PackEntry>
   }
 }
 
+void RepoIndex::RemovePacks(const std::set<std::string>& pack_ids) {
+  if (pack_ids.empty()) return;
+  std::vector<bool> gone(pack_ids_.size());
+  for (size_t i = 0; i < pack_ids_.size(); ++i) gone[i] = pack_ids.count(pack_ids_[i]) != 0;
+  absl::erase_if(map_, [&](const auto& kv) { return gone[kv.second.pack]; });
+}
+
+// Pack ids in `loaded` whose index key is not in `listing` (deleted by garbage collection).
+static std::set<std::string> GonePacks(const std::set<std::string>& loaded,
+                                       const std::vector<ObjectInfo>& listing) {
+  std::set<std::string> listed;
+  for (const auto& o : listing) listed.insert(PackIdFromIndexKey(o.key));
+  std::set<std::string> gone;
+  for (const auto& id : loaded)
+    if (!listed.count(id)) gone.insert(id);
+  return gone;
+}
+
 StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore> store,
                                                        bool create, uint32_t block_size,
                                                        uint32_t pack_size) {
@@ -49,8 +67,11 @@ StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {
     std::string id = PackIdFromIndexKey(o.key);
     if (!id.empty() && !loaded_.count(id)) fresh.push_back(id);
   }
-  if (index_ && fresh.empty()) return index_;
+  const std::set<std::string> gone = GonePacks(loaded_, keys);
+  if (index_ && fresh.empty() && gone.empty()) return index_;
   auto next = std::make_shared<RepoIndex>(index_ ? *index_ : RepoIndex());
+  next->RemovePacks(gone);
+  for (const auto& id : gone) loaded_.erase(id);
   for (const auto& id : fresh) {
     auto bytes = store_->GetAtMost(PackIndexKey(id), kMaxWholeObjectRead);
     if (!bytes.ok()) {
