@@ -51,6 +51,7 @@ std::optional<int> GcOptionsFromArgs(Context& ctx, const ParsedArgs& args, const
     }
   }
   for (const std::string& d : args.GetAll("restore-dir")) o->restore_dirs.push_back(d);
+  o->repack = !args.Has("no-repack");
   return std::nullopt;
 }
 
@@ -90,6 +91,8 @@ void PrintGcReport(const vmbackup::GcReport& r) {
       {"dead packs", std::to_string(r.dead_packs), FormatBytes(r.dead_pack_bytes)},
       {"partly live packs", std::to_string(r.partly_live_packs),
        FormatBytes(r.dead_bytes_in_partly_live_packs) + " dead"},
+      {"less than half live (repack)", std::to_string(r.repack_candidates), "-"},
+      {"packs repacked", std::to_string(r.packs_repacked), FormatBytes(r.bytes_repacked) + " new"},
       {"new candidates (wait for the grace)", std::to_string(r.new_candidates), "-"},
       {"pack indexes deleted", std::to_string(r.indexes_deleted), "-"},
       {"packs deleted", std::to_string(r.packs_deleted), "-"},

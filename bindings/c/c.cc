@@ -594,6 +594,7 @@ int vmb_target_gc(char** out, vmb_target* target, const vmb_gc_options* opts, vm
       go.dry_run = opts->dry_run != 0;
       go.grace_seconds = opts->grace_seconds;
       go.lease_expiry_seconds = opts->lease_expiry_seconds;
+      go.repack = opts->repack != 0;
       if (opts->restore_dir_count > 0 && opts->restore_dirs == nullptr)
         return NullArgument("vmb_target_gc", "opts->restore_dirs");
       for (size_t i = 0; i < opts->restore_dir_count; ++i) {

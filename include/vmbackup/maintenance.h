@@ -96,6 +96,10 @@ struct GcOptions {
   // clock is left over by a killed job and ignored (then deleted). Default -1 = 7 days; backups
   // must take less time than this.
   int64_t lease_expiry_seconds = -1;
+  // Rewrite packs less than half live (by stored bytes) once they stayed so for the grace: their
+  // live blocks move to a new pack and the old pack is then collected like a dead one. Default
+  // true.
+  bool repack = true;
   // Directories on this host where restores write (RestoreSpec::dest_dir and the directories of
   // explicit destinations): files named "*.vmbackup-partial-*" in them (not below), left by killed
   // restores and last modified longer than the grace ago (this host's clock), are deleted.
@@ -117,8 +121,11 @@ struct GcReport {
   uint64_t pack_bytes = 0;   // their size (all indexed packs)
   uint64_t dead_packs = 0;   // indexed packs none of whose blocks is live
   uint64_t dead_pack_bytes = 0;
-  uint64_t partly_live_packs = 0;  // packs with live and dead blocks (kept; no repack yet)
+  uint64_t partly_live_packs = 0;                // packs with live and dead blocks
   uint64_t dead_bytes_in_partly_live_packs = 0;  // stored bytes of their dead blocks
+  uint64_t repack_candidates = 0;                // packs less than half live (GcOptions::repack)
+  uint64_t packs_repacked = 0;        // of them, rewritten by this run (their index deleted)
+  uint64_t bytes_repacked = 0;        // size of the new packs written for them
   uint64_t new_candidates = 0;        // dead packs listed for a later run (grace not passed)
   uint64_t indexes_deleted = 0;       // pack indexes deleted (packs condemned; deleted next run)
   uint64_t packs_deleted = 0;         // condemned packs deleted
@@ -131,7 +138,8 @@ struct GcReport {
   uint64_t leases_active = 0;             // leases honoured
   uint64_t leases_expired = 0;            // leases older than lease_expiry, deleted
   // Bytes this run would free if the grace had passed for everything dead now (dead packs,
-  // condemned packs, orphans and temporaries seen): what a dry run reports as "reclaimable".
+  // condemned packs, dead bytes of repack candidates, orphans and temporaries seen): what a dry
+  // run reports as "reclaimable".
   uint64_t reclaimable_bytes = 0;
   std::vector<std::string> damaged;  // damaged records or pack indexes (GC refuses to sweep)
 };

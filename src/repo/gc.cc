@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -89,6 +90,8 @@ struct GcState {
   std::map<std::string, Seen> candidates;   // pack id → dead pack with an index
   std::map<std::string, Seen> no_index;     // pack id → pack without an index
   std::map<std::string, Seen> temporaries;  // .tmp/ key
+  std::map<std::string, Seen> repack;       // pack id → less than half live (by stored bytes)
+  std::map<std::string, std::string> replaced_by;  // repacked pack id → the pack of its live blocks
 };
 
 json SeenMapToJson(const std::map<std::string, Seen>& m) {
@@ -118,6 +121,8 @@ std::string EncodeState(const GcState& s) {
   b["candidates"] = SeenMapToJson(s.candidates);
   b["no_index"] = SeenMapToJson(s.no_index);
   b["temporaries"] = SeenMapToJson(s.temporaries);
+  b["repack"] = SeenMapToJson(s.repack);
+  b["replaced_by"] = s.replaced_by;
   return EncodeJsonEnvelope(kStateKind, b);
 }
 
@@ -132,6 +137,15 @@ StatusOr<GcState> DecodeState(std::string_view bytes, const std::string& what) {
   VMB_RETURN_IF_ERROR(SeenMapFromJson(b, "candidates", what, &s.candidates));
   VMB_RETURN_IF_ERROR(SeenMapFromJson(b, "no_index", what, &s.no_index));
   VMB_RETURN_IF_ERROR(SeenMapFromJson(b, "temporaries", what, &s.temporaries));
+  VMB_RETURN_IF_ERROR(SeenMapFromJson(b, "repack", what, &s.repack));
+  auto rb = b.find("replaced_by");
+  if (rb == b.end() || !rb->is_object())
+    return DataLossError(what + ": field 'replaced_by' is not an object");
+  for (const auto& [k, v] : rb->items()) {
+    if (!v.is_string() || v.get<std::string>().size() != 32)
+      return DataLossError(what + ": field 'replaced_by' has a malformed entry");
+    s.replaced_by[k] = v.get<std::string>();
+  }
   return s;
 }
 
@@ -193,6 +207,7 @@ class Run {
 
  private:
   Status Progress(const char* phase, uint64_t done, uint64_t total) {
+    VMB_RETURN_IF_ERROR(RenewLock());
     if (!opts_.progress) return Status::Ok();
     GcProgress p{phase, done, total};
     if (!opts_.progress(p))
@@ -206,12 +221,27 @@ class Run {
   Status GateAndUpgrade();
   Status Lock();
   void Unlock();
+  std::string LockBody(int64_t renewed) const;
+  // Rewrites the lock every 10 minutes of a long run, so that only a run that stopped renewing it
+  // for kGcLockStaleSeconds counts as killed.
+  Status RenewLock() {
+    if (!locked_) return Status::Ok();
+    const int64_t t = clock_();
+    if (t - renewed_ < 600) return Status::Ok();
+    renewed_ = t;
+    return store_.Put(kGcLockKey, LockBody(t), PutOptions{}).WithContext("renewing the GC lock");
+  }
+  int64_t renewed_ = 0;
   StatusOr<std::optional<GcState>> PreviousState();
   Status ReadLeases();
   Status BuildLiveSet();
   Status Finish();
   Status Mark(const std::string& prev_run);
   Status SweepRestorePartials();
+  StatusOr<std::string> RepackLive(const std::string& id, uint64_t size,
+                                   const std::vector<PackEntry>& entries);
+  // Digests of pack `id`'s index (empty when it is missing or unreadable).
+  std::set<Digest> DigestsOf(const std::string& id);
   std::string prev_newest_;  // the newest run with a state on the target, readable or not
 
   Repository& repo_;
@@ -259,12 +289,17 @@ Status Run::GateAndUpgrade() {
       .WithContext("upgrading the repository descriptor for garbage collection");
 }
 
-Status Run::Lock() {
+std::string Run::LockBody(int64_t renewed) const {
   json b;
   b["host"] = HostName();
-  b["started"] = now_;
+  b["started"] = renewed;  // when the holder last renewed it (its clock)
   b["started_at"] = UnixToRfc3339(now_);
-  const std::string body = EncodeJsonEnvelope(kLockKind, b);
+  return EncodeJsonEnvelope(kLockKind, b);
+}
+
+Status Run::Lock() {
+  renewed_ = now_;
+  const std::string body = LockBody(now_);
   for (int attempt = 0; attempt < 2; ++attempt) {
     Status st = store_.Put(kGcLockKey, body, PutOptions{.if_absent = true});
     if (st.ok()) {
@@ -454,12 +489,51 @@ Status Run::SweepRestorePartials() {
   return Status::Ok();
 }
 
+// Writes the live blocks of pack `id` (checked against their digests) into a new pack and its
+// index; returns the new pack's id. kDataLoss when a live block of the pack is damaged.
+StatusOr<std::string> Run::RepackLive(const std::string& id, uint64_t size,
+                                      const std::vector<PackEntry>& entries) {
+  const std::string what = "pack " + PackKey(id);
+  VMB_ASSIGN_OR_RETURN(std::string pack, store_.Get(PackKey(id), 0, size));
+  PackBuilder pb(static_cast<uint32_t>(std::min<uint64_t>(size, kMaxPackSize)));
+  std::string raw;
+  for (const auto& e : entries) {
+    if (!live_.Contains(e.digest)) continue;
+    if (e.offset > pack.size() || e.stored_len > pack.size() - e.offset)
+      return DataLossError(what + " is shorter than its index says");
+    raw.resize(e.raw_len);
+    VMB_RETURN_IF_ERROR(
+        DecodeBlock(e.codec, pack.data() + e.offset, e.stored_len, raw.data(), e.raw_len));
+    if (Sha256(raw) != e.digest)
+      return DataLossError(what + " holds a block that does not match its digest (at offset " +
+                           std::to_string(e.offset) + ")");
+    pb.Add(e.digest, raw.data(), raw.size());
+  }
+  VMB_ASSIGN_OR_RETURN(PackBuilder::Sealed sealed, pb.Seal());
+  // Data before metadata, as every writer does.
+  VMB_RETURN_IF_ERROR(store_.Put(PackKey(sealed.id), sealed.data, PutOptions{}));
+  VMB_RETURN_IF_ERROR(store_.Put(PackIndexKey(sealed.id), sealed.index, PutOptions{}));
+  r_.bytes_repacked += sealed.data.size();
+  return sealed.id;
+}
+
+std::set<Digest> Run::DigestsOf(const std::string& id) {
+  std::set<Digest> out;
+  auto bytes = store_.GetAtMost(PackIndexKey(id), kMaxWholeObjectRead);
+  if (!bytes.ok()) return out;
+  auto entries = DecodePackIndex(*bytes, id, "pack index " + PackIndexKey(id));
+  if (!entries.ok()) return out;
+  for (const auto& e : *entries) out.insert(e.digest);
+  return out;
+}
+
 Status Run::Finish() {
   VMB_ASSIGN_OR_RETURN(std::optional<GcState> prev, PreviousState());
   VMB_RETURN_IF_ERROR(Mark(prev_newest_));
   const auto* prev_candidates = prev ? &prev->candidates : nullptr;
   const auto* prev_no_index = prev ? &prev->no_index : nullptr;
   const auto* prev_temporaries = prev ? &prev->temporaries : nullptr;
+  const auto* prev_repack = prev ? &prev->repack : nullptr;
   // Leases before records: a writer that removed its lease before this listing published its
   // record before it, so the record scan below sees it.
   VMB_RETURN_IF_ERROR(ReadLeases());
@@ -504,10 +578,11 @@ Status Run::Finish() {
     }
     ++r_.packs;
     r_.pack_bytes += ps->second;
-    uint64_t live = 0, dead_bytes = 0;
+    uint64_t live = 0, dead_bytes = 0, live_bytes = 0;
     for (const auto& e : *entries) {
       if (live_.Contains(e.digest)) {
         ++live;
+        live_bytes += e.stored_len;
       } else {
         dead_bytes += e.stored_len;
       }
@@ -517,6 +592,31 @@ Status Run::Finish() {
         ++r_.partly_live_packs;
         r_.dead_bytes_in_partly_live_packs += dead_bytes;
       }
+      if (!opts_.repack || live_bytes >= dead_bytes) continue;
+      // Less than half live: listed first; once it stayed so for the grace, its live blocks move
+      // to a new pack and it is condemned like a dead pack (the re-check before deleting it
+      // accepts blocks the new pack holds).
+      ++r_.repack_candidates;
+      r_.reclaimable_bytes += dead_bytes;
+      Seen seen;
+      if (!sweep_ || !GraceOver(prev_repack, id, &seen)) {
+        next.repack[id] =
+            prev_repack && prev_repack->count(id) ? prev_repack->at(id) : Seen{now_, run_};
+        continue;
+      }
+      ++r_.packs_repacked;
+      if (opts_.dry_run) continue;
+      auto replacement = RepackLive(id, ps->second, *entries);
+      if (!replacement.ok()) {
+        if (replacement.status().code() != StatusCode::kDataLoss) return replacement.status();
+        r_.damaged.push_back(replacement.status().message());  // left for repair
+        --r_.packs_repacked;
+        continue;
+      }
+      condemn.push_back(o.key);
+      next.no_index[id] = Seen{now_, run_, true};
+      next.replaced_by[id] = *replacement;
+      ++r_.indexes_deleted;
       continue;
     }
     ++r_.dead_packs;
@@ -545,14 +645,18 @@ Status Run::Finish() {
     r_.reclaimable_bytes += size;
     Seen seen;
     const bool due = sweep_ && GraceOver(prev_no_index, id, &seen);
+    std::string replacement;
+    if (prev && prev->replaced_by.count(id)) replacement = prev->replaced_by.at(id);
     if (!due) {
       next.no_index[id] =
           prev_no_index && prev_no_index->count(id) ? prev_no_index->at(id) : Seen{now_, run_};
+      if (!replacement.empty()) next.replaced_by[id] = replacement;
       continue;
     }
     if (Leased(seen.first_run)) {
       ++r_.packs_leased;
       next.no_index[id] = seen;
+      if (!replacement.empty()) next.replaced_by[id] = replacement;
       continue;
     }
     // Re-check: a backup that loaded the index before it was deleted may have published since.
@@ -560,9 +664,13 @@ Status Run::Finish() {
     auto entries = ReadTrailerEntries(store_, id, size, &index_bytes);
     if (!entries.ok() && entries.status().code() == StatusCode::kNotFound) continue;
     if (!entries.ok() && entries.status().code() != StatusCode::kDataLoss) return entries.status();
+    // A repacked pack's live blocks are in its replacement (while that pack is indexed).
+    const std::set<Digest> covered =
+        replacement.empty() ? std::set<Digest>() : DigestsOf(replacement);
     bool live = false;
     if (entries.ok())
-      for (const auto& e : *entries) live = live || live_.Contains(e.digest);
+      for (const auto& e : *entries)
+        live = live || (live_.Contains(e.digest) && !covered.count(e.digest));
     if (live) {
       if (!opts_.dry_run)
         VMB_RETURN_IF_ERROR(store_.Put(PackIndexKey(id), index_bytes, PutOptions{}));
@@ -587,7 +695,8 @@ Status Run::Finish() {
   for (const auto& o : tmps) {
     r_.reclaimable_bytes += o.size;
     Seen seen;
-    if (GraceOver(prev_temporaries, o.key, &seen)) {
+    // A running backup may be uploading through it: postponed like its packs (see Leased).
+    if (GraceOver(prev_temporaries, o.key, &seen) && !Leased(seen.first_run)) {
       stray.push_back(o.key);
       ++r_.temporaries_deleted;
       r_.bytes_deleted += o.size;

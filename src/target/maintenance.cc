@@ -61,6 +61,9 @@ std::string GcReportToJson(const GcReport& r) {
   j["dead_pack_bytes"] = r.dead_pack_bytes;
   j["partly_live_packs"] = r.partly_live_packs;
   j["dead_bytes_in_partly_live_packs"] = r.dead_bytes_in_partly_live_packs;
+  j["repack_candidates"] = r.repack_candidates;
+  j["packs_repacked"] = r.packs_repacked;
+  j["bytes_repacked"] = r.bytes_repacked;
   j["new_candidates"] = r.new_candidates;
   j["indexes_deleted"] = r.indexes_deleted;
   j["packs_deleted"] = r.packs_deleted;

@@ -962,7 +962,8 @@ static void test_forget_and_gc(void) {
 
   /* GC: a dry run, a cancelled run, then three runs with no grace reclaim gc-old's packs. */
   vmb_gc_options go = VMB_GC_OPTIONS_INIT;
-  CHECK(go.grace_seconds == -1 && go.lease_expiry_seconds == -1);
+  CHECK(go.grace_seconds == -1 && go.lease_expiry_seconds == -1 && go.repack == 1);
+  CHECK(go.restore_dirs == NULL && go.restore_dir_count == 0);
   go.version = 7;
   CHECK_RC(vmb_target_gc(&out, t, &go, NULL), VMB_EINVAL, NULL);
   CHECK_RC(vmb_gc_options_init(&go, VMB_GC_OPTIONS_VERSION, NULL), VMB_OK, NULL);

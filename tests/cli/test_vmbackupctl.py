@@ -203,6 +203,9 @@ def test_gc_dry_run_changes_nothing_and_flags_are_checked(setup, tmp_path):
     assert snapshot() == before
     text = run("gc", "--target", str(target), "--dry-run", check=0)
     assert "dry run" in text.stdout and "reclaimable" in text.stdout
+    norepack = json.loads(run("--json", "gc", "--target", str(target), "--dry-run", "--no-repack",
+                              check=0).stdout)
+    assert norepack["repack_candidates"] == 0 and norepack["packs_repacked"] == 0
     bad = run("gc", "--target", str(target), "--grace", "soon")
     assert bad.returncode == 2 and "--grace" in bad.stderr
     # Another run holding the lock: exit 11 (failed precondition) naming it.

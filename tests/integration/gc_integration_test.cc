@@ -6,9 +6,11 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cstring>
 #include <future>
 #include <map>
 #include <mutex>
+#include <random>
 
 #include "core/impl_access.h"
 #include "integration_util.h"
@@ -211,6 +213,40 @@ TEST_P(GcIntegrationTest, LeftoversOfKilledWritersGoAfterTwoRuns) {
   EXPECT_EQ(Bytes("packs/"), packs_before - pack.size());
   EXPECT_EQ(Count(".tmp/deadbeefdeadbeef"), 0u);
   EXPECT_EQ(integ::RestoreSha(target_, "b1", dir_), FileSha256(dir_.Sub("v.img")));
+}
+
+TEST_P(GcIntegrationTest, PacksMostlyDeadAreRepackedAndTheirBackupStillRestores) {
+  // SmallRepo: 64 KiB blocks, 1 MiB packs (16 random blocks each). "keep" shares every fourth
+  // block with "gone"; once "gone" is deleted, each of its packs is a quarter live.
+  const std::string a = Volume("a.img", 21, 4 << 20);
+  std::string b = ::vmbackup::testing::ReadAll(a);
+  std::mt19937_64 rng(22);
+  for (size_t blk = 0; blk < b.size() / 65536; ++blk) {
+    if (blk % 4 == 0) continue;
+    for (size_t i = blk * 65536; i < (blk + 1) * 65536; i += 8) {
+      const uint64_t x = rng();
+      std::memcpy(&b[i], &x, 8);
+    }
+  }
+  ::vmbackup::testing::WriteAll(dir_.Sub("b.img"), b);
+  Backup("gone", a);
+  Backup("keep", dir_.Sub("b.img"));
+  ASSERT_OK(target_->DeleteBackup("gone"));
+  const uint64_t before = Bytes("packs/");
+  const GcReport first = Gc();
+  ASSERT_GT(first.repack_candidates, 0u);
+  const GcReport second = Gc();
+  EXPECT_EQ(second.packs_repacked, first.repack_candidates);
+  EXPECT_EQ(integ::RestoreSha(target_, "keep", dir_), FileSha256(dir_.Sub("b.img")));
+  const GcReport third = Gc();
+  EXPECT_EQ(third.packs_deleted, first.repack_candidates);
+  const GcReport after = Gc();
+  EXPECT_EQ(after.repack_candidates, 0u);
+  EXPECT_EQ(after.dead_packs, 0u);
+  std::cout << "[ BYTES ] " << GetParam() << ": packs " << before << " -> " << Bytes("packs/")
+            << " after repacking " << second.packs_repacked << " packs\n";
+  EXPECT_LT(Bytes("packs/"), before);
+  EXPECT_EQ(integ::RestoreSha(target_, "keep", dir_), FileSha256(dir_.Sub("b.img")));
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, GcIntegrationTest, ::testing::Values("local", "s3", "nfs3"),

@@ -532,6 +532,7 @@ def test_forget_then_gc_reclaims_the_forgotten_backups_packs(target, target_dir,
     packs_before = _packs(target_dir)
     report = target.gc(dry_run=True, grace_seconds=0)
     assert report["dry_run"] is True and report["run"] == ""
+    assert target.gc(dry_run=True, repack=False)["repack_candidates"] == 0
     assert _packs(target_dir) == packs_before
     phases = []
     for _ in range(3):

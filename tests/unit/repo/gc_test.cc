@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 
+#include <cstring>
 #include <ctime>
+#include <random>
 
 #include <nlohmann/json.hpp>
 #include <set>
@@ -321,22 +323,24 @@ TEST_F(GcTest, OrphanPacksAndTemporariesGoOnlyAfterTheGraceAndExpiredLeasesAreIg
   EXPECT_EQ(r2->orphan_packs_deleted + r2->temporaries_deleted, 0u);
   EXPECT_TRUE(store_->Snapshot().count(PackKey(sealed->id)));
 
-  // Past the grace: the temporary goes; the orphan is held by the killed writer's lease.
+  // Past the grace, but the killed writer's lease (it could still be uploading) holds both.
   now_ += kHour;
   auto r3 = Gc();
   ASSERT_OK(r3);
-  EXPECT_EQ(r3->temporaries_deleted, 1u);
+  EXPECT_EQ(r3->temporaries_deleted, 0u);
   EXPECT_EQ(r3->orphan_packs_deleted, 0u);
   EXPECT_EQ(r3->packs_leased, 1u);
-  EXPECT_FALSE(store_->Snapshot().count(".tmp/0123456789abcdef"));
+  EXPECT_TRUE(store_->Snapshot().count(".tmp/0123456789abcdef"));
 
-  // Once the lease is older than the lease expiry it is deleted and the orphan goes.
+  // Once the lease is older than the lease expiry it is deleted and both go.
   now_ += 8 * 24 * kHour;
   auto r4 = Gc();
   ASSERT_OK(r4);
   EXPECT_EQ(r4->leases_expired, 1u);
   EXPECT_EQ(r4->orphan_packs_deleted, 1u);
+  EXPECT_EQ(r4->temporaries_deleted, 1u);
   EXPECT_FALSE(store_->Snapshot().count(PackKey(sealed->id)));
+  EXPECT_FALSE(store_->Snapshot().count(".tmp/0123456789abcdef"));
   EXPECT_FALSE(store_->Snapshot().count(lease_key));
 }
 
@@ -428,6 +432,116 @@ TEST_F(GcTest, RestoreLeftoversOlderThanTheGraceAreDeleted) {
   o.restore_dirs = {dir_.Sub("no-such-dir")};
   EXPECT_THAT(RunGc(repo(), o, [this] { return now_; }),
               StatusIs(StatusCode::kNotFound, "no-such-dir"));
+}
+
+TEST_F(GcTest, PacksLessThanHalfLiveAreRepackedAndTheRestStaysRestorable) {
+  // a.img: 32 random 64 KiB blocks (incompressible: 4 per 256 KiB pack). b.img keeps every fourth
+  // block of a.img and replaces the others, so once backup "a" is deleted each of a's packs is a
+  // quarter live.
+  std::mt19937_64 rng(42);
+  std::string a(32 * 65536, '\0'), b;
+  for (size_t i = 0; i + 8 <= a.size(); i += 8) {
+    const uint64_t x = rng();
+    std::memcpy(&a[i], &x, 8);
+  }
+  b = a;
+  for (size_t blk = 0; blk < 32; ++blk) {
+    if (blk % 4 == 0) continue;
+    for (size_t i = blk * 65536; i < (blk + 1) * 65536; i += 8) {
+      const uint64_t x = rng();
+      std::memcpy(&b[i], &x, 8);
+    }
+  }
+  testing::WriteAll(dir_.Sub("a.img"), a);
+  testing::WriteAll(dir_.Sub("b.img"), b);
+  auto backup = [&](const std::string& name, const std::string& file) {
+    BackupSpec spec;
+    spec.name = name;
+    spec.volumes.push_back({"disk0", dir_.Sub(file), false, {}});
+    auto job = BackupJob::Create(target_, spec);
+    ASSERT_OK(job);
+    ASSERT_OK((*job)->Run());
+  };
+  backup("a", "a.img");
+  backup("b", "b.img");
+  ASSERT_OK(target_->DeleteBackup("a"));
+  const uint64_t before = BytesUnder("packs/");
+
+  auto r1 = Gc();
+  ASSERT_OK(r1);
+  EXPECT_GE(r1->repack_candidates, 7u);  // a's packs (a block may have shared one with b's)
+  EXPECT_EQ(r1->packs_repacked, 0u);
+  now_ += 2 * kHour;
+  auto dry = Gc(kHour, /*dry_run=*/true);
+  ASSERT_OK(dry);
+  EXPECT_EQ(dry->packs_repacked, r1->repack_candidates);
+  EXPECT_EQ(BytesUnder("packs/"), before);
+  auto r2 = Gc();
+  ASSERT_OK(r2);
+  EXPECT_EQ(r2->packs_repacked, r1->repack_candidates);
+  EXPECT_GT(r2->bytes_repacked, 0u);
+  EXPECT_EQ(RestoredSha("b"), FileSha256(dir_.Sub("b.img")));  // from the new packs
+  now_ += 2 * kHour;
+  auto r3 = Gc();
+  ASSERT_OK(r3);
+  EXPECT_EQ(r3->packs_deleted, r1->repack_candidates);  // live blocks are in the new packs
+  EXPECT_EQ(r3->indexes_restored, 0u);
+  GcUntilStable();
+  // No pack is left with dead blocks below half, nothing unreferenced remains, b restores.
+  auto last = Gc();
+  ASSERT_OK(last);
+  EXPECT_EQ(last->repack_candidates, 0u);
+  EXPECT_EQ(last->dead_packs, 0u);
+  EXPECT_EQ(BytesUnder("packs/") + BytesUnder("index/"), ReferencedPackBytes());
+  EXPECT_LT(BytesUnder("packs/"), before);
+  EXPECT_EQ(RestoredSha("b"), FileSha256(dir_.Sub("b.img")));
+}
+
+TEST_F(GcTest, RepackedPackWhoseDeadBlockIsUsedAgainIsKept) {
+  // A backup that loaded the index before the repack deduplicated against a dead block of the
+  // pack (simulated by publishing the deleted backup's record again): the re-check finds a live
+  // block that the new pack does not hold and restores the old pack's index.
+  std::string a(8 * 65536, '\0'), b;
+  std::mt19937_64 rng(7);
+  for (size_t i = 0; i + 8 <= a.size(); i += 8) {
+    const uint64_t x = rng();
+    std::memcpy(&a[i], &x, 8);
+  }
+  b = a;
+  for (size_t i = 65536; i < b.size(); i += 8) {
+    const uint64_t x = rng();
+    std::memcpy(&b[i], &x, 8);
+  }
+  testing::WriteAll(dir_.Sub("a.img"), a);
+  testing::WriteAll(dir_.Sub("b.img"), b);
+  for (const auto& [name, file] : {std::pair{"a", "a.img"}, std::pair{"b", "b.img"}}) {
+    BackupSpec spec;
+    spec.name = name;
+    spec.volumes.push_back({"disk0", dir_.Sub(file), false, {}});
+    auto job = BackupJob::Create(target_, spec);
+    ASSERT_OK(job);
+    ASSERT_OK((*job)->Run());
+  }
+  std::map<std::string, std::string> a_objects;
+  for (const auto& [k, v] : store_->Snapshot())
+    if (k.rfind("records/a.", 0) == 0 || k.rfind("volumes/a/", 0) == 0) a_objects[k] = v;
+  ASSERT_OK(target_->DeleteBackup("a"));
+  ASSERT_OK(Gc());
+  now_ += 2 * kHour;
+  auto repacked = Gc();
+  ASSERT_OK(repacked);
+  ASSERT_GT(repacked->packs_repacked, 0u);
+  for (const auto& [k, v] : a_objects) store_->Overwrite(k, v);
+  EXPECT_EQ(RestoredSha("a"), FileSha256(dir_.Sub("a.img")));
+  now_ += 2 * kHour;
+  auto r = Gc();
+  ASSERT_OK(r);
+  EXPECT_EQ(r->packs_deleted, 0u);
+  // The repacked pack and a's wholly dead pack, condemned in the same run, are both live again.
+  EXPECT_EQ(r->indexes_restored, repacked->indexes_deleted);
+  GcUntilStable();
+  EXPECT_EQ(RestoredSha("a"), FileSha256(dir_.Sub("a.img")));
+  EXPECT_EQ(RestoredSha("b"), FileSha256(dir_.Sub("b.img")));
 }
 
 TEST_F(GcTest, BackupsLeaveNoLeaseBehind) {

@@ -346,11 +346,14 @@ typedef struct vmb_gc_options {
    * for the call. Default NULL / 0. */
   const char* const* restore_dirs;
   size_t restore_dir_count;
+  /* Non-zero: rewrite packs less than half live once they stayed so for the grace (their live
+   * blocks move to a new pack). Default 1. */
+  int repack;
 } vmb_gc_options;
 
 #define VMB_GC_OPTIONS_VERSION 1
 #define VMB_GC_OPTIONS_INIT \
-  { VMB_GC_OPTIONS_VERSION, 0, -1, -1, NULL, NULL, NULL, 0 }
+  { VMB_GC_OPTIONS_VERSION, 0, -1, -1, NULL, NULL, NULL, 0, 1 }
 
 /* Sets *opts to the defaults of `version` (VMB_GC_OPTIONS_INIT).
  * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
