@@ -1,5 +1,5 @@
-// The vmbackupctl commands (target test, backup, list, show, restore, delete, verify, repair) and the job runners
-// the demo shares with them. Each Cmd* function prints its result (text or --json) and returns the
+// The vmbackupctl commands (target test, backup, list, show, restore, delete, verify, repair,
+// forget, gc) and the job runners the demo shares with them. Each Cmd* function prints its result (text or --json) and returns the
 // process exit code. Run on the main thread.
 #ifndef VMBACKUP_TOOLS_COMMANDS_H_
 #define VMBACKUP_TOOLS_COMMANDS_H_
@@ -26,6 +26,9 @@ int CmdDelete(Context& ctx, const ParsedArgs& args);
 // the target is sound (repair: when nothing stays damaged), kExitDamageFound otherwise.
 int CmdVerify(Context& ctx, const ParsedArgs& args);
 int CmdRepair(Context& ctx, const ParsedArgs& args);
+// forget and gc (maintenance_cmds.cc).
+int CmdForget(Context& ctx, const ParsedArgs& args);
+int CmdGc(Context& ctx, const ParsedArgs& args);
 
 // A finished backup.
 struct BackupRun {

@@ -831,6 +831,92 @@ void Bind(py::module_& m) {
           "of missing packs, so lost blocks are stored again by the next backup. Returns the "
           "report as a dict ('actions', 'unrestorable_backups', 'before': the verify report). "
           "dry_run changes nothing.")
+      .def(
+          "forget",
+          [](BackupTarget& t, int keep_last, int keep_hourly, int keep_daily, int keep_weekly,
+             int keep_monthly, int keep_yearly, const std::optional<std::string>& vm_name,
+             const std::optional<std::string>& vm_namespace, bool dry_run) {
+            RetentionPolicy policy;
+            policy.keep_last = keep_last;
+            policy.keep_hourly = keep_hourly;
+            policy.keep_daily = keep_daily;
+            policy.keep_weekly = keep_weekly;
+            policy.keep_monthly = keep_monthly;
+            policy.keep_yearly = keep_yearly;
+            ForgetOptions o;
+            o.vm_name = vm_name.value_or("");
+            o.vm_namespace = vm_namespace.value_or("");
+            o.dry_run = dry_run;
+            StatusOr<ForgetResult> r = WithoutGil([&] { return t.Forget(policy, o); });
+            ForgetResult res = Check(std::move(r));
+            py::list keep;
+            for (const auto& k : res.decision.keep) {
+              py::dict d;
+              d["name"] = k.name;
+              d["reasons"] = py::cast(k.reasons);
+              keep.append(d);
+            }
+            py::dict out;
+            out["dry_run"] = dry_run;
+            out["keep"] = keep;
+            out["forget"] = py::cast(res.decision.forget);
+            out["deleted"] = py::cast(res.deleted);
+            return out;
+          },
+          py::kw_only(), "keep_last"_a = 0, "keep_hourly"_a = 0, "keep_daily"_a = 0,
+          "keep_weekly"_a = 0, "keep_monthly"_a = 0, "keep_yearly"_a = 0, "vm_name"_a = py::none(),
+          "vm_namespace"_a = py::none(), "dry_run"_a = false,
+          "Applies a retention policy per VM (restic's semantics: keep_last N newest; keep_hourly/"
+          "daily/weekly/monthly/yearly the newest backup of each of the N newest such UTC periods "
+          "with backups) and deletes every backup it does not keep, unless dry_run. Returns "
+          "{'dry_run', 'keep': [{'name', 'reasons'}], 'forget': [names], 'deleted': [names]}. "
+          "InvalidArgumentError for a policy that keeps nothing. Space is reclaimed by gc().")
+      .def(
+          "gc",
+          [](BackupTarget& t, bool dry_run, std::optional<int64_t> grace_seconds,
+             std::optional<int64_t> lease_expiry_seconds, const py::object& progress,
+             const py::object& restore_dirs, bool repack) {
+            if (!progress.is_none() && !PyCallable_Check(progress.ptr()))
+              Raise(InvalidArgumentError("progress: must be callable or None"));
+            GcOptions o;
+            o.dry_run = dry_run;
+            o.grace_seconds = grace_seconds.value_or(-1);
+            o.lease_expiry_seconds = lease_expiry_seconds.value_or(-1);
+            o.repack = repack;
+            if (!restore_dirs.is_none())
+              for (py::handle d : restore_dirs) o.restore_dirs.push_back(FsPath(d));
+            // The callback runs on this thread while the GIL is released: it takes it back. An
+            // exception it raises stops the run and is raised again here.
+            std::optional<py::error_already_set> raised;
+            if (!progress.is_none()) {
+              o.progress = [&progress, &raised](const GcProgress& p) -> bool {
+                if (PythonUnusable()) return false;
+                py::gil_scoped_acquire gil;
+                try {
+                  py::object r = progress(p.phase, p.done, p.total);
+                  return r.is_none() || py::bool_(r);
+                } catch (py::error_already_set& e) {
+                  raised.emplace(std::move(e));
+                  return false;
+                }
+              };
+            }
+            StatusOr<GcReport> r = WithoutGil([&] { return t.CollectGarbage(o); });
+            if (raised) throw std::move(*raised);
+            GcReport rep = Check(std::move(r));
+            return py::module_::import("json").attr("loads")(GcReportToJson(rep));
+          },
+          py::kw_only(), "dry_run"_a = false, "grace_seconds"_a = py::none(),
+          "lease_expiry_seconds"_a = py::none(), "progress"_a = py::none(),
+          "restore_dirs"_a = py::none(), "repack"_a = true,
+          "One garbage-collection run (docs/FORMAT.md): deletes what stayed garbage for the grace "
+          "period across runs (default 24 h; 0 allowed, each step still takes one run more). "
+          "progress(phase, done, total) may return False to stop. Returns the report as a dict "
+          "(packs, dead_packs, packs_deleted, bytes_deleted, reclaimable_bytes, damaged, ...). "
+          "repack: rewrite packs less than half live once they stayed so for the grace. "
+          "restore_dirs: directories of this host whose *.vmbackup-partial-* leftovers of killed "
+          "restores older than the grace are deleted. FailedPreconditionError while another run "
+          "holds the lock.")
       .def_property_readonly("block_size", &BackupTarget::block_size)
       .def_property_readonly("repository_id", &BackupTarget::repository_id)
       .def("__repr__", [](const BackupTarget& t) {

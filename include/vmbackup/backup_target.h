@@ -24,6 +24,7 @@
 
 #include "vmbackup/backup_info.h"
 #include "vmbackup/export.h"
+#include "vmbackup/maintenance.h"
 #include "vmbackup/runtime.h"
 #include "vmbackup/status.h"
 #include "vmbackup/verify.h"
@@ -154,6 +155,35 @@ class VMBACKUP_EXPORT BackupTarget {
   // others go on. Thread-safe; safe while backups run (it only adds objects and removes pack
   // indexes whose blocks are lost or copied elsewhere), but two repairs should not run at once.
   StatusOr<RepairReport> Repair(const RepairOptions& options = {});
+
+  // Applies the retention `policy` (maintenance.h) to the backups listed on the target and deletes
+  // (DeleteBackup) every backup it does not keep, unless options.dry_run. Damaged records are
+  // never touched. Space is reclaimed by CollectGarbage afterwards.
+  // Returns the decision and the backups deleted, or:
+  //   kInvalidArgument  a policy whose counts are all 0 or one negative (it would forget every
+  //                     backup), or vm_namespace without vm_name;
+  //   the store's error (kUnavailable, kPermissionDenied, ...) when listing fails, or when a
+  //   deletion fails: the backups deleted before it stay deleted and the message names them.
+  // Thread-safety: may run concurrently with every other method; two Forget calls with the same
+  // policy on one target delete each backup once (the other sees kNotFound and ignores it).
+  StatusOr<ForgetResult> Forget(const RetentionPolicy& policy, const ForgetOptions& options = {});
+
+  // One garbage-collection run (docs/FORMAT.md "Garbage collection"): marks the run, computes the
+  // live set from every record, and deletes what stayed garbage for the grace period across runs
+  // (pack indexes of dead packs, then in a later run the packs themselves; orphan packs; stray
+  // temporaries). Safe while backups run on this and other hosts (they hold leases). The first
+  // real run upgrades the repository descriptor to version 2: version-1 libraries then refuse the
+  // repository (see FORMAT.md "Writer-version gate"). Damaged records or volume indexes stop the
+  // run from deleting packs (listed in GcReport::damaged).
+  // Returns the report, or:
+  //   kInvalidArgument    a negative grace or lease expiry other than -1;
+  //   kFailedPrecondition another GC run holds gc/lock.json (its host and start are named), or
+  //                       the repository needs a newer writer version;
+  //   kCancelled          options.progress returned false (what was deleted stays deleted);
+  //   the store's error (kUnavailable, kPermissionDenied, ...).
+  // Thread-safety: may run concurrently with every other method and with backups anywhere; a
+  // second concurrent CollectGarbage on the same repository fails with kFailedPrecondition.
+  StatusOr<GcReport> CollectGarbage(const GcOptions& options = {});
 
   // The configuration the target was opened with.
   const TargetConfig& config() const;

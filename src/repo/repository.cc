@@ -20,6 +20,24 @@ void RepoIndex::AddPack(const std::string& pack_id, const std::vector<PackEntry>
   }
 }
 
+void RepoIndex::RemovePacks(const std::set<std::string>& pack_ids) {
+  if (pack_ids.empty()) return;
+  std::vector<bool> gone(pack_ids_.size());
+  for (size_t i = 0; i < pack_ids_.size(); ++i) gone[i] = pack_ids.count(pack_ids_[i]) != 0;
+  absl::erase_if(map_, [&](const auto& kv) { return gone[kv.second.pack]; });
+}
+
+// Pack ids in `loaded` whose index key is not in `listing` (deleted by garbage collection).
+static std::set<std::string> GonePacks(const std::set<std::string>& loaded,
+                                       const std::vector<ObjectInfo>& listing) {
+  std::set<std::string> listed;
+  for (const auto& o : listing) listed.insert(PackIdFromIndexKey(o.key));
+  std::set<std::string> gone;
+  for (const auto& id : loaded)
+    if (!listed.count(id)) gone.insert(id);
+  return gone;
+}
+
 StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore> store,
                                                        bool create, uint32_t block_size,
                                                        uint32_t pack_size) {
@@ -53,10 +71,14 @@ StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {
     std::string id = PackIdFromIndexKey(o.key);
     if (!id.empty() && !loaded_.count(id)) fresh.push_back(id);
   }
-  if (index_ && fresh.empty()) return index_;
+  const std::set<std::string> gone = GonePacks(loaded_, keys);
+  if (index_ && fresh.empty() && gone.empty()) return index_;
   auto next = std::make_shared<RepoIndex>(index_ ? *index_ : RepoIndex());
-  // The new pack indexes are fetched kDefaultGetWindow at a time and added in the order they
-  // arrive; `loaded_` changes only once all arrived, so a failed load is retried whole next time.
+  // Packs whose index garbage collection deleted are dropped: a backup must not deduplicate
+  // against them. The new pack indexes are fetched kDefaultGetWindow at a time and added in the
+  // order they arrive; `loaded_` changes only once all arrived (and the gone packs are forgotten
+  // only then), so a failed load leaves index_ and loaded_ as they were and is retried whole.
+  next->RemovePacks(gone);
   std::vector<std::string> done;
   done.reserve(fresh.size());
   VMB_RETURN_IF_ERROR(GetMany(
@@ -76,6 +98,7 @@ StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {
         next->AddPack(id, *entries);
         return Status::Ok();
       }));
+  for (const auto& id : gone) loaded_.erase(id);
   loaded_.insert(done.begin(), done.end());
   index_ = std::move(next);
   return index_;

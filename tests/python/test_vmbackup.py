@@ -573,3 +573,72 @@ def test_verify_subsets_bad_options_and_cancel(target, volume):
 
     with pytest.raises(RuntimeError, match="from the callback"):
         target.verify(progress=boom, progress_interval_ms=0)
+
+
+# ---- retention and garbage collection ----------------------------------------------------------
+
+
+def _packs(target_dir):
+    return sorted(p for p in (target_dir / "packs").rglob("*.pack"))
+
+
+def test_forget_then_gc_reclaims_the_forgotten_backups_packs(target, target_dir, tmp_path):
+    old = make_volume(tmp_path / "old.img", seed=11)
+    new = make_volume(tmp_path / "new.img", seed=12)
+    meta = {"name": "py-gc-vm", "namespace": "default"}
+    vmbackup.backup(target, "gc-old", volumes={"disk0": old}, vm_metadata=meta)
+    vmbackup.backup(target, "gc-new", volumes={"disk0": new}, vm_metadata=meta)
+    vmbackup.backup(target, "other-vm", volumes={"disk0": old},
+                    vm_metadata={"name": "py-other", "namespace": "default"})
+
+    with pytest.raises(vmbackup.InvalidArgumentError, match="keep"):
+        target.forget()
+    dry = target.forget(keep_last=1, dry_run=True)
+    assert dry["forget"] == ["gc-old"]
+    assert dry["deleted"] == []
+    assert {k["name"] for k in dry["keep"]} == {"gc-new", "other-vm"}
+    assert {b.name for b in target.list_backups()} == {"gc-old", "gc-new", "other-vm"}
+
+    # Scoped to one VM: the other VM's only backup is never considered.
+    res = target.forget(keep_last=1, vm_name="py-gc-vm", vm_namespace="default")
+    assert res["deleted"] == ["gc-old"]
+    assert {b.name for b in target.list_backups()} == {"gc-new", "other-vm"}
+
+    # other-vm shares gc-old's data, so only gc-old's unique packs could go: none here.
+    packs_before = _packs(target_dir)
+    report = target.gc(dry_run=True, grace_seconds=0)
+    assert report["dry_run"] is True and report["run"] == ""
+    assert target.gc(dry_run=True, repack=False)["repack_candidates"] == 0
+    assert _packs(target_dir) == packs_before
+    phases = []
+    for _ in range(3):
+        report = target.gc(grace_seconds=0, progress=lambda p, d, t: phases.append(p))
+    assert "done" in phases and "records" in phases
+    assert report["damaged"] == []
+    assert _packs(target_dir) == packs_before  # every pack is still referenced
+
+    target.delete_backup("other-vm")
+    deleted = 0
+    for _ in range(3):
+        deleted += target.gc(grace_seconds=0)["packs_deleted"]
+    assert deleted > 0
+    assert len(_packs(target_dir)) == len(packs_before) - deleted
+    dest = tmp_path / "restored.img"
+    vmbackup.restore(target, "gc-new", volumes=[("disk0", dest)])
+    assert same_bytes(new, dest)
+
+
+def test_gc_progress_can_stop_the_run_and_its_exception_propagates(target, volume):
+    vmbackup.backup(target, "gc-p", volumes={"disk0": volume})
+    with pytest.raises(vmbackup.CancelledError):
+        target.gc(progress=lambda phase, done, total: phase != "records")
+
+    def boom(phase, done, total):
+        raise RuntimeError("from the callback")
+
+    with pytest.raises(RuntimeError, match="from the callback"):
+        target.gc(progress=boom)
+    with pytest.raises(vmbackup.InvalidArgumentError):
+        target.gc(grace_seconds=-5)
+    # A cancelled or failed run leaves no lock behind.
+    assert target.gc()["damaged"] == []
