@@ -126,6 +126,18 @@ class Repairer {
       a->detail +=
           "; first lost block at " + std::to_string(bad[0].first.offset) + ": " + bad[0].second;
 
+    if (bad.empty() && !index_copy.empty() && !p.has_index &&
+        std::none_of(good.begin(), good.end(),
+                     [&](const PackEntry& e) { return verifier_.Unindexed(e.digest); })) {
+      // A pack without an index that no backup needs: garbage collection condemned it (deleted
+      // its index; the pack goes in a later run), or a killed backup left it. Indexing it again
+      // would undo GC's work and, during a GC run, let a backup deduplicate against a pack about
+      // to be deleted. Left for garbage collection.
+      a->action = "none";
+      a->detail += "; no backup needs its blocks: left for garbage collection";
+      good_.clear();
+      return Status::Ok();
+    }
     if (bad.empty() && !index_copy.empty()) {
       // Every block good: the trailer's copy is the index, byte for byte.
       a->action = "rebuilt index";

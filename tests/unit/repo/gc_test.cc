@@ -544,6 +544,44 @@ TEST_F(GcTest, RepackedPackWhoseDeadBlockIsUsedAgainIsKept) {
   EXPECT_EQ(RestoredSha("b"), FileSha256(dir_.Sub("b.img")));
 }
 
+// Merge of verify and gc (#11): repair re-indexed every pack without an index whose blocks all
+// check, including the packs GC had condemned (index deleted, pack due in the next run), so a
+// repair between two GC runs undid GC's work (and, during a run, let backups deduplicate against a
+// pack about to be deleted). Repair now leaves a pack without an index that no backup needs to GC.
+TEST_F(GcTest, RepairBetweenRunsReindexedCondemnedPacksSoGcNeverReclaimedThem) {
+  const std::string s1 = Backup("b1", 1);
+  Backup("b2", 2);
+  ASSERT_OK(target_->DeleteBackup("b2"));
+  auto r1 = Gc();  // candidates
+  ASSERT_OK(r1);
+  ASSERT_GT(r1->dead_packs, 0u);
+  now_ += 2 * kHour;
+  auto r2 = Gc();  // condemned: their indexes deleted
+  ASSERT_OK(r2);
+  ASSERT_EQ(r2->indexes_deleted, r1->dead_packs);
+  const size_t indexes = CountUnder("index/");
+
+  auto rep = target_->Repair();
+  ASSERT_OK(rep);
+  EXPECT_TRUE(rep->actions.empty()) << rep->actions[0].pack_id << ": " << rep->actions[0].action;
+  EXPECT_EQ(rep->before.packs_without_index, r1->dead_packs);
+  EXPECT_TRUE(rep->before.ok());
+  EXPECT_EQ(CountUnder("index/"), indexes) << "no condemned pack indexed again";
+
+  now_ += 2 * kHour;
+  auto r3 = Gc();
+  ASSERT_OK(r3);
+  EXPECT_EQ(r3->packs_deleted, r1->dead_packs);
+  EXPECT_EQ(BytesUnder("packs/") + BytesUnder("index/"), ReferencedPackBytes());
+  VerifyOptions full;
+  full.read_data = true;
+  auto after = target_->Verify(full);
+  ASSERT_OK(after);
+  EXPECT_TRUE(after->ok());
+  EXPECT_EQ(after->packs_without_index, 0u);
+  EXPECT_EQ(RestoredSha("b1"), s1);
+}
+
 TEST_F(GcTest, BackupsLeaveNoLeaseBehind) {
   Backup("b1", 1);
   EXPECT_EQ(CountUnder("leases/"), 0u);
