@@ -65,7 +65,9 @@ std::string ExitCodeHelp() {
          "  10  cancelled (SIGINT/SIGTERM)\n"
          "  11  failed precondition\n"
          "  12  aborted (concurrent change; retry)\n"
-         "  13  unimplemented (not supported by this build)\n";
+         "  13  unimplemented (not supported by this build)\n"
+         "  14  damage found (verify; repair: backups that stay unrestorable, or a failed "
+         "repair)\n";
 }
 
 nlohmann::json ErrorJson(const std::string& code, const std::string& message, int exit_code,

@@ -33,6 +33,7 @@ enum ExitCode : int {
   kExitFailedPrecondition = 11,  // system not in a state for the operation
   kExitAborted = 12,             // concurrency conflict: retry the whole command
   kExitUnimplemented = 13,       // not supported by this build (e.g. a target type)
+  kExitDamageFound = 14,         // verify / repair: the target holds damaged backups
 };
 
 // Maps a library status code to the process exit code (kOk -> 0).

@@ -452,4 +452,137 @@ int CmdDelete(Context& ctx, const ParsedArgs& args) {
   return kExitOk;
 }
 
+// ---- verify and repair --------------------------------------------------------------------------
+
+namespace {
+
+// The verify options of the command line; false (and *code set) on a usage error.
+bool VerifyOptionsFromArgs(Context& ctx, const ParsedArgs& args, const std::string& command,
+                           vmbackup::VerifyOptions* o, int* code) {
+  if (!args.positionals().empty()) {
+    *code =
+        ctx.UsageError(command + ": unexpected argument '" + args.positionals()[0] + "'", command);
+    return false;
+  }
+  o->read_data = args.Has("read-data");
+  if (auto subset = args.Get("read-data-subset")) {
+    if (!o->read_data) {
+      *code = ctx.UsageError(command + ": --read-data-subset needs --read-data", command);
+      return false;
+    }
+    Status st = vmbackup::ParseReadDataSubset(*subset, o);
+    if (!st.ok()) {
+      *code = ctx.UsageError(command + ": --read-data-subset: " + st.message(), command);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Progress on stderr (--progress) and SIGINT/SIGTERM cancellation through the callback.
+vmbackup::ProgressCallback VerifyProgress(Context& ctx, const std::string& what) {
+  const bool show = ctx.options.progress != ProgressMode::kNone;  // resolved by main()
+  auto last = std::make_shared<double>(-1e9);
+  return [show, what, last](const vmbackup::Progress& p) {
+    if (CancelRequested()) return false;
+    if (!show || p.phase != vmbackup::Progress::Phase::kTransferring) return true;
+    const double now = MonotonicSeconds();
+    if (now - *last < 2) return true;
+    *last = now;
+    std::cerr << what << ": read " << FormatBytes(p.bytes_read) << " of "
+              << FormatBytes(p.bytes_total) << " (" << p.blocks_done << "/" << p.blocks_total
+              << " blocks, " << FormatRate(p.bytes_per_second) << ")" << std::endl;
+    return true;
+  };
+}
+
+void PrintVerifyText(const vmbackup::VerifyReport& r) {
+  std::cout << "Checked " << r.backups << " backups, " << r.volumes << " volumes, "
+            << r.unique_blocks << " distinct blocks (" << FormatBytes(r.bytes_referenced) << "), "
+            << r.packs << " packs";
+  if (r.packs_read > 0 || r.blocks_checked > 0)
+    std::cout << "; read " << r.blocks_checked << " blocks (" << FormatBytes(r.bytes_checked)
+              << ") from " << r.packs_read << " packs";
+  std::cout << " in " << FormatDuration(r.seconds) << ".\n";
+  for (const std::string& d : r.damaged_records) std::cout << "damaged record: " << d << "\n";
+  for (const std::string& d : r.damaged_volume_indexes)
+    std::cout << "damaged volume index: " << d << "\n";
+  for (const vmbackup::PackProblem& p : r.pack_problems)
+    std::cout << "damaged pack " << p.pack_id << ": " << p.problem << "\n";
+  for (const vmbackup::BadBlock& b : r.bad_blocks) {
+    std::cout << "bad block: backup " << b.backup << ", volume " << b.volume << ", offset "
+              << b.offset;
+    if (!b.pack_id.empty()) std::cout << ", pack " << b.pack_id << " at " << b.pack_offset;
+    std::cout << ": " << b.problem << "\n";
+  }
+  if (r.bad_block_count > r.bad_blocks.size())
+    std::cout << "... " << (r.bad_block_count - r.bad_blocks.size()) << " more bad blocks\n";
+  if (r.ok()) {
+    std::cout << "No damage found.\n";
+  } else {
+    std::cout << r.bad_block_count << " bad blocks; damaged backups:";
+    for (const std::string& b : r.damaged_backups) std::cout << " " << b;
+    std::cout << "\n";
+  }
+  std::cout.flush();
+}
+
+}  // namespace
+
+int CmdVerify(Context& ctx, const ParsedArgs& args) {
+  vmbackup::VerifyOptions o;
+  int code = 0;
+  if (!VerifyOptionsFromArgs(ctx, args, "verify", &o, &code)) return code;
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  o.progress = VerifyProgress(ctx, "verify");
+  CancelScope cancel([] {});  // a signal makes the progress callback cancel (exit code 10)
+  StatusOr<vmbackup::VerifyReport> r = (*target)->Verify(o);
+  if (!r.ok()) return ctx.Fail(r.status(), "verify");
+  if (ctx.options.json) {
+    ctx.PrintJson(nlohmann::json::parse(vmbackup::VerifyReportToJson(*r)));
+  } else if (!ctx.options.quiet || !r->ok()) {
+    PrintVerifyText(*r);
+  }
+  return r->ok() ? kExitOk : kExitDamageFound;
+}
+
+int CmdRepair(Context& ctx, const ParsedArgs& args) {
+  vmbackup::RepairOptions o;
+  int code = 0;
+  if (!VerifyOptionsFromArgs(ctx, args, "repair", &o.verify, &code)) return code;
+  o.dry_run = args.Has("dry-run");
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  o.verify.progress = VerifyProgress(ctx, "repair");
+  CancelScope cancel([] {});  // cancels the verify phase; each repair step is atomic anyway
+  StatusOr<vmbackup::RepairReport> r = (*target)->Repair(o);
+  if (!r.ok()) return ctx.Fail(r.status(), "repair");
+  bool failed = false;
+  for (const vmbackup::RepairAction& a : r->actions) failed = failed || !a.error.empty();
+  const bool sound = r->before.ok() || (!o.dry_run && !failed && r->unrestorable_backups.empty());
+  if (ctx.options.json) {
+    ctx.PrintJson(nlohmann::json::parse(vmbackup::RepairReportToJson(*r)));
+  } else if (!ctx.options.quiet || !sound) {
+    PrintVerifyText(r->before);
+    if (r->actions.empty()) std::cout << "Nothing to repair.\n";
+    for (const vmbackup::RepairAction& a : r->actions) {
+      std::cout << (o.dry_run ? "would repair" : (a.done ? "repaired" : "FAILED")) << " pack "
+                << a.pack_id << ": " << a.action;
+      if (!a.new_pack_id.empty()) std::cout << " into " << a.new_pack_id;
+      std::cout << " (" << a.blocks_kept << " blocks kept, " << a.blocks_lost << " lost)";
+      if (!a.error.empty()) std::cout << ": " << a.error;
+      std::cout << "\n";
+    }
+    if (!r->unrestorable_backups.empty()) {
+      std::cout << "Backups that cannot be restored" << (o.dry_run ? " after the repair" : "")
+                << " (until a new backup stores the lost blocks again):";
+      for (const std::string& b : r->unrestorable_backups) std::cout << " " << b;
+      std::cout << "\n";
+    }
+    std::cout.flush();
+  }
+  return sound ? kExitOk : kExitDamageFound;
+}
+
 }  // namespace vmbackupctl

@@ -1,5 +1,5 @@
-// The vmbackupctl commands (target test, backup, list, show, restore, delete) and the job runners
-// the demo shares with them. Each Cmd* function prints its result (text or --json) and returns the
+// The vmbackupctl commands (target test, backup, list, show, restore, delete, verify, repair,
+// forget, gc) and the job runners the demo shares with them. Each Cmd* function prints its result (text or --json) and returns the
 // process exit code. Run on the main thread.
 #ifndef VMBACKUP_TOOLS_COMMANDS_H_
 #define VMBACKUP_TOOLS_COMMANDS_H_
@@ -22,6 +22,13 @@ int CmdList(Context& ctx, const ParsedArgs& args);
 int CmdShow(Context& ctx, const ParsedArgs& args);
 int CmdRestore(Context& ctx, const ParsedArgs& args);
 int CmdDelete(Context& ctx, const ParsedArgs& args);
+// verify [--read-data] [--read-data-subset X]; repair [--dry-run] [--read-data ...]. Exit 0 when
+// the target is sound (repair: when nothing stays damaged), kExitDamageFound otherwise.
+int CmdVerify(Context& ctx, const ParsedArgs& args);
+int CmdRepair(Context& ctx, const ParsedArgs& args);
+// forget and gc (maintenance_cmds.cc).
+int CmdForget(Context& ctx, const ParsedArgs& args);
+int CmdGc(Context& ctx, const ParsedArgs& args);
 
 // A finished backup.
 struct BackupRun {

@@ -113,6 +113,79 @@ const std::vector<CommandDef>& Commands() {
        "Blocks that no other backup uses stay on the target until garbage collection.\n",
        {kTargetFlag},
        CmdDelete},
+      {"verify",
+       "verify [--target CONFIG] [--read-data] [--read-data-subset X]",
+       "check the backups on the target",
+       "Reads every backup record and volume index, every pack index, and checks that every\n"
+       "block a backup references is indexed and its pack present with the right size.\n"
+       "--read-data also fetches and hashes every referenced block; --read-data-subset reads\n"
+       "only a share of the packs (0.1 or 10%) or part n of m (1/5 .. 5/5 cover every pack).\n"
+       "Each bad block is reported with its backup, volume, offset, pack and offset in the\n"
+       "pack. Changes nothing. Exit 0 when nothing is damaged, 14 when damage was found.\n",
+       {kTargetFlag,
+        {"read-data", false, false, "", "fetch and hash every referenced block"},
+        {"read-data-subset", true, false, "X",
+         "with --read-data: a share (0.1, 10%) or part n/m of the packs"}},
+       CmdVerify},
+      {"repair",
+       "repair [--target CONFIG] [--dry-run] [--read-data] [--read-data-subset X]",
+       "repair damaged packs and pack indexes",
+       "Verifies, then rebuilds damaged or missing pack indexes from the copy in their pack\n"
+       "(every block checked first), copies the good blocks of a damaged pack to a new pack and\n"
+       "removes the indexes of missing packs, so that lost blocks are stored again by the next\n"
+       "backup. Lists the backups that stay unrestorable until then. --read-data finds corrupt\n"
+       "blocks in packs whose index is intact too. --dry-run changes nothing. Exit 0 when\n"
+       "nothing stays damaged, 14 otherwise.\n",
+       {kTargetFlag,
+        {"dry-run", false, false, "", "report the repairs, change nothing"},
+        {"read-data", false, false, "", "check every referenced block, not only damaged packs"},
+        {"read-data-subset", true, false, "X", "with --read-data: a share or part n/m of packs"}},
+       CmdRepair},
+      {"forget",
+       "forget [--target CONFIG] --keep-last N | --keep-hourly N | --keep-daily N |\n"
+       "                   --keep-weekly N | --keep-monthly N | --keep-yearly N ...\n"
+       "                   [--vm-name VM [--vm-namespace NS]] [--dry-run] [--prune [--grace D]]",
+       "delete the backups a retention policy does not keep",
+       "Per VM (namespace + name; backups without VM metadata form one group), newest first, a\n"
+       "backup is kept when any rule keeps it: --keep-last N keeps the N newest; --keep-daily N\n"
+       "keeps the newest backup of each of the N newest UTC days that have backups (likewise\n"
+       "hourly, ISO weeks, months, years). Everything else is deleted (restic's semantics).\n"
+       "--prune then runs one garbage-collection run (see gc). --dry-run deletes nothing.\n",
+       {kTargetFlag,
+        {"keep-last", true, false, "N", "keep the N newest backups"},
+        {"keep-hourly", true, false, "N", "keep the newest backup of each of N hours"},
+        {"keep-daily", true, false, "N", "keep the newest backup of each of N days"},
+        {"keep-weekly", true, false, "N", "keep the newest backup of each of N ISO weeks"},
+        {"keep-monthly", true, false, "N", "keep the newest backup of each of N months"},
+        {"keep-yearly", true, false, "N", "keep the newest backup of each of N years"},
+        {"vm-name", true, false, "VM", "only this VM's backups"},
+        {"vm-namespace", true, false, "NS", "namespace of --vm-name"},
+        {"dry-run", false, false, "", "show what would be forgotten; delete nothing"},
+        {"prune", false, false, "", "run garbage collection afterwards"},
+        {"grace", true, false, "D", "with --prune: grace period (default 24h; 0, 90s, 30m, 7d)"},
+        {"lease-expiry", true, false, "D", "with --prune: age of abandoned leases (default 7d)"}},
+       CmdForget},
+      {"gc",
+       "gc [--target CONFIG] [--dry-run] [--grace D] [--lease-expiry D] [--no-repack]\n"
+       "                   [--restore-dir DIR...]",
+       "reclaim the space of deleted backups, killed jobs and stray temporaries",
+       "One garbage-collection run. Packs no backup references are listed first and deleted\n"
+       "only by later runs once they stayed garbage for the grace period (default 24h, measured\n"
+       "between runs): the pack index in one run, the pack in the next. Packs less than half\n"
+       "live are rewritten (their live blocks moved to a new pack) once they stayed so for the\n"
+       "grace, then collected likewise. Safe while backups run on\n"
+       "any host (they hold leases). The first run upgrades the repository: vmbackup versions\n"
+       "before garbage collection then refuse it. --dry-run reports what would be freed. Exits 9\n"
+       "when damaged records or indexes kept it from deleting packs.\n",
+       {kTargetFlag,
+        {"dry-run", false, false, "", "report what would be deleted; change nothing"},
+        {"grace", true, false, "D", "grace period (default 24h; 0, 90s, 30m, 7d)"},
+        {"lease-expiry", true, false, "D", "leases older than this are abandoned (default 7d)"},
+        {"no-repack", false, false, "", "do not rewrite packs that are less than half live"},
+        {"restore-dir", true, true, "DIR",
+         "also delete *.vmbackup-partial-* leftovers of killed restores in DIR older than the "
+         "grace"}},
+       CmdGc},
       {"demo",
        "demo [--work-dir DIR] [--size-mib N] [--keep] [--with-dirty-map]",
        "end-to-end proof on a local target",

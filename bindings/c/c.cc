@@ -526,6 +526,167 @@ uint32_t vmb_target_block_size(const vmb_target* target) {
   return target->target->block_size();
 }
 
+// ---- verify and repair --------------------------------------------------------------------------
+
+int vmb_verify_options_init(vmb_verify_options* opts, unsigned int version, vmb_error** error) {
+  return Guard(error, [&]() -> Status {
+    if (opts == nullptr) return NullArgument("vmb_verify_options_init", "opts");
+    if (version != VMB_VERIFY_OPTIONS_VERSION)
+      return vmbackup::BadVersion("vmb_verify_options", version, VMB_VERIFY_OPTIONS_VERSION);
+    *opts = vmb_verify_options VMB_VERIFY_OPTIONS_INIT;
+    return Status::Ok();
+  });
+}
+
+namespace vmbackup {
+namespace {
+// The C++ options of `opts` (NULL = defaults).
+StatusOr<RepairOptions> ToRepairOptions(const vmb_verify_options* opts) {
+  RepairOptions r;
+  if (opts == nullptr) return r;
+  if (opts->version < 1 || opts->version > VMB_VERIFY_OPTIONS_VERSION)
+    return BadVersion("vmb_verify_options", opts->version, VMB_VERIFY_OPTIONS_VERSION);
+  VerifyOptions& v = r.verify;
+  v.read_data = opts->read_data != 0;
+  if (opts->read_data_subset != nullptr) {
+    Status st = ParseReadDataSubset(opts->read_data_subset, &v);
+    if (!st.ok()) return st.WithContext("vmb_verify_options.read_data_subset");
+  }
+  if (opts->parallel_reads < 0)
+    return InvalidArgumentError("vmb_verify_options.parallel_reads: must not be negative");
+  v.parallel_reads = opts->parallel_reads;
+  v.max_bad_blocks_listed = opts->max_bad_blocks_listed;
+  if (opts->progress_interval_ms < 0)
+    return InvalidArgumentError("vmb_verify_options.progress_interval_ms: must not be negative");
+  v.progress_interval_ms = opts->progress_interval_ms;
+  v.progress = WrapProgress(opts->progress, opts->progress_payload);
+  r.dry_run = opts->dry_run != 0;
+  return r;
+}
+}  // namespace
+}  // namespace vmbackup
+
+int vmb_target_verify(char** out, const vmb_target* target, const vmb_verify_options* opts,
+                      vmb_error** error) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (out == nullptr) return NullArgument("vmb_target_verify", "out");
+    if (target == nullptr) return NullArgument("vmb_target_verify", "target");
+    StatusOr<vmbackup::RepairOptions> o = vmbackup::ToRepairOptions(opts);
+    if (!o.ok()) return o.status();
+    StatusOr<vmbackup::VerifyReport> report = target->target->Verify(o->verify);
+    if (!report.ok()) return report.status();
+    *out = vmbackup::Dup(vmbackup::VerifyReportToJson(*report));
+    return Status::Ok();
+  });
+}
+
+int vmb_target_repair(char** out, vmb_target* target, const vmb_verify_options* opts,
+                      vmb_error** error) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (out == nullptr) return NullArgument("vmb_target_repair", "out");
+    if (target == nullptr) return NullArgument("vmb_target_repair", "target");
+    StatusOr<vmbackup::RepairOptions> o = vmbackup::ToRepairOptions(opts);
+    if (!o.ok()) return o.status();
+    StatusOr<vmbackup::RepairReport> report = target->target->Repair(*o);
+    if (!report.ok()) return report.status();
+    *out = vmbackup::Dup(vmbackup::RepairReportToJson(*report));
+    return Status::Ok();
+  });
+}
+
+// ---- maintenance --------------------------------------------------------------------------------
+
+int vmb_forget_options_init(vmb_forget_options* opts, unsigned int version, vmb_error** error) {
+  return Guard(error, [&]() -> Status {
+    if (opts == nullptr) return NullArgument("vmb_forget_options_init", "opts");
+    if (version != VMB_FORGET_OPTIONS_VERSION)
+      return vmbackup::BadVersion("vmb_forget_options", version, VMB_FORGET_OPTIONS_VERSION);
+    *opts = vmb_forget_options VMB_FORGET_OPTIONS_INIT;
+    return Status::Ok();
+  });
+}
+
+int vmb_target_forget(char** out, vmb_target* target, const vmb_forget_options* opts,
+                      vmb_error** error) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (out == nullptr) return NullArgument("vmb_target_forget", "out");
+    if (target == nullptr) return NullArgument("vmb_target_forget", "target");
+    if (opts == nullptr) return NullArgument("vmb_target_forget", "opts");
+    if (opts->version < 1 || opts->version > VMB_FORGET_OPTIONS_VERSION)
+      return vmbackup::BadVersion("vmb_forget_options", opts->version, VMB_FORGET_OPTIONS_VERSION);
+    vmbackup::RetentionPolicy policy;
+    policy.keep_last = opts->keep_last;
+    policy.keep_hourly = opts->keep_hourly;
+    policy.keep_daily = opts->keep_daily;
+    policy.keep_weekly = opts->keep_weekly;
+    policy.keep_monthly = opts->keep_monthly;
+    policy.keep_yearly = opts->keep_yearly;
+    vmbackup::ForgetOptions fo;
+    if (opts->vm_name != nullptr) fo.vm_name = opts->vm_name;
+    if (opts->vm_namespace != nullptr) fo.vm_namespace = opts->vm_namespace;
+    fo.dry_run = opts->dry_run != 0;
+    StatusOr<vmbackup::ForgetResult> r = target->target->Forget(policy, fo);
+    if (!r.ok()) return r.status();
+    vmbackup::ordered_json j;
+    j["dry_run"] = fo.dry_run;
+    j["keep"] = vmbackup::ordered_json::array();
+    for (const auto& k : r->decision.keep)
+      j["keep"].push_back({{"name", k.name}, {"reasons", k.reasons}});
+    j["forget"] = r->decision.forget;
+    j["deleted"] = r->deleted;
+    *out = vmbackup::Dup(vmbackup::Dump(j));
+    return Status::Ok();
+  });
+}
+
+int vmb_gc_options_init(vmb_gc_options* opts, unsigned int version, vmb_error** error) {
+  return Guard(error, [&]() -> Status {
+    if (opts == nullptr) return NullArgument("vmb_gc_options_init", "opts");
+    if (version != VMB_GC_OPTIONS_VERSION)
+      return vmbackup::BadVersion("vmb_gc_options", version, VMB_GC_OPTIONS_VERSION);
+    *opts = vmb_gc_options VMB_GC_OPTIONS_INIT;
+    return Status::Ok();
+  });
+}
+
+int vmb_target_gc(char** out, vmb_target* target, const vmb_gc_options* opts, vmb_error** error) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (out == nullptr) return NullArgument("vmb_target_gc", "out");
+    if (target == nullptr) return NullArgument("vmb_target_gc", "target");
+    vmbackup::GcOptions go;
+    if (opts != nullptr) {
+      if (opts->version < 1 || opts->version > VMB_GC_OPTIONS_VERSION)
+        return vmbackup::BadVersion("vmb_gc_options", opts->version, VMB_GC_OPTIONS_VERSION);
+      go.dry_run = opts->dry_run != 0;
+      go.grace_seconds = opts->grace_seconds;
+      go.lease_expiry_seconds = opts->lease_expiry_seconds;
+      go.repack = opts->repack != 0;
+      if (opts->restore_dir_count > 0 && opts->restore_dirs == nullptr)
+        return NullArgument("vmb_target_gc", "opts->restore_dirs");
+      for (size_t i = 0; i < opts->restore_dir_count; ++i) {
+        if (opts->restore_dirs[i] == nullptr)
+          return NullArgument("vmb_target_gc", "opts->restore_dirs[i]");
+        go.restore_dirs.push_back(opts->restore_dirs[i]);
+      }
+      if (opts->progress != nullptr) {
+        vmb_gc_progress_cb cb = opts->progress;
+        void* payload = opts->progress_payload;
+        go.progress = [cb, payload](const vmbackup::GcProgress& p) noexcept {
+          return cb(p.phase.c_str(), p.done, p.total, payload) == 0;
+        };
+      }
+    }
+    StatusOr<vmbackup::GcReport> r = target->target->CollectGarbage(go);
+    if (!r.ok()) return r.status();
+    *out = vmbackup::Dup(vmbackup::GcReportToJson(*r));
+    return Status::Ok();
+  });
+}
+
 // ---- backups ------------------------------------------------------------------------------------
 
 int vmb_backup_options_init(vmb_backup_options* opts, unsigned int version, vmb_error** error) {

@@ -546,6 +546,76 @@ const char* PhaseName(Progress::Phase phase) {
   return "UNKNOWN";
 }
 
+// ---- verify and repair --------------------------------------------------------------------------
+
+// BackupTarget.verify / .repair: the options from keyword arguments, the call with the GIL
+// released, the report as a dict (json.loads of VerifyReportToJson / RepairReportToJson). Ctrl-C
+// cancels: the progress hook (called on this thread at least every progress_interval_ms) takes
+// the GIL, checks for signals and then calls the user's callable, if any. KeyboardInterrupt or the
+// callable's exception is re-raised here.
+py::object VerifyOrRepair(BackupTarget& t, bool repair, bool read_data, const py::object& subset,
+                          int parallel_reads, uint64_t max_bad_blocks_listed,
+                          const py::object& progress, int progress_interval_ms, bool dry_run) {
+  RepairOptions o;
+  VerifyOptions& v = o.verify;
+  v.read_data = read_data;
+  if (py::isinstance<py::float_>(subset) || py::isinstance<py::int_>(subset)) {
+    v.read_data_fraction = subset.cast<double>();
+  } else if (!subset.is_none()) {
+    Status st = ParseReadDataSubset(py::str(subset).cast<std::string>(), &v);
+    if (!st.ok()) Raise(st.WithContext("read_data_subset"));
+  }
+  if (parallel_reads < 0) Raise(InvalidArgumentError("parallel_reads: must not be negative"));
+  if (progress_interval_ms < 0)
+    Raise(InvalidArgumentError("progress_interval_ms: must not be negative"));
+  v.parallel_reads = parallel_reads;
+  v.max_bad_blocks_listed = max_bad_blocks_listed;
+  v.progress_interval_ms = std::min(progress_interval_ms, 200);
+  o.dry_run = dry_run;
+  std::shared_ptr<PyProgress> state = MakeProgress(progress);
+  py::object interrupt;  // KeyboardInterrupt (or another signal handler's exception)
+  auto last = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  v.progress = [&](const Progress& p) noexcept -> bool {
+    if (PythonUnusable()) return false;
+    try {
+      py::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() != 0) {
+        py::error_already_set e;
+        interrupt = e.value();
+        return false;
+      }
+      if (!state) return true;
+      // The user's interval (the hook itself runs at least every 200 ms for Ctrl-C).
+      const auto now = std::chrono::steady_clock::now();
+      if (p.phase != Progress::Phase::kDone &&
+          now - last < std::chrono::milliseconds(progress_interval_ms))
+        return true;
+      last = now;
+      return state->Call(p);
+    } catch (...) {
+      return false;
+    }
+  };
+  std::string json;
+  Status st;
+  if (repair) {
+    StatusOr<RepairReport> r = WithoutGil([&] { return t.Repair(o); });
+    st = r.status();
+    if (r.ok()) json = RepairReportToJson(*r);
+  } else {
+    StatusOr<VerifyReport> r = WithoutGil([&] { return t.Verify(v); });
+    st = r.status();
+    if (r.ok()) json = VerifyReportToJson(*r);
+  }
+  py::object raised = interrupt ? interrupt : (state ? state->error() : py::none());
+  if (!st.ok() && !raised.is_none()) {
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(raised.ptr())), raised.ptr());
+    throw py::error_already_set();
+  }
+  Check(st);
+  return py::module_::import("json").attr("loads")(json);
+}
+
 py::object ParseMetadata(const std::string& json) {
   if (json.empty()) return py::dict();
   return py::module_::import("json").attr("loads")(json);
@@ -729,6 +799,124 @@ void Bind(py::module_& m) {
             Check(s);
           },
           "name"_a, "Deletes backup `name`; NotFoundError if there is none.")
+      .def(
+          "verify",
+          [](BackupTarget& t, bool read_data, const py::object& read_data_subset,
+             int parallel_reads, uint64_t max_bad_blocks_listed, const py::object& progress,
+             int progress_interval_ms) {
+            return VerifyOrRepair(t, false, read_data, read_data_subset, parallel_reads,
+                                  max_bad_blocks_listed, progress, progress_interval_ms, false);
+          },
+          py::kw_only(), "read_data"_a = false, "read_data_subset"_a = py::none(),
+          "parallel_reads"_a = 0, "max_bad_blocks_listed"_a = 10000, "progress"_a = py::none(),
+          "progress_interval_ms"_a = 200,
+          "Checks the backups on the target and changes nothing; returns the report as a dict "
+          "(schema: docs/c_api.md 'Verify report'; report['ok'] is False when damage was found). "
+          "read_data fetches and hashes every referenced block; read_data_subset limits that to "
+          "a share of the packs (0.1, '10%') or a part ('2/5'). progress(Progress) may return "
+          "False to cancel. Ctrl-C cancels (KeyboardInterrupt). Raises CancelledError, "
+          "InvalidArgumentError, or the store's error when the target cannot be read.")
+      .def(
+          "repair",
+          [](BackupTarget& t, bool dry_run, bool read_data, const py::object& read_data_subset,
+             int parallel_reads, const py::object& progress, int progress_interval_ms) {
+            return VerifyOrRepair(t, true, read_data, read_data_subset, parallel_reads, 10000,
+                                  progress, progress_interval_ms, dry_run);
+          },
+          py::kw_only(), "dry_run"_a = false, "read_data"_a = false,
+          "read_data_subset"_a = py::none(), "parallel_reads"_a = 0, "progress"_a = py::none(),
+          "progress_interval_ms"_a = 200,
+          "Verifies (as verify), then rebuilds damaged or missing pack indexes from their pack's "
+          "trailer, copies the good blocks of damaged packs to new packs and removes the indexes "
+          "of missing packs, so lost blocks are stored again by the next backup. Returns the "
+          "report as a dict ('actions', 'unrestorable_backups', 'before': the verify report). "
+          "dry_run changes nothing.")
+      .def(
+          "forget",
+          [](BackupTarget& t, int keep_last, int keep_hourly, int keep_daily, int keep_weekly,
+             int keep_monthly, int keep_yearly, const std::optional<std::string>& vm_name,
+             const std::optional<std::string>& vm_namespace, bool dry_run) {
+            RetentionPolicy policy;
+            policy.keep_last = keep_last;
+            policy.keep_hourly = keep_hourly;
+            policy.keep_daily = keep_daily;
+            policy.keep_weekly = keep_weekly;
+            policy.keep_monthly = keep_monthly;
+            policy.keep_yearly = keep_yearly;
+            ForgetOptions o;
+            o.vm_name = vm_name.value_or("");
+            o.vm_namespace = vm_namespace.value_or("");
+            o.dry_run = dry_run;
+            StatusOr<ForgetResult> r = WithoutGil([&] { return t.Forget(policy, o); });
+            ForgetResult res = Check(std::move(r));
+            py::list keep;
+            for (const auto& k : res.decision.keep) {
+              py::dict d;
+              d["name"] = k.name;
+              d["reasons"] = py::cast(k.reasons);
+              keep.append(d);
+            }
+            py::dict out;
+            out["dry_run"] = dry_run;
+            out["keep"] = keep;
+            out["forget"] = py::cast(res.decision.forget);
+            out["deleted"] = py::cast(res.deleted);
+            return out;
+          },
+          py::kw_only(), "keep_last"_a = 0, "keep_hourly"_a = 0, "keep_daily"_a = 0,
+          "keep_weekly"_a = 0, "keep_monthly"_a = 0, "keep_yearly"_a = 0, "vm_name"_a = py::none(),
+          "vm_namespace"_a = py::none(), "dry_run"_a = false,
+          "Applies a retention policy per VM (restic's semantics: keep_last N newest; keep_hourly/"
+          "daily/weekly/monthly/yearly the newest backup of each of the N newest such UTC periods "
+          "with backups) and deletes every backup it does not keep, unless dry_run. Returns "
+          "{'dry_run', 'keep': [{'name', 'reasons'}], 'forget': [names], 'deleted': [names]}. "
+          "InvalidArgumentError for a policy that keeps nothing. Space is reclaimed by gc().")
+      .def(
+          "gc",
+          [](BackupTarget& t, bool dry_run, std::optional<int64_t> grace_seconds,
+             std::optional<int64_t> lease_expiry_seconds, const py::object& progress,
+             const py::object& restore_dirs, bool repack) {
+            if (!progress.is_none() && !PyCallable_Check(progress.ptr()))
+              Raise(InvalidArgumentError("progress: must be callable or None"));
+            GcOptions o;
+            o.dry_run = dry_run;
+            o.grace_seconds = grace_seconds.value_or(-1);
+            o.lease_expiry_seconds = lease_expiry_seconds.value_or(-1);
+            o.repack = repack;
+            if (!restore_dirs.is_none())
+              for (py::handle d : restore_dirs) o.restore_dirs.push_back(FsPath(d));
+            // The callback runs on this thread while the GIL is released: it takes it back. An
+            // exception it raises stops the run and is raised again here.
+            std::optional<py::error_already_set> raised;
+            if (!progress.is_none()) {
+              o.progress = [&progress, &raised](const GcProgress& p) -> bool {
+                if (PythonUnusable()) return false;
+                py::gil_scoped_acquire gil;
+                try {
+                  py::object r = progress(p.phase, p.done, p.total);
+                  return r.is_none() || py::bool_(r);
+                } catch (py::error_already_set& e) {
+                  raised.emplace(std::move(e));
+                  return false;
+                }
+              };
+            }
+            StatusOr<GcReport> r = WithoutGil([&] { return t.CollectGarbage(o); });
+            if (raised) throw std::move(*raised);
+            GcReport rep = Check(std::move(r));
+            return py::module_::import("json").attr("loads")(GcReportToJson(rep));
+          },
+          py::kw_only(), "dry_run"_a = false, "grace_seconds"_a = py::none(),
+          "lease_expiry_seconds"_a = py::none(), "progress"_a = py::none(),
+          "restore_dirs"_a = py::none(), "repack"_a = true,
+          "One garbage-collection run (docs/FORMAT.md): deletes what stayed garbage for the grace "
+          "period across runs (default 24 h; 0 allowed, each step still takes one run more). "
+          "progress(phase, done, total) may return False to stop. Returns the report as a dict "
+          "(packs, dead_packs, packs_deleted, bytes_deleted, reclaimable_bytes, damaged, ...). "
+          "repack: rewrite packs less than half live once they stayed so for the grace. "
+          "restore_dirs: directories of this host whose *.vmbackup-partial-* leftovers of killed "
+          "restores older than the grace are deleted. FailedPreconditionError while another run "
+          "holds the lock.")
       .def_property_readonly("block_size", &BackupTarget::block_size)
       .def_property_readonly("repository_id", &BackupTarget::repository_id)
       .def("__repr__", [](const BackupTarget& t) {

@@ -24,8 +24,10 @@
 
 #include "vmbackup/backup_info.h"
 #include "vmbackup/export.h"
+#include "vmbackup/maintenance.h"
 #include "vmbackup/runtime.h"
 #include "vmbackup/status.h"
+#include "vmbackup/verify.h"
 
 namespace vmbackup {
 
@@ -133,6 +135,55 @@ class VMBACKUP_EXPORT BackupTarget {
   // Deletes the record of backup `name` (and its volume indexes). Blocks that no other backup uses
   // stay on the target until garbage collection. kNotFound if there is no such backup.
   Status DeleteBackup(std::string_view name);
+
+  // Checks the backups on the target (see vmbackup/verify.h) and changes nothing. Damage found is
+  // in the report (VerifyReport::ok() is false), not in the status. Returns:
+  //   kInvalidArgument  bad options (the message names the field);
+  //   kCancelled        the progress callback returned false;
+  //   the store's error when the target cannot be listed or read (kUnavailable, kPermissionDenied,
+  //   ...): a verify that could not look at everything reports nothing.
+  // Thread-safe; may run while backups, restores and deletes use the target: what they add
+  // meanwhile may not be looked at, and a backup deleted meanwhile is skipped, not reported.
+  StatusOr<VerifyReport> Verify(const VerifyOptions& options = {}) const;
+
+  // Verifies (options.verify), then repairs each damaged pack: rebuilds a damaged or missing pack
+  // index from the copy in the pack's trailer after checking every block it lists, copies the
+  // good blocks of a pack with bad blocks to a new pack, and removes the index of a pack that is
+  // missing or unreadable, so that lost blocks are in no pack index and the next backup stores
+  // them again. With dry_run, reports the actions and changes nothing. Returns the errors of
+  // Verify; a repair of one pack that fails is reported in its action (RepairAction::error), the
+  // others go on. Thread-safe; safe while backups run (it only adds objects and removes pack
+  // indexes whose blocks are lost or copied elsewhere), but two repairs should not run at once.
+  StatusOr<RepairReport> Repair(const RepairOptions& options = {});
+
+  // Applies the retention `policy` (maintenance.h) to the backups listed on the target and deletes
+  // (DeleteBackup) every backup it does not keep, unless options.dry_run. Damaged records are
+  // never touched. Space is reclaimed by CollectGarbage afterwards.
+  // Returns the decision and the backups deleted, or:
+  //   kInvalidArgument  a policy whose counts are all 0 or one negative (it would forget every
+  //                     backup), or vm_namespace without vm_name;
+  //   the store's error (kUnavailable, kPermissionDenied, ...) when listing fails, or when a
+  //   deletion fails: the backups deleted before it stay deleted and the message names them.
+  // Thread-safety: may run concurrently with every other method; two Forget calls with the same
+  // policy on one target delete each backup once (the other sees kNotFound and ignores it).
+  StatusOr<ForgetResult> Forget(const RetentionPolicy& policy, const ForgetOptions& options = {});
+
+  // One garbage-collection run (docs/FORMAT.md "Garbage collection"): marks the run, computes the
+  // live set from every record, and deletes what stayed garbage for the grace period across runs
+  // (pack indexes of dead packs, then in a later run the packs themselves; orphan packs; stray
+  // temporaries). Safe while backups run on this and other hosts (they hold leases). The first
+  // real run upgrades the repository descriptor to version 2: version-1 libraries then refuse the
+  // repository (see FORMAT.md "Writer-version gate"). Damaged records or volume indexes stop the
+  // run from deleting packs (listed in GcReport::damaged).
+  // Returns the report, or:
+  //   kInvalidArgument    a negative grace or lease expiry other than -1;
+  //   kFailedPrecondition another GC run holds gc/lock.json (its host and start are named), or
+  //                       the repository needs a newer writer version;
+  //   kCancelled          options.progress returned false (what was deleted stays deleted);
+  //   the store's error (kUnavailable, kPermissionDenied, ...).
+  // Thread-safety: may run concurrently with every other method and with backups anywhere; a
+  // second concurrent CollectGarbage on the same repository fails with kFailedPrecondition.
+  StatusOr<GcReport> CollectGarbage(const GcOptions& options = {});
 
   // The configuration the target was opened with.
   const TargetConfig& config() const;

@@ -10,6 +10,7 @@
 #include "vmbackup/restore_plan.h"
 #include "vmbackup/runtime.h"
 #include "vmbackup/status.h"
+#include "vmbackup/verify.h"
 #include "vmbackup/version.h"
 #include "vmbackup/vm.h"
 #include "vmbackup/volume_snapshotter.h"

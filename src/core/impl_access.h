@@ -16,6 +16,12 @@ struct ImplAccess {
   static auto* Get(const T& object) {
     return object.impl();
   }
+  // The public object around `impl` (for library code that builds one the way its Open does,
+  // e.g. a target over a test's in-memory store).
+  template <typename T, typename I>
+  static std::shared_ptr<T> Wrap(std::unique_ptr<I> impl) {
+    return std::shared_ptr<T>(new T(std::move(impl)));
+  }
   // Runtime's private Impl type, for code that has to name it (a member alias: its access is
   // checked here, where it is allowed).
   using RuntimeImpl = Runtime::Impl;

@@ -15,6 +15,7 @@
 #include "engine/block_processor.h"
 #include "engine/job_runner.h"
 #include "engine/pipeline.h"
+#include "repo/gc.h"
 #include "target/target_impl.h"
 
 namespace vmbackup {
@@ -184,6 +185,15 @@ Status BackupJob::Impl::Execute() {
   Runtime& rt = *internal::ImplOf(target)->runtime;
   run.SetPhase(Progress::Phase::kPreparing);
   run.MaybeReport(true);
+
+  // The lease tells garbage collection which packs this job may still use (FORMAT.md "Garbage
+  // collection"); taken before the block index is loaded, released when the job ends.
+  if (repo.descriptor().writer_version > kWriterVersion)
+    return FailedPreconditionError("repository at " + repo.store().Describe() +
+                                   " needs writer version " +
+                                   std::to_string(repo.descriptor().writer_version));
+  VMB_ASSIGN_OR_RETURN(std::unique_ptr<WriterLease> lease,
+                       WriterLease::Acquire(repo.store(), name));
 
   // Parent, block index, fingerprint reference, snapshots and block plans. Fingerprints need this
   // host's keys (from its state directory, never from the target); without them every block is

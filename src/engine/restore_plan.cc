@@ -17,6 +17,7 @@
 #include "engine/read_plan.h"
 #include "engine/restore_reader.h"
 #include "engine/restore_writer.h"
+#include "repo/gc.h"
 #include "target/target_impl.h"
 
 namespace vmbackup {
@@ -170,6 +171,12 @@ Status RestorePlan::Impl::Execute() {
     vols.emplace_back(v, std::move(vidx));
   }
   VMB_ASSIGN_OR_RETURN(std::shared_ptr<const RepoIndex> index, repo.LoadIndex());
+  {
+    // Blocks in packs GC condemned after this backup deduplicated against them (FORMAT.md).
+    std::vector<const VolumeIndex*> vidxs;
+    for (const auto& v : vols) vidxs.push_back(&v.second);
+    VMB_ASSIGN_OR_RETURN(index, WithCondemnedPacks(repo.store(), std::move(index), vidxs));
+  }
   run.SetPhase(Progress::Phase::kTransferring);
   // (temporary, final) paths of volumes written completely; renamed together at the end so that a
   // failed restore creates or changes no destination file.

@@ -88,17 +88,18 @@ bool JsonDepthWithin(std::string_view text, int max_depth) {
 }
 
 // ---- checksummed JSON envelope ----
-static std::string Envelope(const char* kind, const json& body) {
+static std::string Envelope(const char* kind, const json& body, int version = kFormatVersion) {
   json doc;
   doc["format"] = kind;
-  doc["version"] = kFormatVersion;
+  doc["version"] = version;
   doc["body"] = body;
   doc["sha256"] = ToHex(Sha256(body.dump()));
   return doc.dump(1) + "\n";
 }
 
 static StatusOr<json> OpenEnvelope(std::string_view bytes, const char* kind,
-                                   const std::string& what) {
+                                   const std::string& what, int max_version = kFormatVersion,
+                                   int* version_out = nullptr) {
   // Depth first: nlohmann's printer (used for the checksum) and destructor recurse.
   if (!JsonDepthWithin(bytes, kMaxJsonDepth))
     return DataLossError(what + " nests JSON deeper than " + std::to_string(kMaxJsonDepth) +
@@ -111,10 +112,11 @@ static StatusOr<json> OpenEnvelope(std::string_view bytes, const char* kind,
   if (!doc.contains("version") || !doc["version"].is_number_integer() ||
       doc["version"].get<int64_t>() < 1)
     return DataLossError(what + " has no valid format version");
-  if (doc["version"].get<int64_t>() > kFormatVersion)
+  if (doc["version"].get<int64_t>() > max_version)
     return FailedPreconditionError(what + " has format version " +
                                    std::to_string(doc["version"].get<int64_t>()) +
-                                   "; this library reads up to " + std::to_string(kFormatVersion));
+                                   "; this library reads up to " + std::to_string(max_version));
+  if (version_out != nullptr) *version_out = static_cast<int>(doc["version"].get<int64_t>());
   if (!doc.contains("body") || !doc["body"].is_object() || !doc.contains("sha256") ||
       !doc["sha256"].is_string())
     return DataLossError(what + " is incomplete");
@@ -194,7 +196,22 @@ std::string EncodeDescriptor(const RepoDescriptor& d) {
   b["compression"] = "lz4";
   b["created_at"] = d.created_at;
   if (!d.fingerprint_key.empty()) b["fingerprint_key"] = d.fingerprint_key;
-  return Envelope("vmbackup-repository", b);
+  // Version 2 (FORMAT.md "Writer-version gate"): version-1 libraries refuse the envelope; later
+  // ones read the repository and write it only when they are at least writer_version.
+  if (d.version >= 2) b["writer_version"] = d.writer_version;
+  return Envelope("vmbackup-repository", b, d.version);
+}
+
+std::string EncodeJsonEnvelope(const char* kind, const nlohmann::json& body) {
+  return Envelope(kind, body);
+}
+
+StatusOr<nlohmann::json> DecodeJsonEnvelope(std::string_view bytes, const char* kind,
+                                            uint64_t max_size, const std::string& what) {
+  if (bytes.size() > max_size)
+    return DataLossError(what + " is larger than " + std::to_string(max_size) +
+                         " bytes (corrupt or hostile)");
+  return OpenEnvelope(bytes, kind, what);
 }
 
 StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes) {
@@ -202,8 +219,16 @@ StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes) {
   if (bytes.size() > kMaxDescriptorBytes)
     return DataLossError(what + " is larger than " + std::to_string(kMaxDescriptorBytes) +
                          " bytes (corrupt or hostile)");
-  VMB_ASSIGN_OR_RETURN(json b, OpenEnvelope(bytes, "vmbackup-repository", what));
+  int version = 1;
+  VMB_ASSIGN_OR_RETURN(
+      json b, OpenEnvelope(bytes, "vmbackup-repository", what, kDescriptorVersion, &version));
   RepoDescriptor d;
+  d.version = version;
+  d.writer_version = 1;
+  if (version >= 2) {
+    VMB_RETURN_IF_ERROR(Fields(b, what).U32("writer_version", 1u << 20, &d.writer_version));
+    if (d.writer_version < 2) return Fields(b, what).Err("writer_version", "is below 2");
+  }
   Fields f(b, what);
   VMB_RETURN_IF_ERROR(f.Hex("id", 32, &d.id));
   VMB_RETURN_IF_ERROR(f.U32("block_size", kMaxBlockSize, &d.block_size));

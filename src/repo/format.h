@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "core/buffer_pool.h"
 #include "core/util.h"
 #include "vmbackup/backup_info.h"
@@ -20,6 +22,12 @@
 namespace vmbackup::internal {
 
 inline constexpr int kFormatVersion = 1;
+// The descriptor's envelope version: 2 once a GC-aware writer upgraded the repository
+// (docs/FORMAT.md "Writer-version gate"); records and other objects stay at kFormatVersion.
+inline constexpr int kDescriptorVersion = 2;
+// The writer version of this library: it writes repositories whose descriptor asks for at most
+// this writer version.
+inline constexpr uint32_t kWriterVersion = 2;
 inline constexpr uint32_t kDefaultBlockSize = 256 * 1024;
 inline constexpr uint32_t kDefaultPackSize = 32 * 1024 * 1024;
 inline constexpr uint32_t kMinBlockSize = 64 * 1024;
@@ -70,7 +78,9 @@ std::string BackupNameFromRecordKey(const std::string& key);
 
 // ---- repository descriptor ----
 struct RepoDescriptor {
-  int version = kFormatVersion;
+  int version = kFormatVersion;  // envelope version: 1, or 2 after the GC upgrade
+  // The oldest writer version that may write the repository (version 2 only; 1 for version 1).
+  uint32_t writer_version = 1;
   std::string id;
   uint32_t block_size = kDefaultBlockSize;
   uint32_t pack_size = kDefaultPackSize;
@@ -82,6 +92,14 @@ struct RepoDescriptor {
 std::string EncodeDescriptor(const RepoDescriptor& d);
 // kDataLoss when unparsable or its checksum is wrong; kFailedPrecondition for a newer version.
 StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes);
+
+// ---- JSON envelopes of maintenance objects (gc/, leases/) ----
+// `body` in a checksummed envelope of kind `kind` (FORMAT.md "JSON envelopes"), version 1.
+std::string EncodeJsonEnvelope(const char* kind, const nlohmann::json& body);
+// The body of an envelope of kind `kind`: kDataLoss naming `what` when larger than `max_size`,
+// unparsable, of another kind or failing its checksum; kFailedPrecondition for a newer version.
+StatusOr<nlohmann::json> DecodeJsonEnvelope(std::string_view bytes, const char* kind,
+                                            uint64_t max_size, const std::string& what);
 
 // ---- blocks ----
 enum class Codec : uint8_t { kNone = 0, kLz4 = 1 };

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "core/errors.h"
+#include "store/get_many.h"
 
 namespace vmbackup::internal {
 
@@ -17,6 +18,24 @@ void RepoIndex::AddPack(const std::string& pack_id, const std::vector<PackEntry>
   for (const auto& e : entries) {
     map_.try_emplace(e.digest, BlockLocation{p, e.stored_len, e.offset, e.raw_len, e.codec});
   }
+}
+
+void RepoIndex::RemovePacks(const std::set<std::string>& pack_ids) {
+  if (pack_ids.empty()) return;
+  std::vector<bool> gone(pack_ids_.size());
+  for (size_t i = 0; i < pack_ids_.size(); ++i) gone[i] = pack_ids.count(pack_ids_[i]) != 0;
+  absl::erase_if(map_, [&](const auto& kv) { return gone[kv.second.pack]; });
+}
+
+// Pack ids in `loaded` whose index key is not in `listing` (deleted by garbage collection).
+static std::set<std::string> GonePacks(const std::set<std::string>& loaded,
+                                       const std::vector<ObjectInfo>& listing) {
+  std::set<std::string> listed;
+  for (const auto& o : listing) listed.insert(PackIdFromIndexKey(o.key));
+  std::set<std::string> gone;
+  for (const auto& id : loaded)
+    if (!listed.count(id)) gone.insert(id);
+  return gone;
 }
 
 StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore> store,
@@ -52,22 +71,35 @@ StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {
     std::string id = PackIdFromIndexKey(o.key);
     if (!id.empty() && !loaded_.count(id)) fresh.push_back(id);
   }
-  if (index_ && fresh.empty()) return index_;
+  const std::set<std::string> gone = GonePacks(loaded_, keys);
+  if (index_ && fresh.empty() && gone.empty()) return index_;
   auto next = std::make_shared<RepoIndex>(index_ ? *index_ : RepoIndex());
-  for (const auto& id : fresh) {
-    auto bytes = store_->GetAtMost(PackIndexKey(id), kMaxWholeObjectRead);
-    if (!bytes.ok()) {
-      if (bytes.status().code() == StatusCode::kNotFound) continue;  // deleted meanwhile
-      return bytes.status();
-    }
-    auto entries = DecodePackIndex(*bytes, id, "pack index " + PackIndexKey(id));
-    loaded_.insert(id);
-    if (!entries.ok()) {
-      next->AddDamaged(entries.status().message());
-      continue;
-    }
-    next->AddPack(id, *entries);
-  }
+  // Packs whose index garbage collection deleted are dropped: a backup must not deduplicate
+  // against them. The new pack indexes are fetched kDefaultGetWindow at a time and added in the
+  // order they arrive; `loaded_` changes only once all arrived (and the gone packs are forgotten
+  // only then), so a failed load leaves index_ and loaded_ as they were and is retried whole.
+  next->RemovePacks(gone);
+  std::vector<std::string> done;
+  done.reserve(fresh.size());
+  VMB_RETURN_IF_ERROR(GetMany(
+      *store_, fresh.size(), [&](size_t i) { return PackIndexKey(fresh[i]); }, kDefaultGetWindow,
+      [&](size_t i, StatusOr<std::string> bytes) -> Status {
+        const std::string& id = fresh[i];
+        if (!bytes.ok()) {
+          if (bytes.status().code() == StatusCode::kNotFound) return Status::Ok();  // deleted
+          return bytes.status();
+        }
+        auto entries = DecodePackIndex(*bytes, id, "pack index " + PackIndexKey(id));
+        done.push_back(id);
+        if (!entries.ok()) {
+          next->AddDamaged(entries.status().message());
+          return Status::Ok();
+        }
+        next->AddPack(id, *entries);
+        return Status::Ok();
+      }));
+  for (const auto& id : gone) loaded_.erase(id);
+  loaded_.insert(done.begin(), done.end());
   index_ = std::move(next);
   return index_;
 }
@@ -121,8 +153,13 @@ StatusOr<BackupList> Repository::ListBackups() const {
     parallel_of.push_back(i);
   }
   std::vector<std::optional<StatusOr<std::string>>> fetched(to_read.size());
-  auto got = store_->GetMany(parallel, kRecordFetchWindow, kRecordCacheBytes);
-  for (size_t k = 0; k < got.size(); ++k) fetched[parallel_of[k]] = std::move(got[k]);
+  VMB_RETURN_IF_ERROR(GetMany(
+      *store_, parallel.size(), [&](size_t k) { return parallel[k].key; },
+      [&](size_t k) { return parallel[k].size; }, kRecordFetchWindow,
+      [&](size_t k, StatusOr<std::string> got) {
+        fetched[parallel_of[k]] = std::move(got);
+        return Status::Ok();
+      }));
   for (size_t i = 0; i < to_read.size(); ++i) {
     const std::string& name = names[i];
     std::optional<StatusOr<BackupInfo>> rec;

@@ -52,6 +52,9 @@ class RepoIndex {
   // Building (Repository only).
   void AddPack(const std::string& pack_id, const std::vector<PackEntry>& entries);
   void AddDamaged(std::string what) { damaged_.push_back(std::move(what)); }
+  // Forgets the blocks of packs whose pack index is gone (garbage collection deleted it): a backup
+  // must never deduplicate against a pack that GC may delete next (FORMAT.md "Garbage collection").
+  void RemovePacks(const std::set<std::string>& pack_ids);
 
  private:
   absl::flat_hash_map<Digest, BlockLocation, DigestHash> map_;
@@ -63,7 +66,7 @@ class RepoIndex {
 // at each listing).
 inline constexpr uint64_t kRecordCacheBytes = 64ull << 20;
 // Records ListBackups reads at once.
-inline constexpr size_t kRecordFetchWindow = 16;
+inline constexpr int kRecordFetchWindow = 16;
 
 class Repository {
  public:

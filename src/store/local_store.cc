@@ -507,7 +507,8 @@ class LocalStore final : public ObjectStore {
     while (struct dirent* e = ::readdir(d)) {
       std::string name = e->d_name;
       if (name == "." || name == "..") continue;
-      if (rel_dir.empty() && name == kTmpDir) continue;
+      // .tmp/ is listed only when asked for by name (garbage collection of stray temporaries).
+      if (rel_dir.empty() && name == kTmpDir && prefix.compare(0, 5, ".tmp/") != 0) continue;
       if (name.find(".tmp-") != std::string::npos) continue;
       std::string rel = rel_dir.empty() ? name : rel_dir + "/" + name;
       unsigned char type = e->d_type;

@@ -1,11 +1,6 @@
 // Default async forms and shared helpers of ObjectStore.
 #include "store/object_store.h"
 
-#include <algorithm>
-#include <condition_variable>
-#include <mutex>
-#include <optional>
-
 #include "core/errors.h"
 #include "core/runtime.h"
 
@@ -45,61 +40,6 @@ void ObjectStore::GetAsync(std::string key, uint64_t offset, uint64_t length,
         }
         done(std::move(r));
       });
-}
-
-std::vector<StatusOr<std::string>> ObjectStore::GetMany(const std::vector<ObjectInfo>& objects,
-                                                        size_t window, uint64_t max_bytes) {
-  struct State {
-    std::mutex mu;
-    std::condition_variable cv;
-    size_t in_flight = 0;
-    uint64_t bytes = 0;
-    size_t done = 0;
-    std::vector<std::optional<StatusOr<std::string>>> out;
-  };
-  const size_t n = objects.size();
-  auto st = std::make_shared<State>();
-  st->out.resize(n);
-  window = std::max<size_t>(window, 1);
-  size_t next = 0;
-  std::unique_lock<std::mutex> l(st->mu);
-  while (st->done < n) {
-    while (next < n && st->in_flight < window &&
-           (st->in_flight == 0 || st->bytes + objects[next].size <= max_bytes)) {
-      const size_t i = next++;
-      const ObjectInfo& o = objects[i];
-      if (o.size == 0) {
-        st->out[i] = std::string();
-        ++st->done;
-        continue;
-      }
-      ++st->in_flight;
-      st->bytes += o.size;
-      l.unlock();
-      auto done = [st, i, size = o.size](StatusOr<std::string> r) {
-        std::lock_guard<std::mutex> g(st->mu);
-        st->out[i] = std::move(r);
-        --st->in_flight;
-        st->bytes -= size;
-        ++st->done;
-        st->cv.notify_all();
-      };
-      try {
-        GetAsync(o.key, 0, o.size, done);
-      } catch (...) {
-        done(CurrentExceptionToStatus("get " + o.key));
-      }
-      l.lock();
-    }
-    st->cv.wait(l, [&] {
-      return st->done == n || (next < n && st->in_flight < window &&
-                               (st->in_flight == 0 || st->bytes + objects[next].size <= max_bytes));
-    });
-  }
-  std::vector<StatusOr<std::string>> out;
-  out.reserve(n);
-  for (auto& r : st->out) out.push_back(std::move(*r));
-  return out;
 }
 
 StatusOr<std::vector<ObjectInfo>> ObjectStore::ListAll(const std::string& prefix) {

@@ -104,15 +104,6 @@ class ObjectStore {
   // kMaxWholeObjectRead are read with Head and one ranged Get.
   StatusOr<std::string> GetAtMost(const std::string& key, uint64_t max_size);
 
-  // Reads the objects `objects` whole, each as a ranged read of the size its listing gave (so an
-  // object that changed size since is kDataLoss or kOutOfRange, never a read beyond that size),
-  // with at most `window` requests and `max_bytes` bytes in flight (one larger object alone),
-  // through GetAsync. Result i belongs to objects[i]; an object listed with size 0 is "" unread.
-  // Blocks until every read ended: call it from a job driver or a host thread, never on the
-  // Runtime's io or blocking threads (the reads complete there).
-  std::vector<StatusOr<std::string>> GetMany(const std::vector<ObjectInfo>& objects, size_t window,
-                                             uint64_t max_bytes);
-
  protected:
   explicit ObjectStore(std::shared_ptr<Runtime> runtime) : runtime_(std::move(runtime)) {}
   std::shared_ptr<Runtime> runtime_;

@@ -30,6 +30,15 @@ struct BackupTarget::Impl {
   std::optional<internal::FingerprintKeys> keys_;
 };
 
+namespace internal {
+class ObjectStore;
+// A BackupTarget over an already open store (tests: the in-memory store), opened like
+// BackupTarget::Open opens the store of a configuration (options.create_if_missing, block_size and
+// pack_size apply; config() reports type file with endpoint store->Describe()).
+StatusOr<std::shared_ptr<BackupTarget>> OpenTargetOnStore(std::unique_ptr<ObjectStore> store,
+                                                          const TargetOptions& options = {});
+}  // namespace internal
+
 }  // namespace vmbackup
 
 #endif  // VMBACKUP_TARGET_TARGET_IMPL_H_

@@ -878,6 +878,245 @@ static void test_delete_backup(void) {
   CHECK(listed("c-api-1") == 1);
 }
 
+/* Verify (fast and full, with progress), a deleted pack index found, repaired (dry run first),
+ * and the target verified whole again; bad options are VMB_EINVAL naming the field. */
+static int count_progress(const vmb_progress* p, void* payload) {
+  (void)p;
+  ++*(int*)payload;
+  return 0;
+}
+
+static void test_verify_and_repair(void) {
+  vmb_error* err = NULL;
+  char* json = NULL;
+  /* A target of its own: every pack on it is referenced by the one backup. */
+  char dir[4200], config[4400];
+  path_in_tmp(dir, sizeof(dir), "verify-target");
+  CHECK(mkdir(dir, 0700) == 0);
+  snprintf(config, sizeof(config), "{\"type\":\"file\",\"endpoint\":\"%s\"}", dir);
+  vmb_target* target = NULL;
+  CHECK_RC(vmb_target_open(&target, config, NULL, &err), VMB_OK, err);
+  if (target == NULL) return;
+  vmb_volume volume = {"disk0", g_volume};
+  vmb_backup_options b = VMB_BACKUP_OPTIONS_INIT;
+  b.name = "c-verify";
+  b.volumes = &volume;
+  b.volume_count = 1;
+  CHECK_RC(vmb_backup_run(NULL, target, &b, &err), VMB_OK, err);
+  CHECK_RC(vmb_target_verify(&json, target, NULL, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"ok\":true") != NULL);
+  CHECK(json != NULL && strstr(json, "\"blocks_checked\":0") != NULL);
+  vmb_free(json);
+  json = NULL;
+
+  vmb_verify_options opts;
+  CHECK_RC(vmb_verify_options_init(&opts, VMB_VERIFY_OPTIONS_VERSION, &err), VMB_OK, err);
+  int calls = 0;
+  opts.read_data = 1;
+  opts.progress = count_progress;
+  opts.progress_payload = &calls;
+  opts.progress_interval_ms = 0;
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"ok\":true") != NULL);
+  CHECK(json != NULL && strstr(json, "\"blocks_checked\":0") == NULL);
+  CHECK(calls >= 2);
+  vmb_free(json);
+  json = NULL;
+
+  opts.read_data_subset = "half";
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_EINVAL, err);
+  CHECK(json == NULL);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "read_data_subset") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  opts.read_data_subset = "1/2";
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_OK, err);
+  vmb_free(json);
+  json = NULL;
+  opts.version = 99;
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_EINVAL, err);
+  vmb_error_free(err);
+  err = NULL;
+
+  /* Delete one pack index file. */
+  char index_dir[4300], victim[4600];
+  snprintf(index_dir, sizeof(index_dir), "%s/index", dir);
+  victim[0] = '\0';
+  {
+    char cmd[4400];
+    snprintf(cmd, sizeof(cmd), "ls %s | head -n 1", index_dir);
+    FILE* ls = popen(cmd, "r");
+    char name[256] = "";
+    if (ls != NULL) {
+      if (fgets(name, sizeof(name), ls) == NULL) name[0] = '\0';
+      pclose(ls);
+    }
+    name[strcspn(name, "\n")] = '\0';
+    CHECK(name[0] != '\0');
+    snprintf(victim, sizeof(victim), "%s/%s", index_dir, name);
+  }
+  CHECK(unlink(victim) == 0);
+  CHECK_RC(vmb_target_verify(&json, target, NULL, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"ok\":false") != NULL);
+  CHECK(json != NULL && strstr(json, "in no readable pack index") != NULL);
+  vmb_free(json);
+  json = NULL;
+
+  vmb_verify_options_init(&opts, VMB_VERIFY_OPTIONS_VERSION, NULL);
+  opts.dry_run = 1;
+  CHECK_RC(vmb_target_repair(&json, target, &opts, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"action\":\"rebuilt index\"") != NULL);
+  CHECK(json != NULL && strstr(json, "\"done\":false") != NULL);
+  CHECK(!file_exists(victim));
+  vmb_free(json);
+  json = NULL;
+  CHECK_RC(vmb_target_repair(&json, target, NULL, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"done\":true") != NULL);
+  CHECK(json != NULL && strstr(json, "\"unrestorable_backups\":[]") != NULL);
+  CHECK(file_exists(victim));
+  vmb_free(json);
+  json = NULL;
+  opts.dry_run = 0;
+  opts.read_data = 1;
+  CHECK_RC(vmb_target_verify(&json, target, &opts, &err), VMB_OK, err);
+  CHECK(json != NULL && strstr(json, "\"ok\":true") != NULL);
+  vmb_free(json);
+  vmb_error_free(err);
+  vmb_target_free(target);
+}
+
+/* Counts GC progress calls; cancels at phase `cancel_at` when set. */
+typedef struct gc_log {
+  int calls;
+  int saw_done;
+  const char* cancel_at;
+} gc_log;
+
+static int log_gc(const char* phase, uint64_t done, uint64_t total, void* payload) {
+  gc_log* l = (gc_log*)payload;
+  (void)done;
+  (void)total;
+  ++l->calls;
+  if (strcmp(phase, "done") == 0) l->saw_done = 1;
+  return l->cancel_at != NULL && strcmp(phase, l->cancel_at) == 0;
+}
+
+/* A number field of a flat JSON report ("key":N), or -1. */
+static long long json_number(const char* json, const char* key) {
+  char pat[128];
+  snprintf(pat, sizeof(pat), "\"%s\":", key);
+  const char* p = json != NULL ? strstr(json, pat) : NULL;
+  return p != NULL ? strtoll(p + strlen(pat), NULL, 10) : -1;
+}
+
+static void backup_named(vmb_target* t, const char* name, const char* path) {
+  vmb_volume volume = {"disk0", path};
+  vmb_backup_options opts = VMB_BACKUP_OPTIONS_INIT;
+  opts.name = name;
+  opts.volumes = &volume;
+  opts.volume_count = 1;
+  opts.vm_metadata_json = "{\"name\": \"gc-vm\", \"namespace\": \"default\"}";
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_backup_run(NULL, t, &opts, &err), VMB_OK, err);
+  vmb_error_free(err);
+}
+
+static void test_forget_and_gc(void) {
+  char dir[4200], config[4400], other[4200], dest[4200];
+  path_in_tmp(dir, sizeof(dir), "gc-target");
+  CHECK(mkdir(dir, 0755) == 0);
+  snprintf(config, sizeof(config), "{\"type\":\"file\",\"endpoint\":\"%s\"}", dir);
+  path_in_tmp(other, sizeof(other), "source-old.img");
+  CHECK(make_volume(other) == 0); /* other random data than g_volume */
+  vmb_target* t = NULL;
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_target_open(&t, config, NULL, &err), VMB_OK, err);
+  vmb_error_free(err);
+  if (t == NULL) return;
+  backup_named(t, "gc-old", other);
+  backup_named(t, "gc-new", g_volume);
+
+  /* Options: versions and policies that would forget everything are refused. */
+  vmb_forget_options fo;
+  CHECK_RC(vmb_forget_options_init(&fo, 99, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_forget_options_init(&fo, VMB_FORGET_OPTIONS_VERSION, NULL), VMB_OK, NULL);
+  char* out = NULL;
+  CHECK_RC(vmb_target_forget(&out, t, &fo, &err), VMB_EINVAL, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "keep") != NULL);
+  vmb_error_free(err);
+  CHECK(out == NULL);
+  CHECK_RC(vmb_target_forget(&out, t, NULL, NULL), VMB_EINVAL, NULL);
+
+  /* Dry run: decides, deletes nothing. */
+  fo.keep_last = 1;
+  fo.dry_run = 1;
+  CHECK_RC(vmb_target_forget(&out, t, &fo, &err), VMB_OK, err);
+  CHECK(out != NULL && strstr(out, "\"forget\":[\"gc-old\"]") != NULL);
+  CHECK(out != NULL && strstr(out, "\"deleted\":[]") != NULL);
+  CHECK(out != NULL && strstr(out, "{\"name\":\"gc-new\",\"reasons\":[\"last\"]}") != NULL);
+  vmb_free(out);
+  out = NULL;
+  char* got = NULL;
+  CHECK_RC(vmb_target_get_backup(&got, t, "gc-old", NULL), VMB_OK, NULL);
+  vmb_free(got);
+
+  fo.dry_run = 0;
+  CHECK_RC(vmb_target_forget(&out, t, &fo, &err), VMB_OK, err);
+  CHECK(out != NULL && strstr(out, "\"deleted\":[\"gc-old\"]") != NULL);
+  vmb_free(out);
+  out = NULL;
+  CHECK_RC(vmb_target_get_backup(&got, t, "gc-old", NULL), VMB_ENOTFOUND, NULL);
+
+  /* GC: a dry run, a cancelled run, then three runs with no grace reclaim gc-old's packs. */
+  vmb_gc_options go = VMB_GC_OPTIONS_INIT;
+  CHECK(go.grace_seconds == -1 && go.lease_expiry_seconds == -1 && go.repack == 1);
+  CHECK(go.restore_dirs == NULL && go.restore_dir_count == 0);
+  go.version = 7;
+  CHECK_RC(vmb_target_gc(&out, t, &go, NULL), VMB_EINVAL, NULL);
+  CHECK_RC(vmb_gc_options_init(&go, VMB_GC_OPTIONS_VERSION, NULL), VMB_OK, NULL);
+  go.dry_run = 1;
+  CHECK_RC(vmb_target_gc(&out, t, &go, &err), VMB_OK, err);
+  CHECK(out != NULL && strstr(out, "\"dry_run\":true") != NULL);
+  CHECK(json_number(out, "dead_packs") > 0);
+  CHECK(json_number(out, "reclaimable_bytes") > 0);
+  vmb_free(out);
+  out = NULL;
+
+  gc_log log = {0, 0, "indexes"};
+  go.dry_run = 0;
+  go.grace_seconds = 0;
+  go.progress = log_gc;
+  go.progress_payload = &log;
+  CHECK_RC(vmb_target_gc(&out, t, &go, &err), VMB_ECANCELLED, err);
+  vmb_error_free(err);
+  err = NULL;
+  CHECK(out == NULL && log.calls > 0);
+  log.cancel_at = NULL;
+  long long deleted = 0, dead = -1;
+  for (int i = 0; i < 3; ++i) {
+    CHECK_RC(vmb_target_gc(&out, t, &go, &err), VMB_OK, err);
+    if (i == 0) dead = json_number(out, "dead_packs");
+    deleted += json_number(out, "packs_deleted");
+    vmb_free(out);
+    out = NULL;
+  }
+  CHECK(log.saw_done);
+  CHECK(dead > 0 && deleted == dead);
+  CHECK_RC(vmb_target_gc(&out, NULL, NULL, NULL), VMB_EINVAL, NULL);
+
+  /* The kept backup restores bit-identical. */
+  path_in_tmp(dest, sizeof(dest), "gc-restored.img");
+  vmb_volume destination = {"disk0", dest};
+  vmb_restore_options ropts = VMB_RESTORE_OPTIONS_INIT;
+  ropts.backup = "gc-new";
+  ropts.volumes = &destination;
+  ropts.volume_count = 1;
+  CHECK_RC(vmb_restore_run(t, &ropts, &err), VMB_OK, err);
+  vmb_error_free(err);
+  CHECK(same_bytes(g_volume, dest));
+  vmb_target_free(t);
+}
+
 int main(void) {
   const char* base = getenv("TMPDIR");
   if (base == NULL || base[0] == '\0') base = "/tmp";
@@ -919,6 +1158,8 @@ int main(void) {
     RUN(test_state_dir_and_file_mode_options);
     RUN(test_runtime_of_its_own);
     RUN(test_delete_backup);
+    RUN(test_verify_and_repair);
+    RUN(test_forget_and_gc);
   } else {
     fprintf(stderr, "target did not open; skipping the tests that need it\n");
     ++g_failed;

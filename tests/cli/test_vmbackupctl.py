@@ -138,3 +138,131 @@ def test_in_flight_mib_bounds_the_upload_and_is_validated(setup, tmp_path):
         assert "--in-flight-mib expects a number from 1 to 65536" in p.stderr
     listed = json.loads(run("--json", "list", "--target", str(target), check=0).stdout)
     assert [b["name"] for b in listed["backups"]] == ["b1"], listed
+
+
+def test_verify_and_repair_exit_codes_and_json(setup, tmp_path):
+    target, vol = setup
+    run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
+    ok = run("--json", "verify", "--target", str(target), "--read-data", check=0)
+    doc = json.loads(ok.stdout)
+    assert doc["ok"] is True and doc["blocks_checked"] > 0 and doc["backups"] == 1
+    run("verify", "--target", str(target), "--read-data", "--read-data-subset", "1/3", check=0)
+    bad = run("verify", "--target", str(target), "--read-data", "--read-data-subset", "lots")
+    assert bad.returncode == 2 and "read-data-subset" in bad.stderr
+    bad = run("verify", "--target", str(target), "--read-data-subset", "1/3")
+    assert bad.returncode == 2 and "--read-data" in bad.stderr
+
+    # Flip a byte of the first block of a pack: fast verify passes, full verify names the block.
+    pack = sorted(target.glob("packs/*/*.pack"))[0]
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 1
+    pack.write_bytes(bytes(data))
+    run("verify", "--target", str(target), check=0)
+    damaged = run("--json", "verify", "--target", str(target), "--read-data", check=14)
+    doc = json.loads(damaged.stdout)
+    assert doc["ok"] is False and doc["bad_block_count"] == 1
+    block = doc["bad_blocks"][0]
+    assert (block["backup"], block["volume"], block["pack_id"], block["pack_offset"]) == (
+        "b1", "disk0", pack.stem, 8)
+    text = run("verify", "--target", str(target), "--read-data", check=14)
+    assert f"bad block: backup b1, volume disk0, offset {block['offset']}, pack {pack.stem}" \
+        in text.stdout
+
+    dry = run("--json", "repair", "--target", str(target), "--read-data", "--dry-run", check=14)
+    assert json.loads(dry.stdout)["actions"][0]["done"] is False
+    rep = run("--json", "repair", "--target", str(target), "--read-data", check=14)
+    doc = json.loads(rep.stdout)
+    assert doc["actions"][0]["action"] == "repacked" and doc["actions"][0]["done"] is True
+    assert doc["unrestorable_backups"] == ["b1"]
+
+    # The next backup stores the lost block again; then everything verifies.
+    run("backup", "--target", str(target), "--name", "b2", "--volume", f"disk0={vol}", check=0)
+    run("verify", "--target", str(target), "--read-data", check=0)
+    run("restore", "b1", "--target", str(target), "--dest-dir", str(tmp_path / "r"), check=0)
+    assert sha(tmp_path / "r" / "disk0.img") == sha(vol)
+    run("repair", "--target", str(target), check=0)
+    # Errors are not "damage found": an unreachable target exits with its own code.
+    missing = run("verify", "--target", str(tmp_path / "nope"))
+    assert missing.returncode not in (0, 14)
+
+
+def _pack_files(target):
+    return sorted((target / "packs").rglob("*.pack"))
+
+
+def test_forget_dry_run_then_prune_reclaims_packs(setup, tmp_path):
+    target, vol = setup
+    other = tmp_path / "other.img"
+    other.write_bytes(random.Random(6).randbytes(2 * MIB))
+    for name, path in (("b-old", other), ("b-mid", other), ("b-new", vol)):
+        run("backup", "--target", str(target), "--name", name, "--volume", f"disk0={path}",
+            "--vm-name", "cli-vm", check=0)
+
+    usage = run("forget", "--target", str(target))
+    assert usage.returncode == 2 and "--keep" in usage.stderr
+    assert run("forget", "--target", str(target), "--keep-last", "x").returncode == 2
+
+    dry = run("--json", "forget", "--target", str(target), "--keep-last", "1", "--dry-run",
+              check=0)
+    doc = json.loads(dry.stdout)
+    assert doc["dry_run"] is True
+    assert sorted(doc["forget"]) == ["b-mid", "b-old"]
+    assert doc["deleted"] == []
+    assert doc["keep"] == [{"name": "b-new", "reasons": ["last"]}]
+    listed = json.loads(run("--json", "list", "--target", str(target), check=0).stdout)
+    assert len(listed["backups"]) == 3
+
+    text = run("forget", "--target", str(target), "--keep-last", "1", "--dry-run", check=0)
+    assert "would forget" in text.stdout and "b-old" in text.stdout
+
+    packs_before = _pack_files(target)
+    res = run("--json", "forget", "--target", str(target), "--keep-last", "1", "--prune",
+              "--grace", "0", check=0)
+    doc = json.loads(res.stdout)
+    assert sorted(doc["deleted"]) == ["b-mid", "b-old"]
+    assert doc["gc"]["dead_packs"] > 0 and doc["gc"]["packs_deleted"] == 0
+    dead = doc["gc"]["dead_packs"]
+    # Two more runs: the pack indexes go, then the packs.
+    run("gc", "--target", str(target), "--grace", "0", check=0)
+    last = json.loads(run("--json", "gc", "--target", str(target), "--grace", "0",
+                          check=0).stdout)
+    assert last["packs_deleted"] == dead
+    assert len(_pack_files(target)) == len(packs_before) - dead
+    run("restore", "b-new", "--target", str(target), "--dest-dir", str(tmp_path / "r"), check=0)
+    assert sha(tmp_path / "r" / "disk0.img") == sha(vol)
+
+
+def test_gc_dry_run_changes_nothing_and_flags_are_checked(setup, tmp_path):
+    target, vol = setup
+    run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
+    run("delete", "b1", "--target", str(target), check=0)
+    run("gc", "--target", str(target), "--grace", "0", check=0)
+
+    def snapshot():
+        return sorted((str(p.relative_to(target)), p.stat().st_size)
+                      for p in target.rglob("*") if p.is_file())
+
+    before = snapshot()
+    dry = run("--json", "gc", "--target", str(target), "--dry-run", "--grace", "0", check=0)
+    doc = json.loads(dry.stdout)
+    assert doc["dry_run"] is True and doc["indexes_deleted"] > 0
+    assert doc["reclaimable_bytes"] > 0
+    assert snapshot() == before
+    text = run("gc", "--target", str(target), "--dry-run", check=0)
+    assert "dry run" in text.stdout and "reclaimable" in text.stdout
+    norepack = json.loads(run("--json", "gc", "--target", str(target), "--dry-run", "--no-repack",
+                              check=0).stdout)
+    assert norepack["repack_candidates"] == 0 and norepack["packs_repacked"] == 0
+    bad = run("gc", "--target", str(target), "--grace", "soon")
+    assert bad.returncode == 2 and "--grace" in bad.stderr
+    # Another run holding the lock: exit 11 (failed precondition) naming it.
+    (target / "gc").mkdir(exist_ok=True)
+    run("gc", "--target", str(target), check=0)
+    import time
+    lock_body = {"host": "elsewhere", "started": int(time.time()), "started_at": "now"}
+    canonical = json.dumps(lock_body, sort_keys=True, separators=(",", ":"))
+    lock = {"format": "vmbackup-gc-lock", "version": 1, "body": lock_body,
+            "sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+    (target / "gc" / "lock.json").write_text(json.dumps(lock))
+    held = run("gc", "--target", str(target))
+    assert held.returncode == 11 and "elsewhere" in held.stderr

@@ -497,3 +497,148 @@ def test_interpreter_exit_with_running_job_cancels_it_without_crashing(target_di
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "exiting"
         assert "at-exit" not in names(target)
+
+
+# ---- verify and repair ----------------------------------------------------------------------------
+
+
+def _flip_first_block(target_dir):
+    """Flips a byte of the first stored block of one pack; returns that pack's id."""
+    packs = sorted(target_dir.glob("packs/*/*.pack"))
+    assert packs, "no pack on the target"
+    pack = packs[0]
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0x20  # the first block starts right after the 8-byte magic
+    os.chmod(pack, 0o600)
+    pack.write_bytes(bytes(data))
+    return pack.stem
+
+
+def test_verify_finds_a_flipped_byte_and_repair_makes_the_next_backup_store_it(
+        target, target_dir, volume, tmp_path):
+    vmbackup.backup(target, "py-v", volumes={"disk0": volume},
+                    vm_metadata={"name": "py-vm", "namespace": "default"})
+    report = target.verify()
+    assert report["ok"] is True
+    assert report["backups"] == 1 and report["blocks_checked"] == 0
+    full = target.verify(read_data=True)
+    assert full["ok"] is True and full["blocks_checked"] == full["unique_blocks"] > 0
+
+    pack_id = _flip_first_block(target_dir)
+    assert target.verify()["ok"] is True, "sizes and indexes are intact: only reading finds it"
+    seen = []
+    full = target.verify(read_data=True, progress=seen.append, progress_interval_ms=0)
+    assert seen and isinstance(seen[-1], vmbackup.Progress)
+    assert full["ok"] is False
+    assert full["bad_block_count"] == 1
+    bad = full["bad_blocks"][0]
+    assert (bad["backup"], bad["volume"], bad["pack_id"], bad["pack_offset"]) == (
+        "py-v", "disk0", pack_id, 8)
+    assert bad["offset"] % target.block_size == 0
+    assert "digest mismatch" in bad["problem"]
+    assert full["damaged_backups"] == ["py-v"]
+
+    dry = target.repair(read_data=True, dry_run=True)
+    assert [a["action"] for a in dry["actions"]] == ["repacked"]
+    assert dry["actions"][0]["done"] is False
+    rep = target.repair(read_data=True)
+    assert rep["actions"][0]["done"] is True, rep
+    assert rep["actions"][0]["blocks_lost"] == 1
+    assert rep["unrestorable_backups"] == ["py-v"]
+
+    fresh = vmbackup.BackupTarget.open({"type": "file", "endpoint": str(target_dir)})
+    again = vmbackup.backup(fresh, "py-v2", volumes={"disk0": volume},
+                            vm_metadata={"name": "py-vm", "namespace": "default"})
+    assert again.bytes_new > 0, "the lost block was stored again"
+    dest = tmp_path / "healed.img"
+    vmbackup.restore(fresh, "py-v", volumes=[("disk0", dest)])
+    assert same_bytes(volume, dest)
+    assert fresh.verify(read_data=True)["ok"] is True
+
+
+def test_verify_subsets_bad_options_and_cancel(target, volume):
+    vmbackup.backup(target, "py-s", volumes={"disk0": volume})
+    assert target.verify(read_data=True, read_data_subset="1/2")["ok"] is True
+    assert target.verify(read_data=True, read_data_subset=0.5)["ok"] is True
+    assert target.verify(read_data=True, read_data_subset="10%")["ok"] is True
+    with pytest.raises(vmbackup.InvalidArgumentError, match="read_data_subset"):
+        target.verify(read_data=True, read_data_subset="most")
+    with pytest.raises(ValueError):
+        target.verify(read_data=True, read_data_subset=2.0)
+    with pytest.raises(vmbackup.CancelledError):
+        target.verify(read_data=True, progress=lambda p: False, progress_interval_ms=0)
+
+    def boom(p):
+        raise RuntimeError("from the callback")
+
+    with pytest.raises(RuntimeError, match="from the callback"):
+        target.verify(progress=boom, progress_interval_ms=0)
+
+
+# ---- retention and garbage collection ----------------------------------------------------------
+
+
+def _packs(target_dir):
+    return sorted(p for p in (target_dir / "packs").rglob("*.pack"))
+
+
+def test_forget_then_gc_reclaims_the_forgotten_backups_packs(target, target_dir, tmp_path):
+    old = make_volume(tmp_path / "old.img", seed=11)
+    new = make_volume(tmp_path / "new.img", seed=12)
+    meta = {"name": "py-gc-vm", "namespace": "default"}
+    vmbackup.backup(target, "gc-old", volumes={"disk0": old}, vm_metadata=meta)
+    vmbackup.backup(target, "gc-new", volumes={"disk0": new}, vm_metadata=meta)
+    vmbackup.backup(target, "other-vm", volumes={"disk0": old},
+                    vm_metadata={"name": "py-other", "namespace": "default"})
+
+    with pytest.raises(vmbackup.InvalidArgumentError, match="keep"):
+        target.forget()
+    dry = target.forget(keep_last=1, dry_run=True)
+    assert dry["forget"] == ["gc-old"]
+    assert dry["deleted"] == []
+    assert {k["name"] for k in dry["keep"]} == {"gc-new", "other-vm"}
+    assert {b.name for b in target.list_backups()} == {"gc-old", "gc-new", "other-vm"}
+
+    # Scoped to one VM: the other VM's only backup is never considered.
+    res = target.forget(keep_last=1, vm_name="py-gc-vm", vm_namespace="default")
+    assert res["deleted"] == ["gc-old"]
+    assert {b.name for b in target.list_backups()} == {"gc-new", "other-vm"}
+
+    # other-vm shares gc-old's data, so only gc-old's unique packs could go: none here.
+    packs_before = _packs(target_dir)
+    report = target.gc(dry_run=True, grace_seconds=0)
+    assert report["dry_run"] is True and report["run"] == ""
+    assert target.gc(dry_run=True, repack=False)["repack_candidates"] == 0
+    assert _packs(target_dir) == packs_before
+    phases = []
+    for _ in range(3):
+        report = target.gc(grace_seconds=0, progress=lambda p, d, t: phases.append(p))
+    assert "done" in phases and "records" in phases
+    assert report["damaged"] == []
+    assert _packs(target_dir) == packs_before  # every pack is still referenced
+
+    target.delete_backup("other-vm")
+    deleted = 0
+    for _ in range(3):
+        deleted += target.gc(grace_seconds=0)["packs_deleted"]
+    assert deleted > 0
+    assert len(_packs(target_dir)) == len(packs_before) - deleted
+    dest = tmp_path / "restored.img"
+    vmbackup.restore(target, "gc-new", volumes=[("disk0", dest)])
+    assert same_bytes(new, dest)
+
+
+def test_gc_progress_can_stop_the_run_and_its_exception_propagates(target, volume):
+    vmbackup.backup(target, "gc-p", volumes={"disk0": volume})
+    with pytest.raises(vmbackup.CancelledError):
+        target.gc(progress=lambda phase, done, total: phase != "records")
+
+    def boom(phase, done, total):
+        raise RuntimeError("from the callback")
+
+    with pytest.raises(RuntimeError, match="from the callback"):
+        target.gc(progress=boom)
+    with pytest.raises(vmbackup.InvalidArgumentError):
+        target.gc(grace_seconds=-5)
+    # A cancelled or failed run leaves no lock behind.
+    assert target.gc()["damaged"] == []

@@ -1400,7 +1400,8 @@ class Core : public std::enable_shared_from_this<Core> {
     while (nfsdirent* e = nfs_readdir(c.nfs, dir)) {
       std::string name = e->name;
       if (name == "." || name == "..") continue;
-      if (rel_dir.empty() && name == kTmpDir) continue;
+      // .tmp/ is listed only when asked for by name (garbage collection of stray temporaries).
+      if (rel_dir.empty() && name == kTmpDir && prefix.compare(0, 5, ".tmp/") != 0) continue;
       if (name.find(".tmp-") != std::string::npos) continue;
       std::string rel = rel_dir.empty() ? name : rel_dir + "/" + name;
       bool is_dir = e->type == NF3DIR || (e->mode & S_IFMT) == S_IFDIR;

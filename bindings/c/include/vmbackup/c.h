@@ -283,6 +283,154 @@ VMB_EXTERN int vmb_target_delete_backup(vmb_target* target, const char* name, vm
 /* Returns the repository's block size in bytes, or 0 if target is NULL. */
 VMB_EXTERN uint32_t vmb_target_block_size(const vmb_target* target);
 
+/* ---- Verify and repair ------------------------------------------------------------------------ */
+
+/* How vmb_target_verify() and vmb_target_repair() check the target. All pointers are borrowed for
+ * the duration of the call. */
+typedef struct vmb_verify_options {
+  unsigned int version; /* VMB_VERIFY_OPTIONS_VERSION */
+  /* Non-zero: fetch every referenced block and check its SHA-256. Default 0: the fast checks only
+   * (records, volume indexes, pack indexes, pack sizes). */
+  int read_data;
+  /* With read_data: which packs to read, as a fraction ("0.1"), a percentage ("10%") or a part
+   * "n/m" (parts 1..m of m read every pack once). Default NULL = every pack. */
+  const char* read_data_subset;
+  /* Packs read at once with read_data (about 32 MiB of memory each). Default 0 = 8. */
+  int parallel_reads;
+  /* At most this many bad blocks are listed in the report ("bad_block_count" counts them all).
+   * Default 10000; 0 = no limit. */
+  uint64_t max_bad_blocks_listed;
+  /* Progress callback and its payload (phase PREPARING while indexes are read, TRANSFERRING while
+   * blocks are read: bytes_total / bytes_read, blocks_total / blocks_done). Runs on the calling
+   * thread. Non-zero cancels (VMB_ECANCELLED). Default NULL = none. */
+  vmb_progress_cb progress;
+  void* progress_payload;
+  /* Minimum time between two progress reports, in ms. Default 200. */
+  int progress_interval_ms;
+  /* vmb_target_repair() only: non-zero reports the repairs without writing or deleting anything.
+   * Default 0. */
+  int dry_run;
+} vmb_verify_options;
+
+#define VMB_VERIFY_OPTIONS_VERSION 1
+#define VMB_VERIFY_OPTIONS_INIT \
+  { VMB_VERIFY_OPTIONS_VERSION, 0, NULL, 0, 10000, NULL, NULL, 200, 0 }
+
+/* Sets *opts to the defaults of `version` (VMB_VERIFY_OPTIONS_INIT).
+ * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
+VMB_EXTERN int vmb_verify_options_init(vmb_verify_options* opts, unsigned int version,
+                                       vmb_error** error);
+
+/* Checks the backups on the target and changes nothing. On success *out is a caller-owned JSON
+ * report (vmb_free; schema in docs/c_api.md, "Verify report") whose "ok" is false when damage was
+ * found: damage is in the report, not in the return code. `opts` may be NULL (fast checks).
+ * Returns 0, or: VMB_EINVAL bad options (the message names the field) or NULL out / target;
+ * VMB_ECANCELLED the progress callback returned non-zero; otherwise the store's error when the
+ * target could not be listed or read (VMB_EUNAVAILABLE, VMB_EPERM, ...). Blocks the calling
+ * thread; may run while jobs use the target. */
+VMB_EXTERN int vmb_target_verify(char** out, const vmb_target* target,
+                                 const vmb_verify_options* opts, vmb_error** error);
+
+/* Verifies (as vmb_target_verify with `opts`), then repairs damaged packs: rebuilds damaged or
+ * missing pack indexes from their pack's trailer after checking every block, copies the good
+ * blocks of packs with bad blocks to new packs, and removes the indexes of missing packs, so lost
+ * blocks are stored again by the next backup. With opts->dry_run nothing is changed. On success
+ * *out is a caller-owned JSON report (vmb_free; docs/c_api.md, "Repair report") listing the
+ * actions and the backups that still cannot be restored ("unrestorable_backups"). A repair of one
+ * pack that fails is reported in its action. Returns the codes of vmb_target_verify(). Two repairs
+ * of one target must not run at once. */
+VMB_EXTERN int vmb_target_repair(char** out, vmb_target* target, const vmb_verify_options* opts,
+                                 vmb_error** error);
+
+/* ---- Maintenance: retention and garbage collection ------------------------------------------- */
+
+/* A retention policy and its scope (vmbackup::RetentionPolicy + ForgetOptions). Per VM identity
+ * (namespace + name), newest first, a backup is kept when any rule keeps it: keep_last keeps the N
+ * newest; keep_hourly / daily / weekly (ISO 8601) / monthly / yearly keep the newest backup of each
+ * of the N newest such periods (UTC) that hold backups (restic's semantics; docs/c_api.md). */
+typedef struct vmb_forget_options {
+  unsigned int version; /* VMB_FORGET_OPTIONS_VERSION */
+  int keep_last;        /* default 0 (rule off) */
+  int keep_hourly;      /* default 0 */
+  int keep_daily;       /* default 0 */
+  int keep_weekly;      /* default 0 */
+  int keep_monthly;     /* default 0 */
+  int keep_yearly;      /* default 0 */
+  /* Only this VM's backups (with vm_namespace, default ""). Default NULL = every VM. */
+  const char* vm_name;
+  const char* vm_namespace;
+  /* Non-zero: decide and report, delete nothing. Default 0. */
+  int dry_run;
+} vmb_forget_options;
+
+#define VMB_FORGET_OPTIONS_VERSION 1
+#define VMB_FORGET_OPTIONS_INIT \
+  { VMB_FORGET_OPTIONS_VERSION, 0, 0, 0, 0, 0, 0, NULL, NULL, 0 }
+
+/* Sets *opts to the defaults of `version` (VMB_FORGET_OPTIONS_INIT).
+ * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
+VMB_EXTERN int vmb_forget_options_init(vmb_forget_options* opts, unsigned int version,
+                                       vmb_error** error);
+
+/* Applies the policy in `opts` and deletes every backup it does not keep (unless dry_run). Blocks
+ * are reclaimed by vmb_target_gc() later. On success *out is a caller-owned JSON document
+ * (vmb_free):
+ *   {"dry_run": false, "keep": [{"name": "...", "reasons": ["last", "daily", ...]}, ...],
+ *    "forget": ["name", ...], "deleted": ["name", ...]}
+ * Returns 0; VMB_EINVAL for NULL out / target / opts, an unknown options version, or a policy
+ * whose counts are all 0 or one negative (it would forget everything); otherwise the store's error
+ * (the backups deleted before a failing deletion stay deleted; the message names them). */
+VMB_EXTERN int vmb_target_forget(char** out, vmb_target* target, const vmb_forget_options* opts,
+                                 vmb_error** error);
+
+/* Garbage-collection progress: `phase` is "mark", "records", "indexes", "sweep" or "done"
+ * (borrowed for the call); `done` of `total` items (total 0 = unknown). Runs on the thread that
+ * called vmb_target_gc(), never under an internal lock. Return 0 to continue, non-zero to stop the
+ * run after its current step (vmb_target_gc() then returns VMB_ECANCELLED). */
+typedef int (*vmb_gc_progress_cb)(const char* phase, uint64_t done, uint64_t total, void* payload);
+
+typedef struct vmb_gc_options {
+  unsigned int version; /* VMB_GC_OPTIONS_VERSION */
+  /* Non-zero: report what would be deleted; write and delete nothing. Default 0. */
+  int dry_run;
+  /* How long garbage must stay garbage, measured between GC runs on the GC hosts' clocks.
+   * Default -1 = 24 h; 0 allowed (each step still takes one run more). */
+  int64_t grace_seconds;
+  /* Leases of backups older than this are left by killed jobs and ignored. Default -1 = 7 days. */
+  int64_t lease_expiry_seconds;
+  vmb_gc_progress_cb progress; /* default NULL */
+  void* progress_payload;      /* passed to progress; default NULL */
+  /* Directories of this host where restores write: files named "*.vmbackup-partial-*" in them,
+   * left by killed restores and older than the grace (this host's clock), are deleted. Borrowed
+   * for the call. Default NULL / 0. */
+  const char* const* restore_dirs;
+  size_t restore_dir_count;
+  /* Non-zero: rewrite packs less than half live once they stayed so for the grace (their live
+   * blocks move to a new pack). Default 1. */
+  int repack;
+} vmb_gc_options;
+
+#define VMB_GC_OPTIONS_VERSION 1
+#define VMB_GC_OPTIONS_INIT \
+  { VMB_GC_OPTIONS_VERSION, 0, -1, -1, NULL, NULL, NULL, 0, 1 }
+
+/* Sets *opts to the defaults of `version` (VMB_GC_OPTIONS_INIT).
+ * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
+VMB_EXTERN int vmb_gc_options_init(vmb_gc_options* opts, unsigned int version, vmb_error** error);
+
+/* One garbage-collection run (docs/FORMAT.md "Garbage collection"; vmbackup::BackupTarget::
+ * CollectGarbage). Safe while backups run anywhere. The first real run upgrades the repository so
+ * that libraries before GC refuse it. `opts` may be NULL (defaults). On success *out is a
+ * caller-owned JSON report (vmb_free; fields in docs/c_api.md), e.g.
+ *   {"run": "...", "dry_run": false, "packs": 12, "dead_packs": 3, "packs_deleted": 0,
+ *    "bytes_deleted": 0, "reclaimable_bytes": 100663296, "damaged": [], ...}
+ * Returns 0; VMB_EINVAL for NULL out / target, an unknown options version or a grace or expiry
+ * below -1; VMB_EPRECONDITION when another GC run holds the target's lock or the repository needs a
+ * newer library; VMB_ECANCELLED when the progress callback stopped it; otherwise the store's error.
+ */
+VMB_EXTERN int vmb_target_gc(char** out, vmb_target* target, const vmb_gc_options* opts,
+                             vmb_error** error);
+
 /* ---- Backups --------------------------------------------------------------------------------- */
 
 /* A volume: backup source (name, path of a file or block device) or restore destination (name of
