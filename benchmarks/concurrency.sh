@@ -112,8 +112,19 @@ s3 | s3-tls)
 "cert":open(sys.argv[4]).read()}))' "$EP" "$S3_BUCKET" "$RUN" "$S3_CA_CERT")
   fi
   AWS=(aws --endpoint-url "$S3_HTTP_ENDPOINT")
+  # radosgw frees deleted objects' space in the background (scripts/s3-server.sh: 30 s after the
+  # delete); a phase that starts while it does shares the OSD with it, which made the ratios swing
+  # by 0.3 from run to run. With the server's config at hand, collect the garbage before each phase.
+  GC=true
+  RGW_CONF=${S3_STATE_DIR:-${TMPDIR:-/tmp}/vmbackup-s3}/rgw/ceph.conf
+  if [ -f "$RGW_CONF" ] && command -v radosgw-admin >/dev/null; then
+    GC="radosgw-admin -c $RGW_CONF gc process --include-all >/dev/null 2>&1"
+    eval "$GC" || true
+  else
+    echo "concurrency.sh: no radosgw config at $RGW_CONF: radosgw's garbage collection may overlap the phases" >&2
+  fi
   # shellcheck disable=SC2016  # expanded by the shell the benchmark starts
-  BETWEEN="${AWS[*]} s3 rm --quiet --recursive \"s3://$S3_BUCKET/\$VMB_PHASE_PREFIX/\""
+  BETWEEN="${AWS[*]} s3 rm --quiet --recursive \"s3://$S3_BUCKET/\$VMB_PHASE_PREFIX/\" && { $GC; true; }"
   CLEANUP=("${AWS[@]}" s3 rm --quiet --recursive "s3://$S3_BUCKET/$RUN/")
   echo "S3 target: $EP bucket $S3_BUCKET prefix $RUN/" >&2
   ;;

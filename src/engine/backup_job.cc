@@ -44,6 +44,10 @@ struct BackupJob::Impl {
   std::string vm_name, vm_namespace;  // the VM identity, from the metadata ("" = unnamed)
   mutable std::mutex result_mu;
   std::optional<BackupInfo> result;
+  // Keeps the Runtime's pack buffers from creation until the job ends (released by the driver),
+  // not only while it runs: jobs queued behind the job pool reuse the buffers of those that end
+  // before them instead of faulting in fresh ones when no job happens to run for a moment.
+  BufferPool::Hold pending_buffers;
   // Last member: destroyed first, so the driver is cancelled and waited for before anything it
   // touches goes away.
   std::unique_ptr<JobRunner> runner;
@@ -114,12 +118,19 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
           return AlreadyExistsError("a backup named '" + spec.name +
                                     "' already exists on the target");
         if (existing.status().code() != StatusCode::kNotFound) return existing.status();
+        impl->pending_buffers =
+            internal::ImplOf(internal::ImplOf(target)->runtime)->pack_buffers()->Keep();
         impl->target = std::move(target);
         impl->name = spec.name;
         impl->spec = std::move(spec);
         Impl* raw = impl.get();
         impl->runner = std::make_unique<JobRunner>(
-            internal::ImplOf(impl->target)->runtime, [raw] { return raw->Execute(); },
+            internal::ImplOf(impl->target)->runtime,
+            [raw] {
+              Status st = raw->Execute();
+              raw->pending_buffers = BufferPool::Hold();
+              return st;
+            },
             impl->spec.progress, impl->spec.progress_interval_ms);
         return std::unique_ptr<BackupJob>(new BackupJob(std::move(impl)));
       });

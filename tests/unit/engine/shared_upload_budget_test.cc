@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/buffer_pool.h"
 #include "core/runtime.h"
 #include "support/test_util.h"
 #include "vmbackup/vmbackup.h"
@@ -73,6 +74,63 @@ TEST(SharedUploadBudgetTest, ConcurrentBackupsShareTheRuntimesBoundAndBuffers) {
     ASSERT_OK((*plan)->Run());
     EXPECT_EQ(FileSha256(rs.dest_dir + "/disk0.img"), FileSha256(dir.Sub(name + ".img"))) << name;
   }
+}
+
+// A backup keeps the Runtime's pack buffers from its creation, not only while it runs: backups
+// queued behind the job pool reuse the buffers of the ones that ended before them (32 backups on 4
+// job threads had faulted in fresh pack buffers whenever no backup happened to run for a moment).
+TEST(SharedUploadBudgetTest, QueuedBackupsReuseThePackBuffersOfTheOnesBeforeThem) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.Sub("target").c_str(), 0755), 0);
+  RuntimeOptions ro;
+  ro.worker_threads = 1;
+  ro.job_threads = 1;
+  auto rt = Runtime::Create(ro);
+  TargetOptions o;
+  o.runtime = rt;
+  o.state_dir = dir.Sub("state");
+  o.block_size = 64 * 1024;
+  o.pack_size = 1 << 20;
+  auto target =
+      BackupTarget::Open(R"({"type":"file","endpoint":")" + dir.Sub("target") + R"("})", o);
+  ASSERT_OK(target);
+  internal::BufferPool& pool = *internal::ImplOf(rt)->pack_buffers();
+
+  int seed = 7;
+  auto make = [&](const std::string& name) {
+    // Different data each: a backup that deduplicates everything takes no pack buffer.
+    MakeVolume(dir.Sub(name + ".img"), 3 << 20, seed++, 256 << 10);
+    BackupSpec spec;
+    spec.name = name;
+    spec.volumes.push_back({"disk0", dir.Sub(name + ".img"), false, {}});
+    return BackupJob::Create(*target, spec);
+  };
+  auto first = make("first");
+  ASSERT_OK(first);
+  auto second = make("second");  // created (queued) before the first one runs
+  ASSERT_OK(second);
+  ASSERT_OK((*first)->Run());
+  // The first backup ended; the second, not started yet, keeps its buffers for itself.
+  EXPECT_GT(pool.kept(), 0u);
+  const uint64_t taken = pool.taken(), reused = pool.reused();
+  ASSERT_OK((*second)->Run());
+  EXPECT_GT(pool.taken(), taken);
+  EXPECT_EQ(pool.taken() - taken, pool.reused() - reused);  // every buffer it took was recycled
+  // No backup is pending any more: the Runtime keeps no pack memory.
+  EXPECT_EQ(pool.kept(), 0u);
+  first->reset();
+  second->reset();
+  EXPECT_EQ(pool.kept(), 0u);
+
+  // A backup that is created and dropped without running lets go of the buffers too.
+  auto third = make("third");
+  ASSERT_OK(third);
+  auto fourth = make("fourth");
+  ASSERT_OK(fourth);
+  ASSERT_OK((*third)->Run());
+  EXPECT_GT(pool.kept(), 0u);
+  fourth->reset();
+  EXPECT_EQ(pool.kept(), 0u);
 }
 
 }  // namespace
