@@ -67,7 +67,7 @@ std::string ExitCodeHelp() {
          "  12  aborted (concurrent change; retry)\n"
          "  13  unimplemented (not supported by this build)\n"
          "  14  damage found (verify; repair: backups that stay unrestorable, or a failed "
-         "repair)\n";
+         "repair; gc: damaged objects, nothing deleted)\n";
 }
 
 nlohmann::json ErrorJson(const std::string& code, const std::string& message, int exit_code,

@@ -111,7 +111,7 @@ void PrintGcReport(const vmbackup::GcReport& r) {
 
 int GcExit(Context& ctx, const vmbackup::GcReport& r) {
   for (const auto& d : r.damaged) ctx.Warn("damaged: " + d);
-  return r.damaged.empty() ? kExitOk : kExitDataLoss;
+  return r.damaged.empty() ? kExitOk : kExitDamageFound;
 }
 
 }  // namespace

@@ -232,6 +232,26 @@ def test_forget_dry_run_then_prune_reclaims_packs(setup, tmp_path):
     assert sha(tmp_path / "r" / "disk0.img") == sha(vol)
 
 
+def test_gc_with_a_damaged_volume_index_exits_14_and_deletes_no_pack(setup, tmp_path):
+    """Damage found by gc is exit 14, as for verify; the dead packs stay while blocks are unknown."""
+    target, vol = setup
+    run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
+    vol2 = tmp_path / "other.img"
+    vol2.write_bytes(os.urandom(1 << 20))
+    run("backup", "--target", str(target), "--name", "b2", "--volume", f"disk0={vol2}", check=0)
+    run("delete", "b1", "--target", str(target), check=0)
+    (vidx,) = list((target / "volumes" / "b2").glob("*.vidx"))
+    vidx.write_bytes(vidx.read_bytes()[:40])
+    packs = _pack_files(target)
+    for _ in range(2):  # the second run is the one that would delete packs
+        p = run("gc", "--target", str(target), "--grace", "0")
+        assert p.returncode == 14, (p.stdout, p.stderr)
+        assert "damaged:" in p.stderr and "b2" in p.stderr, p.stderr
+    assert _pack_files(target) == packs
+    doc = json.loads(run("--json", "gc", "--target", str(target), "--grace", "0").stdout)
+    assert doc["damaged"] and doc["packs_deleted"] == 0
+
+
 def test_gc_dry_run_changes_nothing_and_flags_are_checked(setup, tmp_path):
     target, vol = setup
     run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
