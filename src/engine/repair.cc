@@ -226,12 +226,14 @@ StatusOr<RepairReport> RepairRepository(Repository& repo, Runtime& rt,
     report.actions.push_back(std::move(a));
   }
   // A backup stays unrestorable when its record or a volume index is damaged, or one of its bad
-  // blocks is not in a pack the repair keeps (rebuilt or repacked).
+  // blocks is neither in a pack the repair keeps (rebuilt or repacked) nor has a sound copy in a
+  // pack the repair leaves alone (a bad second copy was repacked away).
   std::set<std::string> unrestorable(verifier.metadata_damaged().begin(),
                                      verifier.metadata_damaged().end());
   for (const BadBlock& b : report.before.bad_blocks) {
     Digest d{};
-    if (!DigestFromHex(b.digest, &d) || !repairer.kept.contains(d)) unrestorable.insert(b.backup);
+    if (!DigestFromHex(b.digest, &d) || (!repairer.kept.contains(d) && !verifier.HasSoundCopy(d)))
+      unrestorable.insert(b.backup);
   }
   report.unrestorable_backups.assign(unrestorable.begin(), unrestorable.end());
   if (options.verify.max_bad_blocks_listed != 0 &&

@@ -215,8 +215,10 @@ Status Verifier::LoadPacks() {
   std::stable_partition(indexed.begin(), indexed.end(),
                         [&](const auto& e) { return healthy(e.first); });
   for (const auto& [pack, entries] : indexed) {
-    for (const PackEntry& e : entries)
-      blocks_.try_emplace(e.digest, Loc{pack, e.stored_len, e.offset, e.raw_len, e.codec, false});
+    for (const PackEntry& e : entries) {
+      const Loc loc{pack, e.stored_len, e.offset, e.raw_len, e.codec, false};
+      if (!blocks_.try_emplace(e.digest, loc).second) copies_.emplace_back(e.digest, loc);
+    }
   }
   return Status::Ok();
 }
@@ -314,6 +316,14 @@ Status Verifier::ReadData() {
     if (!p.has_pack || loc.offset + loc.stored_len > p.pack_size) continue;  // reported already
     items.push_back({loc.pack, loc.offset, &digest, &loc});
   }
+  // Every other copy of a referenced block too: which copy a restore reads depends on the order
+  // its pack indexes arrived in, so each must be sound.
+  for (const auto& [digest, loc] : copies_) {
+    if (!blocks_.at(digest).referenced || !chosen[loc.pack]) continue;
+    const PackState& p = packs_[loc.pack];
+    if (!p.has_pack || loc.offset + loc.stored_len > p.pack_size) continue;
+    items.push_back({loc.pack, loc.offset, &digest, &loc});
+  }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
     return std::tie(a.pack, a.offset, *a.digest) < std::tie(b.pack, b.offset, *b.digest);
   });
@@ -340,7 +350,8 @@ Status Verifier::ReadData() {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> raw_checked{0};
   FirstError error;
-  std::mutex mu;  // guards read_failures_, packs_[].bad_read_blocks, left
+  std::mutex mu;  // guards read_failures_, packs_[].bad_read_blocks, good_reads, left
+  std::vector<std::pair<uint32_t, const Digest*>> good_reads;  // copies that checked good
   std::condition_variable cv;
   int left = tasks;
   auto task = [&] {
@@ -357,6 +368,7 @@ Status Verifier::ReadData() {
         const std::string key = PackKey(id);
         Status got = store.GetInto(key, u.begin, u.end - u.begin, &buf);
         std::vector<std::pair<size_t, std::string>> bad;
+        std::vector<size_t> good;
         if (!got.ok()) {
           const StatusCode c = got.code();
           if (c != StatusCode::kNotFound && c != StatusCode::kOutOfRange &&
@@ -380,18 +392,25 @@ Status Verifier::ReadData() {
                                     raw.get(), loc.raw_len);
             if (st.ok() && Sha256(raw.get(), loc.raw_len) != *items[i].digest)
               st = DataLossError("digest mismatch (corrupt block)");
-            if (!st.ok()) bad.emplace_back(i, st.message());
+            if (st.ok()) {
+              good.push_back(i);
+            } else {
+              bad.emplace_back(i, st.message());
+            }
             raw_checked.fetch_add(loc.raw_len, std::memory_order_relaxed);
           }
         }
         read_bytes_done_.fetch_add(u.end - u.begin, std::memory_order_relaxed);
         read_blocks_done_.fetch_add(u.last - u.first, std::memory_order_relaxed);
-        if (!bad.empty()) {
+        if (!bad.empty() || !good.empty()) {
           std::lock_guard<std::mutex> l(mu);
           for (auto& [i, problem] : bad) {
-            if (read_failures_.try_emplace(*items[i].digest, std::move(problem)).second)
-              ++packs_[items[i].pack].bad_read_blocks;
+            // Every failed copy counts against its pack; the block is named by its first one.
+            ++packs_[items[i].pack].bad_read_blocks;
+            read_failures_.try_emplace(
+                *items[i].digest, ReadFailure{std::move(problem), items[i].pack, items[i].offset});
           }
+          for (size_t i : good) good_reads.emplace_back(items[i].pack, items[i].digest);
         }
       }
     } catch (...) {
@@ -426,6 +445,8 @@ Status Verifier::ReadData() {
       p.problem = std::to_string(p.bad_read_blocks) + " block(s) of pack " + PackKey(p.id) +
                   " fail their check";
   }
+  for (const auto& [pack, digest] : good_reads)
+    if (packs_[pack].problem.empty()) sound_copies_.insert(*digest);
   if (!Progress(::vmbackup::Progress::Phase::kTransferring, true))
     return CancelledError("verify cancelled");
   return Status::Ok();
@@ -440,9 +461,9 @@ Status Verifier::NameReadFailures(const BackupList& list) {
         if (vidx->kinds[i] != BlockKind::kData) continue;
         auto it = read_failures_.find(vidx->digests[i]);
         if (it == read_failures_.end()) continue;
-        const Loc& loc = blocks_.at(it->first);
-        AddBadBlock({b.name, v.name, i * v.block_size, ToHex(it->first), packs_[loc.pack].id,
-                     loc.offset, it->second});
+        const ReadFailure& f = it->second;
+        AddBadBlock({b.name, v.name, i * v.block_size, ToHex(it->first), packs_[f.pack].id,
+                     f.offset, f.problem});
       }
     }
   }

@@ -79,6 +79,9 @@ class Verifier {
   bool Unindexed(const Digest& d) const { return unindexed_.contains(d); }
   // After Run: backups whose record or a volume index is damaged (no repair of packs helps them).
   const std::set<std::string>& metadata_damaged() const { return metadata_damaged_; }
+  // After a full Run (read_data): true when a copy of block `d` was read, checked good, and lies
+  // in a pack with no problem (a pack repair leaves alone).
+  bool HasSoundCopy(const Digest& d) const { return sound_copies_.contains(d); }
 
  private:
   struct Loc {
@@ -102,9 +105,19 @@ class Verifier {
   VerifyReport report_;
   std::vector<PackState> packs_;
   absl::flat_hash_map<std::string, uint32_t> pack_of_;   // id → packs_ index
-  absl::flat_hash_map<Digest, Loc, DigestHash> blocks_;  // every indexed block
-  absl::flat_hash_set<Digest, DigestHash> unindexed_;    // referenced, in no pack index
-  absl::flat_hash_map<Digest, std::string, DigestHash> read_failures_;  // digest → problem
+  absl::flat_hash_map<Digest, Loc, DigestHash> blocks_;  // every indexed block (one copy)
+  // Further copies of blocks_'s digests listed by other pack indexes (a repack, two backups that
+  // stored the same new block at once): a full verify reads them too, since a restore may map a
+  // digest to any of them.
+  std::vector<std::pair<Digest, Loc>> copies_;
+  absl::flat_hash_set<Digest, DigestHash> unindexed_;  // referenced, in no pack index
+  struct ReadFailure {
+    std::string problem;
+    uint32_t pack = 0;  // the copy that failed
+    uint64_t offset = 0;
+  };
+  absl::flat_hash_map<Digest, ReadFailure, DigestHash> read_failures_;  // the first failed copy
+  absl::flat_hash_set<Digest, DigestHash> sound_copies_;                // see HasSoundCopy
   std::set<std::string> damaged_backups_;
   std::set<std::string> metadata_damaged_;
   // Progress of the read phase.

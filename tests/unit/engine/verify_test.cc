@@ -481,10 +481,9 @@ TEST_F(VerifyTest, HostileObjectsNeverCrashVerifyOrRepair) {
       {"index/bbcdef0123456789abcdef0123456789.idx", "VMBPIDX1"}};
   for (const auto& [k, v] : strays) store_->Overwrite(k, v);
   for (int round = 0; round < 60; ++round) {
-    // Each round starts from the clean repository: the packs an earlier round's repair wrote
-    // go too. Left in place they held second copies of the blocks, and which copy a full verify
-    // reads depends on the order the pack indexes arrive in (docs/FORMAT.md, "Full verify":
-    the known gap).
+    // Each round starts from the clean repository (the packs an earlier round's repair wrote go
+    // too): one corruption of a sound repository per round. Second copies of blocks are the
+    // subject of VerifyCopiesTest.
     std::vector<std::string> extra;
     for (const auto& [k, v] : store_->Snapshot())
       if (!clean.contains(k) && !strays.contains(k)) extra.push_back(k);
@@ -526,6 +525,67 @@ TEST_F(VerifyTest, HostileObjectsNeverCrashVerifyOrRepair) {
         << rep->actions.size() << "):" << problems;
   }
 }
+
+// A block listed by two packs (a repack, or two backups that stored the same new block at once):
+// a restore may read either copy, so a full verify reads both and names the corrupt one, whichever
+// pack index arrived first; repair repacks that pack and the backup stays restorable.
+class VerifyCopiesTest : public VerifyTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(VerifyCopiesTest, FullVerifyReadsEveryCopyOfABlockAndRepairDropsTheCorruptOne) {
+  {
+    const bool corrupt_original = GetParam();
+    const std::string data = RandomData(4 * kBlock, corrupt_original ? 31 : 32);
+    AddBackup("b1", data);
+    const Digest d = Sha256(data.data() + kBlock, kBlock);
+    const std::string original = where_.at(d).pack;
+    PackBuilder builder(kPack);
+    for (int b = 0; b < 4; ++b)
+      builder.Add(Sha256(data.data() + b * kBlock, kBlock), data.data() + b * kBlock, kBlock);
+    auto second = builder.Seal();
+    ASSERT_OK(second);
+    store_->Overwrite(PackKey(second->id), second->data);
+    store_->Overwrite(PackIndexKey(second->id), second->index);
+    const std::string bad_pack = corrupt_original ? original : second->id;
+    uint64_t bad_offset = where_.at(d).offset;
+    if (!corrupt_original) {
+      for (const PackEntry& e : second->entries)
+        if (e.digest == d) bad_offset = e.offset;
+    }
+    std::string obj = Obj(PackKey(bad_pack));
+    obj[bad_offset + 5] ^= 0x40;
+    store_->Overwrite(PackKey(bad_pack), obj);
+
+    for (int run = 0; run < 3; ++run) {  // the index arrival order varies from run to run
+      auto v = Verify(true);
+      ASSERT_OK(v);
+      ASSERT_THAT(v->pack_problems, SizeIs(1)) << VerifyReportToJson(*v);
+      EXPECT_EQ(v->pack_problems[0].pack_id, bad_pack);
+      ASSERT_THAT(v->bad_blocks, SizeIs(1));
+      EXPECT_EQ(v->bad_blocks[0].pack_id, bad_pack);
+      EXPECT_EQ(v->bad_blocks[0].pack_offset, bad_offset);
+      EXPECT_EQ(v->bad_blocks[0].offset, uint64_t{kBlock});
+    }
+    auto rep = Repair(true);
+    ASSERT_OK(rep);
+    ASSERT_THAT(rep->actions, SizeIs(1));
+    EXPECT_EQ(rep->actions[0].pack_id, bad_pack);
+    EXPECT_EQ(rep->actions[0].action, "repacked");
+    EXPECT_TRUE(rep->actions[0].done) << rep->actions[0].error;
+    EXPECT_THAT(rep->unrestorable_backups, IsEmpty()) << "the other copy is sound";
+    auto after = Verify(true);
+    ASSERT_OK(after);
+    EXPECT_TRUE(after->ok()) << VerifyReportToJson(*after);
+    auto again = Reopen();
+    auto restored = RestoreBytes(*again, "b1");
+    ASSERT_OK(restored);
+    EXPECT_TRUE(*restored == data);
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Copies, VerifyCopiesTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? std::string("OriginalCopyCorrupt")
+                                          : std::string("SecondCopyCorrupt");
+                         });
 
 TEST_F(VerifyTest, PackPublishedBetweenTheTwoListingsWasReportedMissing) {
   // A backup running during verify publishes a pack, then its index, between verify's listing of
