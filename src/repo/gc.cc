@@ -395,10 +395,18 @@ Status Run::BuildLiveSet() {
   r_.backups = list.backups.size();
   uint64_t done = 0;
   for (const auto& b : list.backups) {
+    bool deleted_meanwhile = false;
     for (const auto& v : b.volumes) {
       auto idx = repo_.LoadVolumeIndex(b.name, v);
       if (!idx.ok()) {
         if (idx.status().code() != StatusCode::kDataLoss) return idx.status();
+        // A backup deleted since the listing (its record goes first, then its volume indexes)
+        // is not damage: its blocks are simply no longer live.
+        auto record = store_.Head(RecordKey(b.name));
+        if (!record.ok() && record.status().code() == StatusCode::kNotFound) {
+          deleted_meanwhile = true;
+          break;
+        }
         r_.damaged.push_back(idx.status().message());
         sweep_ = false;
         continue;
@@ -410,6 +418,7 @@ Status Run::BuildLiveSet() {
       *idx = VolumeIndex{};  // freed before the set grows
       live_.Add(std::move(batch));
     }
+    if (deleted_meanwhile) --r_.backups;
     VMB_RETURN_IF_ERROR(Progress("records", ++done, list.backups.size()));
   }
   r_.live_blocks = live_.size();

@@ -386,6 +386,53 @@ TEST_F(GcTest, DamagedRecordStopsTheSweep) {
   }
 }
 
+TEST_F(GcTest, BackupDeletedWhileGcRunsIsNotDamageAndIsReclaimed) {
+  const std::string s1 = Backup("b1", 1);
+  Backup("b2", 2);
+  std::vector<std::string> b2_keys = {"records/b2.json"};  // then its volume index and .vfp
+  std::string b2_vidx;
+  for (const auto& [k, v] : store_->Snapshot()) {
+    if (k.rfind("volumes/b2/", 0) != 0) continue;
+    b2_keys.push_back(k);
+    if (k.ends_with(".vidx")) b2_vidx = k;
+  }
+  ASSERT_FALSE(b2_vidx.empty());
+  store_->SetFaultHook([&](MemStore::Op op, const std::string& key) {
+    if (op == MemStore::Op::kGet && key == b2_vidx) {
+      // DeleteBackup's order: the record, then the volume indexes; GC listed b2 before.
+      store_->SetFaultHook(nullptr);
+      EXPECT_OK(store_->Delete(b2_keys));
+    }
+    return Status::Ok();
+  });
+  auto r = Gc();
+  ASSERT_OK(r);
+  store_->SetFaultHook(nullptr);
+  EXPECT_TRUE(r->damaged.empty()) << r->damaged[0];
+  EXPECT_EQ(r->backups, 1u);
+  EXPECT_GT(r->dead_packs, 0u) << "b2's packs are candidates at once";
+  GcUntilStable();
+  EXPECT_EQ(BytesUnder("packs/") + BytesUnder("index/"), ReferencedPackBytes());
+  EXPECT_EQ(RestoredSha("b1"), s1);
+
+  // A volume index missing while its record is still there is damage: nothing is swept.
+  Backup("b3", 3);
+  Backup("b4", 4);
+  ASSERT_OK(target_->DeleteBackup("b4"));
+  for (const auto& [k, v] : store_->Snapshot()) {
+    if (k.rfind("volumes/b3/", 0) == 0) {
+      ASSERT_OK(store_->Delete({k}));
+    }
+  }
+  for (int i = 0; i < 3; ++i) {
+    now_ += 2 * kHour;
+    auto d = Gc();
+    ASSERT_OK(d);
+    EXPECT_FALSE(d->damaged.empty());
+    EXPECT_EQ(d->indexes_deleted + d->packs_deleted, 0u);
+  }
+}
+
 TEST_F(GcTest, ProgressIsReportedAndCanCancel) {
   Backup("b1", 1);
   std::set<std::string> phases;
