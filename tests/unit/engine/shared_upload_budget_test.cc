@@ -20,6 +20,17 @@ using ::vmbackup::testing::FileSha256;
 using ::vmbackup::testing::MakeVolume;
 using ::vmbackup::testing::TempDir;
 
+// A local target in dir/target (created here) on runtime `rt`: 64 KiB blocks, 1 MiB packs.
+StatusOr<std::shared_ptr<BackupTarget>> OpenTarget(const TempDir& dir,
+                                                   const std::shared_ptr<Runtime>& rt) {
+  TargetOptions o;
+  o.runtime = rt;
+  o.state_dir = dir.Sub("state");
+  o.block_size = 64 * 1024;
+  o.pack_size = 1 << 20;
+  return BackupTarget::Open(R"({"type":"file","endpoint":")" + dir.Sub("target") + R"("})", o);
+}
+
 TEST(SharedUploadBudgetTest, ConcurrentBackupsShareTheRuntimesBoundAndBuffers) {
   TempDir dir;
   ASSERT_EQ(::mkdir(dir.Sub("target").c_str(), 0755), 0);
@@ -29,13 +40,7 @@ TEST(SharedUploadBudgetTest, ConcurrentBackupsShareTheRuntimesBoundAndBuffers) {
   ro.max_in_flight_bytes = 3u << 20;  // about two 1 MiB packs for all the backups together
   auto rt = Runtime::Create(ro);
   EXPECT_EQ(rt->max_in_flight_bytes(), 3u << 20);
-  TargetOptions o;
-  o.runtime = rt;
-  o.state_dir = dir.Sub("state");
-  o.block_size = 64 * 1024;
-  o.pack_size = 1 << 20;
-  auto target =
-      BackupTarget::Open(R"({"type":"file","endpoint":")" + dir.Sub("target") + R"("})", o);
+  auto target = OpenTarget(dir, rt);
   ASSERT_OK(target);
 
   constexpr int kJobs = 6;
@@ -86,13 +91,7 @@ TEST(SharedUploadBudgetTest, QueuedBackupsReuseThePackBuffersOfTheOnesBeforeThem
   ro.worker_threads = 1;
   ro.job_threads = 1;
   auto rt = Runtime::Create(ro);
-  TargetOptions o;
-  o.runtime = rt;
-  o.state_dir = dir.Sub("state");
-  o.block_size = 64 * 1024;
-  o.pack_size = 1 << 20;
-  auto target =
-      BackupTarget::Open(R"({"type":"file","endpoint":")" + dir.Sub("target") + R"("})", o);
+  auto target = OpenTarget(dir, rt);
   ASSERT_OK(target);
   internal::BufferPool& pool = *internal::ImplOf(rt)->pack_buffers();
 
