@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -80,6 +81,14 @@ class GcTest : public ::testing::Test {
       auto r = Gc();
       ASSERT_OK(r);
     }
+  }
+  // The objects of backup `name`: its record and its volume indexes and fingerprints, by key.
+  std::map<std::string, std::string> ObjectsOf(const std::string& name) const {
+    std::map<std::string, std::string> out;
+    for (const auto& [k, v] : store_->Snapshot())
+      if (k.rfind("records/" + name + ".", 0) == 0 || k.rfind("volumes/" + name + "/", 0) == 0)
+        out[k] = v;
+    return out;
   }
   uint64_t BytesUnder(const std::string& prefix) const {
     uint64_t n = 0;
@@ -275,9 +284,7 @@ TEST_F(GcTest, WithoutALeaseARecordPublishedBeforeTheNextRunStillSavesItsPacks) 
   // The seen-index rule: a pack's index is gone, but GC re-checks the pack (from its trailer)
   // against the live set before deleting it.
   const std::string s1 = Backup("b1", 1);
-  std::map<std::string, std::string> b1_objects;
-  for (const auto& [k, v] : store_->Snapshot())
-    if (k.rfind("records/b1.", 0) == 0 || k.rfind("volumes/b1/", 0) == 0) b1_objects[k] = v;
+  const std::map<std::string, std::string> b1_objects = ObjectsOf("b1");
   ASSERT_OK(target_->DeleteBackup("b1"));
   ASSERT_OK(Gc());
   now_ += 2 * kHour;
@@ -391,8 +398,8 @@ TEST_F(GcTest, BackupDeletedWhileGcRunsIsNotDamageAndIsReclaimed) {
   Backup("b2", 2);
   std::vector<std::string> b2_keys = {"records/b2.json"};  // then its volume index and .vfp
   std::string b2_vidx;
-  for (const auto& [k, v] : store_->Snapshot()) {
-    if (k.rfind("volumes/b2/", 0) != 0) continue;
+  for (const auto& [k, v] : ObjectsOf("b2")) {
+    if (k == b2_keys[0]) continue;
     b2_keys.push_back(k);
     if (k.ends_with(".vidx")) b2_vidx = k;
   }
@@ -569,9 +576,7 @@ TEST_F(GcTest, RepackedPackWhoseDeadBlockIsUsedAgainIsKept) {
     ASSERT_OK(job);
     ASSERT_OK((*job)->Run());
   }
-  std::map<std::string, std::string> a_objects;
-  for (const auto& [k, v] : store_->Snapshot())
-    if (k.rfind("records/a.", 0) == 0 || k.rfind("volumes/a/", 0) == 0) a_objects[k] = v;
+  const std::map<std::string, std::string> a_objects = ObjectsOf("a");
   ASSERT_OK(target_->DeleteBackup("a"));
   ASSERT_OK(Gc());
   now_ += 2 * kHour;
