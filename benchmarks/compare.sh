@@ -20,6 +20,8 @@
 # Installs restic, borgbackup, lz4 and openssl from Debian when missing (needs root or sudo).
 # Drops the page cache before each restore (root only; reported when not possible).
 set -eu
+# New repositories need an explicit encryption choice (vmbackupctl --encryption).
+export VMBACKUP_ENCRYPTION="${VMBACKUP_ENCRYPTION:-none}"
 src=$(cd "$(dirname "$0")/.." && pwd)
 work=/var/tmp/vmb-perf
 build_dir=

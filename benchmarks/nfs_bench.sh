@@ -13,6 +13,8 @@
 # the same volume (everything deduplicated) is shown too. Caches: the source volume is read once
 # before timing so both tools read it from the page cache; ganesha writes to local disk.
 set -euo pipefail
+# New repositories need an explicit encryption choice (vmbackupctl --encryption).
+export VMBACKUP_ENCRYPTION="${VMBACKUP_ENCRYPTION:-none}"
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
 CTL=${VMBACKUPCTL:-build/tools/vmbackupctl}

@@ -19,6 +19,8 @@
 # Without S3_HTTP_ENDPOINT in the environment the env of scripts/s3-server.sh's default state dir is
 # used; without a running server the script stops and says how to start one.
 set -euo pipefail
+# New repositories need an explicit encryption choice (vmbackupctl --encryption).
+export VMBACKUP_ENCRYPTION="${VMBACKUP_ENCRYPTION:-none}"
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 

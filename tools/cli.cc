@@ -143,12 +143,51 @@ vmbackup::StatusOr<std::string> ResolveTargetConfig(const std::optional<std::str
   return doc.dump();
 }
 
+vmbackup::StatusOr<std::string> ReadSecretFile(const std::string& path, bool raw_key) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return vmbackup::InvalidArgumentError("cannot read '" + path + "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  if (!raw_key) {
+    if (!s.empty() && s.back() == '\n') s.pop_back();
+    if (!s.empty() && s.back() == '\r') s.pop_back();
+    if (s.empty()) return vmbackup::InvalidArgumentError("passphrase file '" + path + "' is empty");
+    return s;
+  }
+  if (s.size() == 32) return s;
+  const size_t b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
+  std::string hex = b == std::string::npos ? "" : s.substr(b, e - b + 1);
+  if (hex.size() == 64 && hex.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos) {
+    std::string key(32, '\0');
+    for (size_t i = 0; i < 32; ++i)
+      key[i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+    return key;
+  }
+  return vmbackup::InvalidArgumentError("key file '" + path +
+                                        "' holds neither 32 raw bytes nor 64 hex characters");
+}
+
 vmbackup::StatusOr<std::shared_ptr<vmbackup::BackupTarget>> OpenTarget(
     Context& ctx, const std::optional<std::string>& arg) {
   vmbackup::StatusOr<std::string> config = ResolveTargetConfig(arg);
   if (!config.ok()) return config.status();
   vmbackup::TargetOptions options;
   options.state_dir = ctx.options.state_dir;
+  options.encryption = ctx.options.encryption;
+  if (!ctx.options.key_file.empty()) {
+    auto key = ReadSecretFile(ctx.options.key_file, true);
+    if (!key.ok()) return key.status();
+    options.raw_key = std::move(*key);
+  }
+  if (!ctx.options.passphrase_file.empty()) {
+    auto pass = ReadSecretFile(ctx.options.passphrase_file, false);
+    if (!pass.ok()) return pass.status();
+    options.passphrase = std::move(*pass);
+  } else if (const char* env = std::getenv("VMBACKUP_PASSPHRASE");
+             env != nullptr && *env != '\0' && options.raw_key.empty()) {
+    options.passphrase = env;
+  }
   if (ctx.options.threads > 0 || ctx.options.in_flight_mib > 0) {
     if (!ctx.runtime) {
       vmbackup::RuntimeOptions ro;
@@ -158,6 +197,20 @@ vmbackup::StatusOr<std::shared_ptr<vmbackup::BackupTarget>> OpenTarget(
       ctx.runtime = vmbackup::Runtime::Create(ro);
     }
     options.runtime = ctx.runtime;
+  }
+  // A new repository's encryption is a choice the user makes explicitly: without --encryption,
+  // only an existing repository is opened.
+  if (options.encryption.empty()) {
+    options.create_if_missing = false;
+    auto t = vmbackup::BackupTarget::Open(*config, options);
+    if (!t.ok() && t.status().code() == vmbackup::StatusCode::kNotFound &&
+        t.status().message().find("no vmbackup repository") != std::string::npos)
+      return vmbackup::InvalidArgumentError(
+          t.status().message() +
+          ": choose the new repository's encryption with --encryption aes-256-gcm (and "
+          "--passphrase-file FILE, --key-file FILE or $VMBACKUP_PASSPHRASE) or --encryption none "
+          "(or set VMBACKUP_ENCRYPTION)");
+    return t;
   }
   return vmbackup::BackupTarget::Open(*config, options);
 }

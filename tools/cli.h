@@ -48,13 +48,21 @@ enum class ProgressMode { kAuto, kBar, kPlain, kNone };
 struct GlobalOptions {
   bool json = false;
   bool quiet = false;
-  int threads = 0;             // 0 = library default runtime
-  uint64_t in_flight_mib = 0;  // 0 = the library's bounds on pack MiB being uploaded
-  std::string state_dir;       // "" = the library's default (TargetOptions::state_dir)
+  int threads = 0;              // 0 = library default runtime
+  uint64_t in_flight_mib = 0;   // 0 = the library's bounds on pack MiB being uploaded
+  std::string state_dir;        // "" = the library's default (TargetOptions::state_dir)
+  std::string encryption;       // --encryption / $VMBACKUP_ENCRYPTION ("" = not chosen)
+  std::string passphrase_file;  // --passphrase-file ("" = $VMBACKUP_PASSPHRASE, if set)
+  std::string key_file;         // --key-file: a raw 256-bit key (32 bytes or 64 hex)
   ProgressMode progress = ProgressMode::kAuto;
 };
 
 // Everything a command needs besides its own arguments.
+// The secret in `path`: a passphrase file loses one trailing newline; a key file holds 32 raw
+// bytes or 64 hex characters (surrounding whitespace ignored). kInvalidArgument naming the file
+// when it cannot be read or holds no valid key.
+vmbackup::StatusOr<std::string> ReadSecretFile(const std::string& path, bool raw_key);
+
 struct Context {
   GlobalOptions options;
   // Created on first use when options.threads > 0; shared by all targets this invocation opens.

@@ -29,6 +29,9 @@ int CmdRepair(Context& ctx, const ParsedArgs& args);
 // forget and gc (maintenance_cmds.cc).
 int CmdForget(Context& ctx, const ParsedArgs& args);
 int CmdGc(Context& ctx, const ParsedArgs& args);
+int CmdKeyList(Context& ctx, const ParsedArgs& args);
+int CmdKeyAdd(Context& ctx, const ParsedArgs& args);
+int CmdKeyRemove(Context& ctx, const ParsedArgs& args);
 
 // A finished backup.
 struct BackupRun {

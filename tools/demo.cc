@@ -526,6 +526,8 @@ int Demo::Run() {
   fs::create_directories(target_dir, ec);
   if (ec)
     return Fail(vmbackup::InternalError("mkdir " + target_dir + ": " + ec.message()), "target");
+  // The demo's target is its own new directory: unencrypted unless --encryption says otherwise.
+  if (ctx_.options.encryption.empty()) ctx_.options.encryption = "none";
   auto target = OpenTarget(ctx_, target_dir);
   if (!target.ok()) return Fail(target.status(), "open target " + target_dir);
   StatusOr<std::map<std::string, std::string>> hashes_full = HashFiles(volumes_);

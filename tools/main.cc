@@ -42,6 +42,13 @@ std::vector<FlagDef> GlobalFlags() {
       {"state-dir", true, false, "DIR",
        "this host's private state, e.g. the fingerprint key (default $VMBACKUP_STATE_DIR, else "
        "/var/lib/vmbackup as root)"},
+      {"encryption", true, false, "MODE",
+       "aes-256-gcm or none: required when the command creates the repository (default "
+       "$VMBACKUP_ENCRYPTION)"},
+      {"passphrase-file", true, false, "FILE",
+       "passphrase of an encrypted repository (default $VMBACKUP_PASSPHRASE)"},
+      {"key-file", true, false, "FILE",
+       "raw 256-bit key of an encrypted repository (32 bytes or 64 hex characters)"},
       {"help", false, false, "", "show help"},
   };
 }
@@ -186,6 +193,32 @@ const std::vector<CommandDef>& Commands() {
          "also delete *.vmbackup-partial-* leftovers of killed restores in DIR older than the "
          "grace"}},
        CmdGc},
+      {"key list",
+       "key list [--target CONFIG]",
+       "list the key slots of an encrypted repository",
+       "Each slot opens the repository with its own passphrase or raw key; all wrap one master\n"
+       "key. The slot this invocation opened the target with is marked current.\n",
+       {kTargetFlag},
+       CmdKeyList},
+      {"key add",
+       "key add [--target CONFIG] (--new-passphrase-file FILE | --new-key-file FILE)\n"
+       "                   [--label TEXT]",
+       "add a key slot to an encrypted repository",
+       "Opens the target with the current key (--passphrase-file, --key-file or\n"
+       "$VMBACKUP_PASSPHRASE) and adds a slot for the new secret. No data is rewritten. To\n"
+       "rotate a key: add the new one, then remove the old one while opened with the new one.\n",
+       {kTargetFlag,
+        {"new-passphrase-file", true, false, "FILE", "the new slot's passphrase"},
+        {"new-key-file", true, false, "FILE", "the new slot's raw key (32 bytes or 64 hex)"},
+        {"label", true, false, "TEXT", "a note stored with the slot (at most 200 bytes)"}},
+       CmdKeyAdd},
+      {"key remove",
+       "key remove ID [--target CONFIG]",
+       "remove a key slot of an encrypted repository",
+       "The slot the target was opened with cannot be removed (open it with another key), so\n"
+       "the last key is never removed.\n",
+       {kTargetFlag},
+       CmdKeyRemove},
       {"demo",
        "demo [--work-dir DIR] [--size-mib N] [--keep] [--with-dirty-map]",
        "end-to-end proof on a local target",
@@ -265,8 +298,10 @@ int Main(int argc, char** argv) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (ended || !StartsFlag(a)) {
-      bool want_word = words.empty() || (words.size() == 1 && words[0] == "target") ||
-                       (words.size() == 1 && words[0] == "help");
+      bool want_word = words.empty() ||
+                       (words.size() == 1 &&
+                        (words[0] == "target" || words[0] == "key" || words[0] == "help")) ||
+                       (words.size() == 2 && words[0] == "help" && words[1] == "key");
       if (!ended && want_word) {
         words.push_back(a);
       } else {
@@ -298,6 +333,12 @@ int Main(int argc, char** argv) {
   if (!words.empty()) {
     cmd = FindCommand(name);
     if (cmd == nullptr) {
+      if (words[0] == "key") {
+        if (words.size() == 1)
+          return ctx.UsageError("key: missing subcommand (available: list, add, remove)");
+        return ctx.UsageError("key: unknown subcommand '" + words[1] +
+                              "' (available: list, add, remove)");
+      }
       if (words[0] == "target") {
         if (words.size() == 1) {
           bool help = false;
@@ -353,6 +394,20 @@ int Main(int argc, char** argv) {
     if (d->empty()) return ctx.UsageError("--state-dir expects a directory", cmd->name);
     ctx.options.state_dir = *d;
   }
+  if (auto e = parsed.Get("encryption")) {
+    ctx.options.encryption = *e;
+  } else if (const char* env = std::getenv("VMBACKUP_ENCRYPTION"); env != nullptr) {
+    ctx.options.encryption = env;
+  }
+  if (!ctx.options.encryption.empty() && ctx.options.encryption != "aes-256-gcm" &&
+      ctx.options.encryption != "none")
+    return ctx.UsageError(
+        "--encryption expects aes-256-gcm or none, got '" + ctx.options.encryption + "'",
+        cmd->name);
+  if (auto f = parsed.Get("passphrase-file")) ctx.options.passphrase_file = *f;
+  if (auto f = parsed.Get("key-file")) ctx.options.key_file = *f;
+  if (!ctx.options.passphrase_file.empty() && !ctx.options.key_file.empty())
+    return ctx.UsageError("give --passphrase-file or --key-file, not both", cmd->name);
   bool explicit_progress = false;
   if (auto p = parsed.Get("progress")) {
     explicit_progress = true;

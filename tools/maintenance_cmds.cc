@@ -1,5 +1,6 @@
 // vmbackupctl forget and gc: retention and garbage collection (docs/vmbackupctl.md).
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 
@@ -192,6 +193,80 @@ int CmdGc(Context& ctx, const ParsedArgs& args) {
     PrintGcReport(*r);
   }
   return GcExit(ctx, *r);
+}
+
+// ---- keys ---------------------------------------------------------------------------------------
+
+int CmdKeyList(Context& ctx, const ParsedArgs& args) {
+  if (!args.positionals().empty())
+    return ctx.UsageError("key list: unexpected argument '" + args.positionals()[0] + "'",
+                          "key list");
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  std::vector<std::string> damaged;
+  auto keys = (*target)->ListKeys(&damaged);
+  if (!keys.ok()) return ctx.Fail(keys.status());
+  for (const auto& d : damaged) ctx.Warn("damaged key slot: " + d);
+  if (ctx.options.json) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& k : *keys)
+      list.push_back({{"id", k.id},
+                      {"kind", k.kind},
+                      {"created_at", k.created_at},
+                      {"host", k.host},
+                      {"label", k.label},
+                      {"current", k.current}});
+    ctx.PrintJson({{"keys", list}, {"damaged", damaged}});
+    return kExitOk;
+  }
+  if (ctx.options.quiet) return kExitOk;
+  std::printf("%-2s %-16s %-10s %-24s %-20s %s\n", "", "ID", "KIND", "CREATED", "HOST", "LABEL");
+  for (const auto& k : *keys)
+    std::printf("%-2s %-16s %-10s %-24s %-20s %s\n", k.current ? "*" : "", k.id.c_str(),
+                k.kind.c_str(), k.created_at.c_str(), k.host.c_str(), k.label.c_str());
+  return kExitOk;
+}
+
+int CmdKeyAdd(Context& ctx, const ParsedArgs& args) {
+  if (!args.positionals().empty())
+    return ctx.UsageError("key add: unexpected argument '" + args.positionals()[0] + "'",
+                          "key add");
+  auto pass_file = args.Get("new-passphrase-file");
+  auto key_file = args.Get("new-key-file");
+  if (pass_file.has_value() == key_file.has_value())
+    return ctx.UsageError("key add: give exactly one of --new-passphrase-file and --new-key-file",
+                          "key add");
+  vmbackup::NewKey k;
+  auto secret = ReadSecretFile(pass_file ? *pass_file : *key_file, key_file.has_value());
+  if (!secret.ok()) return ctx.Fail(secret.status());
+  (key_file ? k.raw_key : k.passphrase) = std::move(*secret);
+  if (auto l = args.Get("label")) k.label = *l;
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  auto id = (*target)->AddKey(k);
+  if (!id.ok()) return ctx.Fail(id.status());
+  if (ctx.options.json) {
+    ctx.PrintJson({{"added", *id}});
+  } else {
+    ctx.Info("Added key slot " + *id);
+  }
+  return kExitOk;
+}
+
+int CmdKeyRemove(Context& ctx, const ParsedArgs& args) {
+  if (args.positionals().size() != 1)
+    return ctx.UsageError("key remove: expected exactly one key slot id", "key remove");
+  const std::string id = args.positionals()[0];
+  auto target = OpenTarget(ctx, args.Get("target"));
+  if (!target.ok()) return ctx.Fail(target.status(), "open target");
+  Status st = (*target)->RemoveKey(id);
+  if (!st.ok()) return ctx.Fail(st);
+  if (ctx.options.json) {
+    ctx.PrintJson({{"removed", id}});
+  } else {
+    ctx.Info("Removed key slot " + id);
+  }
+  return kExitOk;
 }
 
 }  // namespace vmbackupctl

@@ -292,6 +292,15 @@ StatusOr<TargetOptions> ToTargetOptions(const vmb_target_options* opts) {
   // An older caller's struct ends before the fields its version lacks: never read them there.
   if (opts->version >= 2 && opts->state_dir != nullptr) o.state_dir = opts->state_dir;
   if (opts->version >= 3 && opts->runtime != nullptr) o.runtime = opts->runtime->runtime;
+  if (opts->version >= 4) {
+    if (opts->encryption != nullptr) o.encryption = opts->encryption;
+    if (opts->passphrase != nullptr) o.passphrase = opts->passphrase;
+    if (opts->raw_key != nullptr)
+      o.raw_key.assign(reinterpret_cast<const char*>(opts->raw_key), opts->raw_key_len);
+    else if (opts->raw_key_len != 0)
+      return InvalidArgumentError("vmb_target_options: raw_key_len is set but raw_key is NULL");
+    if (opts->key_label != nullptr) o.key_label = opts->key_label;
+  }
   return o;
 }
 
@@ -452,6 +461,7 @@ int vmb_target_options_init(vmb_target_options* opts, unsigned int version, vmb_
     size_t size = sizeof(vmb_target_options);
     if (version == 1) size = offsetof(vmb_target_options, state_dir);
     if (version == 2) size = offsetof(vmb_target_options, runtime);
+    if (version == 3) size = offsetof(vmb_target_options, encryption);
     std::memcpy(static_cast<void*>(opts), &defaults, size);
     opts->version = version;
     return Status::Ok();
@@ -524,6 +534,63 @@ int vmb_target_delete_backup(vmb_target* target, const char* name, vmb_error** e
 uint32_t vmb_target_block_size(const vmb_target* target) {
   if (target == nullptr) return 0;
   return target->target->block_size();
+}
+
+// ---- keys ---------------------------------------------------------------------------------------
+
+const char* vmb_target_encryption(const vmb_target* target) {
+  if (target == nullptr) return nullptr;
+  return target->target->encryption() == "none" ? "none" : "aes-256-gcm";
+}
+
+int vmb_target_add_key(char** id_out, vmb_target* target, const char* passphrase,
+                       const uint8_t* raw_key, size_t raw_key_len, const char* label,
+                       vmb_error** error) {
+  if (id_out != nullptr) *id_out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (target == nullptr) return NullArgument("vmb_target_add_key", "target");
+    vmbackup::NewKey k;
+    if (passphrase != nullptr) k.passphrase = passphrase;
+    if (raw_key != nullptr) k.raw_key.assign(reinterpret_cast<const char*>(raw_key), raw_key_len);
+    if (label != nullptr) k.label = label;
+    StatusOr<std::string> id = target->target->AddKey(k);
+    if (!id.ok()) return id.status();
+    if (id_out != nullptr) *id_out = vmbackup::Dup(*id);
+    return Status::Ok();
+  });
+}
+
+int vmb_target_list_keys(char** out, const vmb_target* target, vmb_error** error) {
+  if (out != nullptr) *out = nullptr;
+  return Guard(error, [&]() -> Status {
+    if (out == nullptr) return NullArgument("vmb_target_list_keys", "out");
+    if (target == nullptr) return NullArgument("vmb_target_list_keys", "target");
+    std::vector<std::string> damaged;
+    auto keys = target->target->ListKeys(&damaged);
+    if (!keys.ok()) return keys.status();
+    vmbackup::ordered_json list = vmbackup::ordered_json::array();
+    for (const vmbackup::KeyInfo& k : *keys) {
+      list.push_back({{"id", k.id},
+                      {"kind", k.kind},
+                      {"created_at", k.created_at},
+                      {"host", k.host},
+                      {"label", k.label},
+                      {"current", k.current}});
+    }
+    vmbackup::ordered_json j;
+    j["keys"] = std::move(list);
+    j["damaged"] = damaged;
+    *out = vmbackup::Dup(vmbackup::Dump(j));
+    return Status::Ok();
+  });
+}
+
+int vmb_target_remove_key(vmb_target* target, const char* id, vmb_error** error) {
+  return Guard(error, [&]() -> Status {
+    if (target == nullptr) return NullArgument("vmb_target_remove_key", "target");
+    if (id == nullptr) return NullArgument("vmb_target_remove_key", "id");
+    return target->target->RemoveKey(id);
+  });
 }
 
 // ---- verify and repair --------------------------------------------------------------------------

@@ -131,6 +131,14 @@ T Check(StatusOr<T> value) {
 // ---- conversions --------------------------------------------------------------------------------
 
 // str or os.PathLike -> std::string.
+// A secret given as str (UTF-8) or bytes; empty for None.
+std::string SecretBytes(const py::object& v, const char* what) {
+  if (v.is_none()) return "";
+  if (py::isinstance<py::bytes>(v)) return v.cast<std::string>();
+  if (py::isinstance<py::str>(v)) return v.cast<std::string>();
+  throw py::type_error(std::string(what) + " must be str or bytes");
+}
+
 std::string FsPath(py::handle path) {
   return py::str(py::module_::import("os").attr("fsdecode")(path)).cast<std::string>();
 }
@@ -747,7 +755,9 @@ void Bind(py::module_& m) {
       .def_static(
           "open",
           [](const py::object& config, std::shared_ptr<Runtime> runtime, bool create_if_missing,
-             uint32_t block_size, uint32_t pack_size, const py::object& state_dir) {
+             uint32_t block_size, uint32_t pack_size, const py::object& state_dir,
+             const py::object& encryption, const py::object& passphrase, const py::object& raw_key,
+             const std::string& key_label) {
             std::string json = ToJsonText(config);
             TargetOptions options;
             options.runtime = std::move(runtime);
@@ -755,17 +765,29 @@ void Bind(py::module_& m) {
             options.block_size = block_size;
             options.pack_size = pack_size;
             if (!state_dir.is_none()) options.state_dir = FsPath(state_dir);
+            if (!encryption.is_none()) options.encryption = py::str(encryption).cast<std::string>();
+            options.passphrase = SecretBytes(passphrase, "passphrase");
+            if (!raw_key.is_none() && !py::isinstance<py::bytes>(raw_key))
+              throw py::type_error("raw_key must be bytes (32 of them)");
+            options.raw_key = SecretBytes(raw_key, "raw_key");
+            options.key_label = key_label;
             StatusOr<std::shared_ptr<BackupTarget>> target =
                 WithoutGil([&] { return BackupTarget::Open(json, options); });
             return Check(std::move(target));
           },
           "config"_a, py::kw_only(), "runtime"_a = nullptr, "create_if_missing"_a = true,
           "block_size"_a = 0, "pack_size"_a = 0, "state_dir"_a = py::none(),
+          "encryption"_a = py::none(), "passphrase"_a = py::none(), "raw_key"_a = py::none(),
+          "key_label"_a = "",
           "Opens the target described by `config` (Harvester's backup-target JSON, as str or "
           "dict). state_dir: where this host keeps its fingerprint key (never on the target; "
           "default $VMBACKUP_STATE_DIR, else /var/lib/vmbackup as root, else "
-          "~/.local/state/vmbackup). Raises InvalidArgumentError naming the bad field, "
-          "NotFoundError, ...")
+          "~/.local/state/vmbackup). encryption: for a repository this call initializes, "
+          "'aes-256-gcm' or 'none' (default: aes-256-gcm when a passphrase or raw_key is given). "
+          "passphrase (str or bytes) or raw_key (32 bytes): opens an encrypted repository. "
+          "Raises InvalidArgumentError naming the bad field, NotFoundError, PermissionDeniedError "
+          "(encrypted and no or a wrong key), FailedPreconditionError (a key for an unencrypted "
+          "repository), ...")
       .def(
           "test",
           [](const BackupTarget& t) {
@@ -919,6 +941,53 @@ void Bind(py::module_& m) {
           "holds the lock.")
       .def_property_readonly("block_size", &BackupTarget::block_size)
       .def_property_readonly("repository_id", &BackupTarget::repository_id)
+      .def_property_readonly("encryption", &BackupTarget::encryption, "'aes-256-gcm' or 'none'.")
+      .def(
+          "add_key",
+          [](BackupTarget& t, const py::object& passphrase, const py::object& raw_key,
+             const std::string& label) {
+            NewKey k;
+            k.passphrase = SecretBytes(passphrase, "passphrase");
+            if (!raw_key.is_none() && !py::isinstance<py::bytes>(raw_key))
+              throw py::type_error("raw_key must be bytes (32 of them)");
+            k.raw_key = SecretBytes(raw_key, "raw_key");
+            k.label = label;
+            StatusOr<std::string> id = WithoutGil([&] { return t.AddKey(k); });
+            return Check(std::move(id));
+          },
+          py::kw_only(), "passphrase"_a = py::none(), "raw_key"_a = py::none(), "label"_a = "",
+          "Adds a key slot (exactly one of passphrase and raw_key) and returns its id. Slots wrap "
+          "one master key: adding, removing or rotating one rewrites no data. "
+          "FailedPreconditionError if the repository is not encrypted.")
+      .def(
+          "list_keys",
+          [](const BackupTarget& t) {
+            std::vector<std::string> damaged;
+            StatusOr<std::vector<KeyInfo>> keys = WithoutGil([&] { return t.ListKeys(&damaged); });
+            Check(keys.status());
+            py::list out;
+            for (const KeyInfo& k : *keys) {
+              py::dict d;
+              d["id"] = k.id;
+              d["kind"] = k.kind;
+              d["created_at"] = k.created_at;
+              d["host"] = k.host;
+              d["label"] = k.label;
+              d["current"] = k.current;
+              out.append(d);
+            }
+            return out;
+          },
+          "The key slots, oldest first, as dicts (id, kind, created_at, host, label, current).")
+      .def(
+          "remove_key",
+          [](BackupTarget& t, const std::string& id) {
+            Status s = WithoutGil([&] { return t.RemoveKey(id); });
+            Check(s);
+          },
+          "id"_a,
+          "Removes key slot `id`. NotFoundError if there is none; FailedPreconditionError for the "
+          "slot this target was opened with.")
       .def("__repr__", [](const BackupTarget& t) {
         static const char* kTypes[] = {"file", "s3", "nfs"};
         int type = static_cast<int>(t.config().type);

@@ -94,6 +94,38 @@ struct TargetOptions {
   // file (the host copies it) can use each other's backups as fingerprint references. When the
   // directory cannot be used, backups still work and hash every block (slower, never wrong).
   std::string state_dir;
+
+  // ---- encryption (docs/encryption.md) ----
+  // Encryption of a repository this Open initializes: "aes-256-gcm" (every object sealed on this
+  // host before it leaves; needs a passphrase or raw_key) or "none". Ignored for an existing
+  // repository, whose descriptor decides. Default empty = "aes-256-gcm" when a passphrase or
+  // raw_key is given, else "none". (vmbackupctl insists on an explicit --encryption.)
+  std::string encryption;
+  // The secret that opens an encrypted repository, and that protects the first key slot of one
+  // this Open initializes: a passphrase (any non-empty bytes; stretched with scrypt) ...
+  std::string passphrase;
+  // ... or a raw 256-bit key (exactly 32 bytes) from the host's key management. Not both.
+  // Giving either for a repository that is not encrypted is kFailedPrecondition.
+  std::string raw_key;
+  // A note stored with the first key slot of a new encrypted repository (at most 200 bytes).
+  std::string key_label;
+};
+
+// One key slot of an encrypted repository (BackupTarget::ListKeys).
+struct KeyInfo {
+  std::string id;          // 16 hex characters
+  std::string kind;        // "passphrase" or "raw"
+  std::string created_at;  // RFC 3339
+  std::string host;        // the host that added it
+  std::string label;
+  bool current = false;  // this target was opened with it
+};
+
+// A new key slot (BackupTarget::AddKey): exactly one of passphrase and raw_key.
+struct NewKey {
+  std::string passphrase;
+  std::string raw_key;  // exactly 32 bytes
+  std::string label;    // at most 200 bytes
 };
 
 class VMBACKUP_EXPORT BackupTarget {
@@ -106,7 +138,10 @@ class VMBACKUP_EXPORT BackupTarget {
   //                       !create_if_missing;
   //   kPermissionDenied   the target may not be read or written;
   //   kUnavailable        the server could not be reached;
-  //   kFailedPrecondition the repository has a newer format version than this library reads;
+  //   kFailedPrecondition the repository has a newer format version than this library reads, or
+  //                       a passphrase / raw key was given for a repository that is not encrypted;
+  //   kPermissionDenied   (also) the repository is encrypted and no passphrase or raw key was
+  //                       given, or no key slot opens with the one given;
   //   kDataLoss           the repository descriptor is corrupt or hostile (the message names the
   //                       field);
   //   kUnimplemented      a target type this build does not support yet;
@@ -184,6 +219,23 @@ class VMBACKUP_EXPORT BackupTarget {
   // Thread-safety: may run concurrently with every other method and with backups anywhere; a
   // second concurrent CollectGarbage on the same repository fails with kFailedPrecondition.
   StatusOr<GcReport> CollectGarbage(const GcOptions& options = {});
+
+  // ---- keys of an encrypted repository (docs/encryption.md) ----
+  // Every key slot can open the repository; slots wrap one master key, so adding, removing or
+  // rotating a slot (add the new one, then remove the old one) rewrites no data.
+  // "aes-256-gcm" or "none".
+  std::string encryption() const;
+  // Adds a key slot. Returns its id, or kFailedPrecondition (repository not encrypted),
+  // kInvalidArgument (not exactly one of passphrase / raw_key, a raw key not of 32 bytes, a label
+  // over 200 bytes), the store's error. Thread-safe.
+  StatusOr<std::string> AddKey(const NewKey& key);
+  // The key slots, oldest first; a damaged slot is skipped (and named in `damaged` when given).
+  // kFailedPrecondition when the repository is not encrypted; the store's error. Thread-safe.
+  StatusOr<std::vector<KeyInfo>> ListKeys(std::vector<std::string>* damaged = nullptr) const;
+  // Removes key slot `id`. kNotFound when there is none; kFailedPrecondition for the slot this
+  // target was opened with (open it with another key first: the last slot can never be removed
+  // this way) or when the repository is not encrypted; the store's error. Thread-safe.
+  Status RemoveKey(std::string_view id);
 
   // The configuration the target was opened with.
   const TargetConfig& config() const;

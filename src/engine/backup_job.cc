@@ -226,7 +226,7 @@ Status BackupJob::Impl::Execute() {
   Transfer transfer = StartTransfer(rt, repo, spec, run.counters());
   PackUploader& uploader = *transfer.uploader;
   BlockProcessor processor(rt, nworkers, run, *plan.index, fkeys, uploader, transfer.pool.get(),
-                           repo.descriptor().pack_size, plan.parent_name);
+                           repo.descriptor().pack_size, plan.parent_name, repo.block_namer());
   std::vector<VolumeToPublish> volumes;
   volumes.reserve(plan.volumes.size());
   for (const VolumePlan& v : plan.volumes) {

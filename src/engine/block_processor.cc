@@ -19,14 +19,16 @@ constexpr uint64_t kClaim = 16;
 
 BlockProcessor::BlockProcessor(Runtime& rt, int nworkers, JobRunner& run, const RepoIndex& index,
                                const FingerprintKeys* fkeys, PackUploader& uploader,
-                               BufferPool* pool, uint32_t pack_size, std::string parent_name)
+                               BufferPool* pool, uint32_t pack_size, std::string parent_name,
+                               const BlockNamer& namer)
     : rt_(rt),
       nworkers_(nworkers),
       run_(run),
       index_(index),
       fkeys_(fkeys),
       uploader_(uploader),
-      parent_name_(std::move(parent_name)) {
+      parent_name_(std::move(parent_name)),
+      namer_(namer) {
   packs_.reserve(static_cast<size_t>(nworkers));
   for (int i = 0; i < nworkers; ++i) packs_.emplace_back(pack_size, pool);
 }
@@ -35,6 +37,7 @@ Status BlockProcessor::Process(const VolumePlan& w, VolumeOutcome* out) {
   JobRunner& run = run_;
   ProgressCounters& pc = run.counters();
   const RepoIndex* index = &index_;
+  const BlockNamer* namer = &namer_;
   FirstError& error = error_;
   const uint32_t bs = w.block_size;
   const uint64_t nblocks = w.blocks.size();
@@ -146,7 +149,7 @@ Status BlockProcessor::Process(const VolumePlan& w, VolumeOutcome* out) {
                       known = &ri->digests[b];
                   }
                 }
-                const Digest d = known != nullptr ? *known : Sha256(buf.get(), len);
+                const Digest d = known != nullptr ? *known : (*namer)(buf.get(), len);
                 out->index.kinds[b] = BlockKind::kData;
                 out->index.digests[b] = d;
                 ++c.data;

@@ -38,11 +38,13 @@ class BlockProcessor {
   // Runs `nworkers` workers on `rt`, each with its own pack builder (of `pack_size`, buffers from
   // `pool`), submitting sealed packs to `uploader`; reports progress to `run` and stops when it is
   // cancelled. Blocks that `index` holds are referenced, not stored. `fkeys` null: no
-  // fingerprints. `parent_name` names the parent backup in errors.
+  // fingerprints. `parent_name` names the parent backup in errors. `namer` names the blocks (the
+  // repository's).
   // REQUIRES: every argument referred to outlives the processor.
   BlockProcessor(Runtime& rt, int nworkers, JobRunner& run, const RepoIndex& index,
                  const FingerprintKeys* fkeys, PackUploader& uploader, BufferPool* pool,
-                 uint32_t pack_size, std::string parent_name);
+                 uint32_t pack_size, std::string parent_name,
+                 const BlockNamer& namer = BlockNamer::Plain());
   BlockProcessor(const BlockProcessor&) = delete;
   BlockProcessor& operator=(const BlockProcessor&) = delete;
 
@@ -68,6 +70,7 @@ class BlockProcessor {
   const FingerprintKeys* fkeys_;
   PackUploader& uploader_;
   const std::string parent_name_;
+  const BlockNamer& namer_;
   std::vector<PackBuilder> packs_;  // one per worker
   ClaimSet claims_;
   FirstError error_;

@@ -18,6 +18,7 @@ namespace {
 // The blocks of `entries` that `data` (bytes [0, data.size()) of the pack) holds and that decode
 // to their digest; the others go to *lost with the reason.
 std::vector<PackEntry> CheckBlocks(std::string_view data, const std::vector<PackEntry>& entries,
+                                   const BlockNamer& namer,
                                    std::vector<std::pair<PackEntry, std::string>>* lost) {
   std::vector<PackEntry> good;
   std::unique_ptr<char[]> raw;
@@ -32,7 +33,7 @@ std::vector<PackEntry> CheckBlocks(std::string_view data, const std::vector<Pack
       cap = e.raw_len;
     }
     Status st = DecodeBlock(e.codec, data.data() + e.offset, e.stored_len, raw.get(), e.raw_len);
-    if (st.ok() && Sha256(raw.get(), e.raw_len) != e.digest)
+    if (st.ok() && namer(raw.get(), e.raw_len) != e.digest)
       st = DataLossError("digest mismatch (corrupt block)");
     if (!st.ok()) {
       lost->emplace_back(e, st.message());
@@ -117,7 +118,7 @@ class Repairer {
       }
     }
     std::vector<std::pair<PackEntry, std::string>> bad;
-    std::vector<PackEntry> good = CheckBlocks(data, entries, &bad);
+    std::vector<PackEntry> good = CheckBlocks(data, entries, repo_.block_namer(), &bad);
     a->blocks_kept = good.size();
     a->blocks_lost = bad.size();
     for (const PackEntry& e : good) good_.push_back(e.digest);

@@ -244,7 +244,7 @@ Status RestorePlan::Impl::RestoreVolume(const VolumeBackupInfo& v, const std::st
   const bool is_block = out->is_block();
   // The reader: every data block located in its pack; runs of nearby blocks of one pack read with
   // ONE ranged Get.
-  RestoreReader reader(repo.store(), index, vidx, v.size, backup.name, v.name);
+  RestoreReader reader(repo.store(), index, vidx, v.size, backup.name, v.name, repo.block_namer());
   VMB_RETURN_IF_ERROR(reader.Plan());
   const uint32_t bs = vidx.block_size;
   const uint64_t nblocks = vidx.block_count();

@@ -22,14 +22,16 @@ Status FetchError(const Status& got, const std::string& where, const std::string
 }
 
 RestoreReader::RestoreReader(ObjectStore& store, const RepoIndex& index, const VolumeIndex& vidx,
-                             uint64_t volume_size, std::string backup, std::string volume)
+                             uint64_t volume_size, std::string backup, std::string volume,
+                             const BlockNamer& namer)
     : store_(store),
       index_(index),
       vidx_(vidx),
       volume_size_(volume_size),
       bs_(vidx.block_size),
       backup_(std::move(backup)),
-      volume_(std::move(volume)) {}
+      volume_(std::move(volume)),
+      namer_(namer) {}
 
 std::string RestoreReader::Where(uint64_t b) const {
   return "backup '" + backup_ + "', volume '" + volume_ + "', offset " + std::to_string(b * bs_);
@@ -81,7 +83,7 @@ Status RestoreReader::Decode(size_t unit, size_t p, const std::string& buf, char
   const size_t len = block_length(piece.block);
   Status st = DecodeBlock(piece.loc->codec, buf.data() + (piece.offset - u.begin),
                           piece.loc->stored_len, raw, len);
-  if (st.ok() && Sha256(raw, len) != vidx_.digests[piece.block])
+  if (st.ok() && namer_(raw, len) != vidx_.digests[piece.block])
     st = DataLossError("digest mismatch (corrupt block)");
   if (!st.ok())
     return DataLossError(Where(piece.block) + ", object " + UnitKey(unit) + " at " +

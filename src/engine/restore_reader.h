@@ -48,8 +48,10 @@ class RestoreReader {
   // Reads the data blocks of `vidx` (the index of volume `volume` of backup `backup`, whose size
   // the record gives as `volume_size`) through `index` from `store`.
   // REQUIRES: store, index and vidx outlive the reader.
+  // `namer` names the blocks (the repository's).
   RestoreReader(ObjectStore& store, const RepoIndex& index, const VolumeIndex& vidx,
-                uint64_t volume_size, std::string backup, std::string volume);
+                uint64_t volume_size, std::string backup, std::string volume,
+                const BlockNamer& namer = BlockNamer::Plain());
 
   // Locates every data block in its pack, sorts them by (pack, offset, block) and cuts them into
   // ranged reads of at most `max_unit` bytes. kDataLoss naming the block when no pack index holds
@@ -87,6 +89,7 @@ class RestoreReader {
   const uint64_t volume_size_;
   const uint32_t bs_;
   const std::string backup_, volume_;
+  const BlockNamer& namer_;
   std::vector<RestorePiece> pieces_;
   std::vector<ReadUnit> units_;
 };

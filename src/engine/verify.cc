@@ -390,7 +390,7 @@ Status Verifier::ReadData() {
             }
             Status st = DecodeBlock(loc.codec, buf.data() + (loc.offset - u.begin), loc.stored_len,
                                     raw.get(), loc.raw_len);
-            if (st.ok() && Sha256(raw.get(), loc.raw_len) != *items[i].digest)
+            if (st.ok() && repo_.block_namer()(raw.get(), loc.raw_len) != *items[i].digest)
               st = DataLossError("digest mismatch (corrupt block)");
             if (st.ok()) {
               good.push_back(i);

@@ -192,14 +192,83 @@ std::string EncodeDescriptor(const RepoDescriptor& d) {
   b["id"] = d.id;
   b["block_size"] = d.block_size;
   b["pack_size"] = d.pack_size;
-  b["hash"] = "sha256";
+  // Block names: SHA-256 of the block, or HMAC-SHA256 under the digest key when encrypted.
+  b["hash"] = d.encryption.empty() ? "sha256" : "hmac-sha256";
   b["compression"] = "lz4";
   b["created_at"] = d.created_at;
   if (!d.fingerprint_key.empty()) b["fingerprint_key"] = d.fingerprint_key;
   // Version 2 (FORMAT.md "Writer-version gate"): version-1 libraries refuse the envelope; later
   // ones read the repository and write it only when they are at least writer_version.
   if (d.version >= 2) b["writer_version"] = d.writer_version;
+  if (!d.encryption.empty()) b["encryption"] = {{"algorithm", d.encryption}, {"key_id", d.key_id}};
   return Envelope("vmbackup-repository", b, d.version);
+}
+
+std::string KeySlotKey(const std::string& slot_id) {
+  return std::string(kKeyPrefix) + slot_id + ".json";
+}
+
+std::string SlotIdFromKey(const std::string& key) {
+  const std::string_view prefix = kKeyPrefix, suffix = ".json";
+  if (key.size() != prefix.size() + 16 + suffix.size() || key.compare(0, prefix.size(), prefix) ||
+      key.compare(key.size() - suffix.size(), suffix.size(), suffix))
+    return "";
+  std::string id = key.substr(prefix.size(), 16);
+  if (id.find_first_not_of("0123456789abcdef") != std::string::npos) return "";
+  return id;
+}
+
+std::string EncodeKeySlot(const KeySlot& s) {
+  json b;
+  b["id"] = s.id;
+  b["kind"] = s.kind;
+  if (s.kind == "passphrase")
+    b["kdf"] = {{"name", "scrypt"}, {"n", s.scrypt_n}, {"r", s.scrypt_r}, {"p", s.scrypt_p}};
+  b["salt"] = ToHex(s.salt.data(), s.salt.size());
+  b["wrapped"] = ToHex(s.wrapped.data(), s.wrapped.size());
+  b["key_id"] = s.key_id;
+  b["created_at"] = s.created_at;
+  b["host"] = s.host;
+  b["label"] = s.label;
+  return Envelope("vmbackup-key", b);
+}
+
+StatusOr<KeySlot> DecodeKeySlot(std::string_view bytes, const std::string& id) {
+  const std::string what = "key slot " + KeySlotKey(id);
+  if (bytes.size() > kMaxKeySlotBytes)
+    return DataLossError(what + " is larger than " + std::to_string(kMaxKeySlotBytes) +
+                         " bytes (corrupt or hostile)");
+  VMB_ASSIGN_OR_RETURN(json b, OpenEnvelope(bytes, "vmbackup-key", what));
+  Fields f(b, what);
+  KeySlot s;
+  VMB_RETURN_IF_ERROR(f.Hex("id", 16, &s.id));
+  if (s.id != id) return f.Err("id", "names slot " + s.id + " (misplaced or copied)");
+  VMB_RETURN_IF_ERROR(f.String("kind", 16, &s.kind));
+  if (s.kind != "passphrase" && s.kind != "raw")
+    return f.Err("kind", "is '" + s.kind + "', not 'passphrase' or 'raw'");
+  if (s.kind == "passphrase") {
+    auto it = b.find("kdf");
+    if (it == b.end() || !it->is_object()) return f.Err("kdf", "is missing or not an object");
+    Fields k(*it, what + " kdf");
+    std::string name;
+    VMB_RETURN_IF_ERROR(k.String("name", 16, &name));
+    if (name != "scrypt") return k.Err("name", "is '" + name + "', not 'scrypt'");
+    VMB_RETURN_IF_ERROR(k.U64("n", 1ull << 20, &s.scrypt_n));
+    VMB_RETURN_IF_ERROR(k.U32("r", 1024, &s.scrypt_r));
+    VMB_RETURN_IF_ERROR(k.U32("p", 1024, &s.scrypt_p));
+  }
+  std::string hex;
+  VMB_RETURN_IF_ERROR(f.Hex("salt", 64, &hex));
+  s.salt.resize(32);
+  BytesFromHex(hex, reinterpret_cast<uint8_t*>(s.salt.data()), 32);
+  VMB_RETURN_IF_ERROR(f.Hex("wrapped", 120, &hex));
+  s.wrapped.resize(60);
+  BytesFromHex(hex, reinterpret_cast<uint8_t*>(s.wrapped.data()), 60);
+  VMB_RETURN_IF_ERROR(f.Hex("key_id", 16, &s.key_id));
+  VMB_RETURN_IF_ERROR(f.String("created_at", kMaxTimeString, &s.created_at, true));
+  VMB_RETURN_IF_ERROR(f.String("host", 255, &s.host, true));
+  VMB_RETURN_IF_ERROR(f.String("label", 200, &s.label, true));
+  return s;
 }
 
 std::string EncodeJsonEnvelope(const char* kind, const nlohmann::json& body) {
@@ -240,10 +309,23 @@ StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes) {
   // Only repositories made by earlier versions have it (FORMAT.md "Block fingerprints"); it is
   // checked but never used: a key stored on the target protects nothing.
   VMB_RETURN_IF_ERROR(f.Hex("fingerprint_key", 32, &d.fingerprint_key, true));
+  if (auto it = b.find("encryption"); it != b.end()) {
+    if (version < kEncryptedDescriptorVersion)
+      return f.Err("encryption", "is set in a descriptor of version " + std::to_string(version));
+    if (!it->is_object()) return f.Err("encryption", "is not an object");
+    Fields e(*it, what + " encryption");
+    VMB_RETURN_IF_ERROR(e.String("algorithm", 32, &d.encryption));
+    if (d.encryption != "aes-256-gcm")
+      return FailedPreconditionError(what + " uses encryption '" + d.encryption +
+                                     "'; this library knows aes-256-gcm");
+    VMB_RETURN_IF_ERROR(e.Hex("key_id", 16, &d.key_id));
+  } else if (version >= kEncryptedDescriptorVersion) {
+    return f.Err("encryption", "is missing in a descriptor of version " + std::to_string(version));
+  }
   std::string hash, compression;
   VMB_RETURN_IF_ERROR(f.String("hash", 32, &hash));
   VMB_RETURN_IF_ERROR(f.String("compression", 32, &compression));
-  if (hash != "sha256" || compression != "lz4")
+  if (hash != (d.encryption.empty() ? "sha256" : "hmac-sha256") || compression != "lz4")
     return FailedPreconditionError(what + " uses hash '" + hash + "' and compression '" +
                                    compression + "'; this library knows sha256 and lz4");
   return d;

@@ -24,7 +24,9 @@ namespace vmbackup::internal {
 inline constexpr int kFormatVersion = 1;
 // The descriptor's envelope version: 2 once a GC-aware writer upgraded the repository
 // (docs/FORMAT.md "Writer-version gate"); records and other objects stay at kFormatVersion.
-inline constexpr int kDescriptorVersion = 2;
+// 3 for encrypted repositories: libraries that predate encryption refuse them outright.
+inline constexpr int kDescriptorVersion = 3;
+inline constexpr int kEncryptedDescriptorVersion = 3;
 // The writer version of this library: it writes repositories whose descriptor asks for at most
 // this writer version.
 inline constexpr uint32_t kWriterVersion = 2;
@@ -88,10 +90,37 @@ struct RepoDescriptor {
   // Only in repositories made by versions before fingerprint format 2: the key of version-1
   // fingerprints, stored on the target (so it protected nothing). Checked, never used.
   std::string fingerprint_key;
+  // Version 3: "aes-256-gcm" and the id of the master key (16 hex), FORMAT.md "Encryption".
+  // Empty in unencrypted repositories.
+  std::string encryption;
+  std::string key_id;
 };
 std::string EncodeDescriptor(const RepoDescriptor& d);
 // kDataLoss when unparsable or its checksum is wrong; kFailedPrecondition for a newer version.
 StatusOr<RepoDescriptor> DecodeDescriptor(std::string_view bytes);
+
+// ---- key slots (keys/<id>.json, encrypted repositories) ----
+inline constexpr const char* kKeyPrefix = "keys/";
+inline constexpr uint64_t kMaxKeySlotBytes = 16 * 1024;
+inline constexpr size_t kMaxKeySlots = 64;           // slots an unlock looks at
+std::string KeySlotKey(const std::string& slot_id);  // keys/<id>.json
+// "keys/<id>.json" → "<id>" (16 hex); empty otherwise.
+std::string SlotIdFromKey(const std::string& key);
+struct KeySlot {
+  std::string id;         // 16 hex
+  std::string kind;       // "passphrase" (scrypt) or "raw" (a 256-bit key the host supplies)
+  uint64_t scrypt_n = 0;  // passphrase slots
+  uint32_t scrypt_r = 0, scrypt_p = 0;
+  std::string salt;     // 32 bytes
+  std::string wrapped;  // nonce (12) ‖ AES-256-GCM(master key) (32) ‖ tag (16)
+  std::string key_id;   // 16 hex: the master key it wraps
+  std::string created_at;
+  std::string host;
+  std::string label;  // the host's note ("ops 2026", "kms:arn:..."), at most 200 bytes
+};
+std::string EncodeKeySlot(const KeySlot& slot);
+// kDataLoss naming the slot when malformed, of another id than `id`, or out of bounds.
+StatusOr<KeySlot> DecodeKeySlot(std::string_view bytes, const std::string& id);
 
 // ---- JSON envelopes of maintenance objects (gc/, leases/) ----
 // `body` in a checksummed envelope of kind `kind` (FORMAT.md "JSON envelopes"), version 1.

@@ -513,7 +513,7 @@ StatusOr<std::string> Run::RepackLive(const std::string& id, uint64_t size,
     raw.resize(e.raw_len);
     VMB_RETURN_IF_ERROR(
         DecodeBlock(e.codec, pack.data() + e.offset, e.stored_len, raw.data(), e.raw_len));
-    if (Sha256(raw) != e.digest)
+    if (repo_.block_namer()(raw) != e.digest)
       return DataLossError(what + " holds a block that does not match its digest (at offset " +
                            std::to_string(e.offset) + ")");
     pb.Add(e.digest, raw.data(), raw.size());

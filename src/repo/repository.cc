@@ -7,6 +7,8 @@
 #include <tuple>
 
 #include "core/errors.h"
+#include "core/util.h"
+#include "store/encrypted_store.h"
 #include "store/get_many.h"
 
 namespace vmbackup::internal {
@@ -40,12 +42,17 @@ static std::set<std::string> GonePacks(const std::set<std::string>& loaded,
 
 StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore> store,
                                                        bool create, uint32_t block_size,
-                                                       uint32_t pack_size) {
+                                                       uint32_t pack_size,
+                                                       const EncryptionSetup& enc) {
+  std::string mode = enc.mode;
+  if (mode.empty()) mode = enc.secret.empty() ? "none" : "aes-256-gcm";
+  if (mode != "none" && mode != "aes-256-gcm")
+    return InvalidArgumentError("encryption '" + mode + "': use 'aes-256-gcm' or 'none'");
   for (int attempt = 0; attempt < 3; ++attempt) {
     auto bytes = store->GetAtMost(kDescriptorKey, kMaxDescriptorBytes);
     if (bytes.ok()) {
       VMB_ASSIGN_OR_RETURN(RepoDescriptor d, DecodeDescriptor(*bytes));
-      return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
+      return Unlock(std::move(store), std::move(d), enc, std::nullopt, "");
     }
     if (bytes.status().code() != StatusCode::kNotFound) return bytes.status();
     if (!create) return NotFoundError("no vmbackup repository at " + store->Describe());
@@ -54,13 +61,173 @@ StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectSto
     d.block_size = block_size;
     d.pack_size = pack_size;
     d.created_at = NowRfc3339();
+    std::optional<RepoKeys> keys;
+    std::string slot_key;
+    if (mode == "none") {
+      if (!enc.secret.empty())
+        return InvalidArgumentError(
+            "a passphrase or key was given for a new repository whose encryption is 'none'");
+    } else {
+      VMB_RETURN_IF_ERROR(enc.secret.Validate().WithContext("encryption aes-256-gcm"));
+      VMB_ASSIGN_OR_RETURN(keys, NewRepoKeys());
+      d.version = kEncryptedDescriptorVersion;
+      d.writer_version = kWriterVersion;
+      d.encryption = mode;
+      d.key_id = keys->key_id_hex();
+      // The key slot first: a descriptor naming a key no slot holds would lock everyone out.
+      VMB_ASSIGN_OR_RETURN(KeySlot slot, WrapMasterKey(*keys, enc.secret, d.id, enc.label));
+      slot_key = KeySlotKey(slot.id);
+      VMB_RETURN_IF_ERROR(store->Put(slot_key, EncodeKeySlot(slot), PutOptions{.if_absent = true})
+                              .WithContext("initializing repository at " + store->Describe()));
+      Status st = store->Put(kDescriptorKey, EncodeDescriptor(d), PutOptions{.if_absent = true});
+      if (st.ok()) return Unlock(std::move(store), std::move(d), enc, std::move(keys), slot.id);
+      (void)store->Delete({slot_key});  // another process initialized it first, or a failure
+      if (st.code() != StatusCode::kAlreadyExists)
+        return st.WithContext("initializing repository at " + store->Describe());
+      continue;
+    }
     Status st = store->Put(kDescriptorKey, EncodeDescriptor(d), PutOptions{.if_absent = true});
-    if (st.ok()) return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
+    if (st.ok()) return Unlock(std::move(store), std::move(d), enc, std::nullopt, "");
     if (st.code() != StatusCode::kAlreadyExists)
       return st.WithContext("initializing repository at " + store->Describe());
     // Another process initialized it first: read theirs.
   }
   return AbortedError("repository descriptor keeps changing at " + store->Describe());
+}
+
+StatusOr<std::unique_ptr<Repository>> Repository::Unlock(std::unique_ptr<ObjectStore> store,
+                                                         RepoDescriptor d,
+                                                         const EncryptionSetup& enc,
+                                                         std::optional<RepoKeys> keys,
+                                                         std::string slot_id) {
+  const std::string where = store->Describe();
+  if (d.encryption.empty()) {
+    // A key for an unencrypted repository is refused: a target that replaced an encrypted
+    // repository's descriptor must not receive plaintext from a host that meant to encrypt.
+    if (!enc.secret.empty())
+      return FailedPreconditionError(
+          "the repository at " + where +
+          " is not encrypted, but a passphrase or key was given: refusing to write unencrypted "
+          "data where encrypted data was expected (open it without a key if it was made "
+          "unencrypted on purpose)");
+    return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
+  }
+  if (!keys) {
+    if (enc.secret.empty())
+      return PermissionDeniedError("the repository at " + where + " is encrypted (key " + d.key_id +
+                                   "): give its passphrase or raw key");
+    VMB_RETURN_IF_ERROR(enc.secret.Validate());
+    VMB_ASSIGN_OR_RETURN(auto listed, store->ListAll(kKeyPrefix));
+    int tried = 0;
+    std::string problems;
+    size_t looked = 0;
+    for (const auto& o : listed) {
+      const std::string id = SlotIdFromKey(o.key);
+      if (id.empty()) continue;
+      if (++looked > kMaxKeySlots) {
+        problems += "; more than " + std::to_string(kMaxKeySlots) + " key slots, the rest skipped";
+        break;
+      }
+      auto bytes = store->GetAtMost(o.key, kMaxKeySlotBytes);
+      if (!bytes.ok()) {
+        if (bytes.status().code() == StatusCode::kNotFound) continue;  // removed meanwhile
+        if (bytes.status().code() != StatusCode::kDataLoss) return bytes.status();
+        problems += "; " + bytes.status().message();
+        continue;
+      }
+      auto slot = DecodeKeySlot(*bytes, id);
+      if (!slot.ok()) {
+        problems += "; " + slot.status().message();
+        continue;
+      }
+      if (slot->key_id != d.key_id || slot->kind != enc.secret.kind()) continue;
+      ++tried;
+      auto master = UnwrapKeySlot(*slot, enc.secret, d.id);
+      if (!master.ok()) {
+        problems += "; key slot " + id + ": " + master.status().message();
+        continue;
+      }
+      if (!master->has_value()) continue;
+      auto derived = DeriveRepoKeys(**master);
+      Wipe((*master)->data(), (*master)->size());
+      VMB_RETURN_IF_ERROR(derived.status());
+      if (derived->key_id_hex() != d.key_id) continue;  // a slot of another master key
+      keys = std::move(*derived);
+      slot_id = id;
+      break;
+    }
+    if (!keys)
+      return PermissionDeniedError("no key slot of the repository at " + where +
+                                   " opens with the " + std::string(enc.secret.kind()) +
+                                   " given (" + std::to_string(tried) + " " + enc.secret.kind() +
+                                   " slot(s) of key " + d.key_id + " tried" + problems + ")");
+  }
+  std::shared_ptr<Runtime> runtime = store->runtime();
+  auto sealed = MakeEncryptedStore(std::move(store), keys->objects, {kDescriptorKey, kKeyPrefix},
+                                   std::move(runtime));
+  auto repo = std::unique_ptr<Repository>(new Repository(std::move(sealed), std::move(d)));
+  repo->namer_ = BlockNamer(keys->digest);
+  repo->keys_ = std::move(keys);
+  repo->slot_id_ = std::move(slot_id);
+  return repo;
+}
+
+Repository::~Repository() {
+  if (keys_) {
+    Wipe(keys_->master.data(), keys_->master.size());
+    Wipe(keys_->digest.data(), keys_->digest.size());
+    Wipe(keys_->objects.data_key.data(), keys_->objects.data_key.size());
+  }
+}
+
+StatusOr<KeySlot> Repository::AddKeySlot(const KeySecret& secret, const std::string& label) {
+  if (!keys_)
+    return FailedPreconditionError("the repository at " + store_->Describe() +
+                                   " is not encrypted: it has no keys");
+  VMB_ASSIGN_OR_RETURN(KeySlot slot, WrapMasterKey(*keys_, secret, desc_.id, label));
+  VMB_RETURN_IF_ERROR(
+      store_->Put(KeySlotKey(slot.id), EncodeKeySlot(slot), PutOptions{.if_absent = true}));
+  return slot;
+}
+
+StatusOr<std::vector<KeySlot>> Repository::ListKeySlots(std::vector<std::string>* damaged) const {
+  if (!keys_)
+    return FailedPreconditionError("the repository at " + store_->Describe() +
+                                   " is not encrypted: it has no keys");
+  VMB_ASSIGN_OR_RETURN(auto listed, store_->ListAll(kKeyPrefix));
+  std::vector<KeySlot> out;
+  for (const auto& o : listed) {
+    const std::string id = SlotIdFromKey(o.key);
+    if (id.empty()) continue;
+    auto bytes = store_->GetAtMost(o.key, kMaxKeySlotBytes);
+    if (!bytes.ok() && bytes.status().code() == StatusCode::kNotFound) continue;
+    if (!bytes.ok() && bytes.status().code() != StatusCode::kDataLoss) return bytes.status();
+    auto slot = bytes.ok() ? DecodeKeySlot(*bytes, id) : StatusOr<KeySlot>(bytes.status());
+    if (!slot.ok()) {
+      if (damaged != nullptr) damaged->push_back(slot.status().message());
+      continue;
+    }
+    if (slot->key_id != desc_.key_id) continue;  // a leftover of a failed initialization
+    out.push_back(std::move(*slot));
+  }
+  std::stable_sort(out.begin(), out.end(), [](const KeySlot& a, const KeySlot& b) {
+    return std::tie(a.created_at, a.id) < std::tie(b.created_at, b.id);
+  });
+  return out;
+}
+
+Status Repository::RemoveKeySlot(const std::string& id) {
+  if (!keys_)
+    return FailedPreconditionError("the repository at " + store_->Describe() +
+                                   " is not encrypted: it has no keys");
+  if (id == slot_id_)
+    return FailedPreconditionError(
+        "refusing to remove key slot " + id +
+        ": this target was opened with it (open the target with another key to remove it)");
+  const std::string key = KeySlotKey(id);
+  if (SlotIdFromKey(key) != id) return InvalidArgumentError("'" + id + "' is not a key slot id");
+  VMB_RETURN_IF_ERROR(store_->Head(key).status());
+  return store_->Delete({key});
 }
 
 StatusOr<std::shared_ptr<const RepoIndex>> Repository::LoadIndex() {

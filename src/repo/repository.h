@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@
 
 #include "repo/fingerprints.h"
 #include "repo/format.h"
+#include "repo/keys.h"
 #include "store/object_store.h"
 
 namespace vmbackup::internal {
@@ -68,15 +70,44 @@ inline constexpr uint64_t kRecordCacheBytes = 64ull << 20;
 // Records ListBackups reads at once.
 inline constexpr int kRecordFetchWindow = 16;
 
+// How Repository::Open treats encryption (TargetOptions::encryption, passphrase, raw_key).
+struct EncryptionSetup {
+  // For a repository Open initializes: "aes-256-gcm" or "none"; empty = "aes-256-gcm" when a
+  // secret is given, else "none".
+  std::string mode;
+  KeySecret secret;   // opens an encrypted repository; protects the first slot of a new one
+  std::string label;  // of that first slot
+};
+
 class Repository {
  public:
   // Opens the repository in `store`, initializing it (create-if-absent of the descriptor) when
-  // there is none and `create` is true. See BackupTarget::Open for the errors.
+  // there is none and `create` is true; an encrypted repository is unlocked with `enc.secret` and
+  // its store() seals and opens every object. See BackupTarget::Open for the errors.
   static StatusOr<std::unique_ptr<Repository>> Open(std::unique_ptr<ObjectStore> store, bool create,
-                                                    uint32_t block_size, uint32_t pack_size);
+                                                    uint32_t block_size, uint32_t pack_size,
+                                                    const EncryptionSetup& enc = {});
+  ~Repository();
 
+  // The repository's objects (sealed and opened transparently when it is encrypted).
   ObjectStore& store() const { return *store_; }
   const RepoDescriptor& descriptor() const { return desc_; }
+  bool encrypted() const { return keys_.has_value(); }
+
+  // How data blocks are named: SHA-256, or HMAC-SHA256 under the digest key when encrypted.
+  const BlockNamer& block_namer() const { return namer_; }
+
+  // Key slots (encrypted repositories; kFailedPrecondition otherwise).
+  // A new slot wrapping the master key under `secret`. Errors: KeySecret::Validate's, the store's.
+  StatusOr<KeySlot> AddKeySlot(const KeySecret& secret, const std::string& label);
+  // Every readable slot of this repository's key, sorted by creation; `damaged` gets one line per
+  // slot that could not be read.
+  StatusOr<std::vector<KeySlot>> ListKeySlots(std::vector<std::string>* damaged) const;
+  // Removes slot `id`. kNotFound when there is none; kFailedPrecondition for the slot this
+  // repository was opened with (open it with another key first).
+  Status RemoveKeySlot(const std::string& id);
+  // The slot this repository was unlocked with (empty when not encrypted).
+  const std::string& unlocked_slot() const { return slot_id_; }
 
   // Loads pack indexes added since the last call; returns the current immutable snapshot.
   StatusOr<std::shared_ptr<const RepoIndex>> LoadIndex();
@@ -100,9 +131,17 @@ class Repository {
  private:
   Repository(std::unique_ptr<ObjectStore> store, RepoDescriptor desc)
       : store_(std::move(store)), desc_(std::move(desc)) {}
+  // Checks `enc` against the descriptor `d` of `store`; unlocks and wraps the store when encrypted.
+  static StatusOr<std::unique_ptr<Repository>> Unlock(std::unique_ptr<ObjectStore> store,
+                                                      RepoDescriptor d, const EncryptionSetup& enc,
+                                                      std::optional<RepoKeys> keys,
+                                                      std::string slot_id);
 
   std::unique_ptr<ObjectStore> store_;
   RepoDescriptor desc_;
+  std::optional<RepoKeys> keys_;  // encrypted repositories
+  BlockNamer namer_;
+  std::string slot_id_;
   // The object `key`, which the record pins by `sha256_hex`: kDataLoss naming `what` when it is
   // missing or its checksum differs; the store's error otherwise.
   // Objects larger than `max_size` are kDataLoss too (never read whole).

@@ -104,6 +104,9 @@ class ObjectStore {
   // kMaxWholeObjectRead are read with Head and one ranged Get.
   StatusOr<std::string> GetAtMost(const std::string& key, uint64_t max_size);
 
+  // The runtime the store's async forms complete on.
+  const std::shared_ptr<Runtime>& runtime() const { return runtime_; }
+
  protected:
   explicit ObjectStore(std::shared_ptr<Runtime> runtime) : runtime_(std::move(runtime)) {}
   std::shared_ptr<Runtime> runtime_;

@@ -184,8 +184,9 @@ StatusOr<std::shared_ptr<BackupTarget>> BackupTarget::Open(const TargetConfig& c
             break;
           }
         }
-        VMB_ASSIGN_OR_RETURN(impl->repo, internal::Repository::Open(
-                                             std::move(store), options.create_if_missing, bs, ps));
+        VMB_ASSIGN_OR_RETURN(
+            impl->repo, internal::Repository::Open(std::move(store), options.create_if_missing, bs,
+                                                   ps, internal::EncryptionSetupOf(options)));
         return std::shared_ptr<BackupTarget>(new BackupTarget(std::move(impl)));
       });
 }
@@ -219,6 +220,38 @@ StatusOr<BackupInfo> BackupTarget::GetBackup(std::string_view name) const {
 Status BackupTarget::DeleteBackup(std::string_view name) {
   return internal::GuardExceptions("BackupTarget::DeleteBackup", [&]() -> Status {
     return impl_->repo->DeleteBackup(std::string(name));
+  });
+}
+
+std::string BackupTarget::encryption() const {
+  return impl_->repo->encrypted() ? impl_->repo->descriptor().encryption : "none";
+}
+
+StatusOr<std::string> BackupTarget::AddKey(const NewKey& key) {
+  return internal::GuardExceptions("BackupTarget::AddKey", [&]() -> StatusOr<std::string> {
+    internal::KeySecret secret{key.passphrase, key.raw_key};
+    VMB_ASSIGN_OR_RETURN(internal::KeySlot slot, impl_->repo->AddKeySlot(secret, key.label));
+    return slot.id;
+  });
+}
+
+StatusOr<std::vector<KeyInfo>> BackupTarget::ListKeys(std::vector<std::string>* damaged) const {
+  return internal::GuardExceptions(
+      "BackupTarget::ListKeys", [&]() -> StatusOr<std::vector<KeyInfo>> {
+        VMB_ASSIGN_OR_RETURN(auto slots, impl_->repo->ListKeySlots(damaged));
+        std::vector<KeyInfo> out;
+        for (auto& s : slots) {
+          KeyInfo k{s.id, s.kind, s.created_at, s.host, s.label};
+          k.current = s.id == impl_->repo->unlocked_slot();
+          out.push_back(std::move(k));
+        }
+        return out;
+      });
+}
+
+Status BackupTarget::RemoveKey(std::string_view id) {
+  return internal::GuardExceptions("BackupTarget::RemoveKey", [&]() -> Status {
+    return impl_->repo->RemoveKeySlot(std::string(id));
   });
 }
 

@@ -15,8 +15,8 @@ StatusOr<std::shared_ptr<BackupTarget>> OpenTargetOnStore(std::unique_ptr<Object
   impl->state_dir = options.state_dir.empty() ? DefaultStateDir() : options.state_dir;
   const uint32_t bs = options.block_size == 0 ? kDefaultBlockSize : options.block_size;
   const uint32_t ps = options.pack_size == 0 ? kDefaultPackSize : options.pack_size;
-  VMB_ASSIGN_OR_RETURN(impl->repo,
-                       Repository::Open(std::move(store), options.create_if_missing, bs, ps));
+  VMB_ASSIGN_OR_RETURN(impl->repo, Repository::Open(std::move(store), options.create_if_missing, bs,
+                                                    ps, EncryptionSetupOf(options)));
   return ImplAccess::Wrap<BackupTarget>(std::move(impl));
 }
 

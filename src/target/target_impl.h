@@ -32,6 +32,15 @@ struct BackupTarget::Impl {
 
 namespace internal {
 class ObjectStore;
+// The encryption part of `options`, as Repository::Open takes it.
+inline EncryptionSetup EncryptionSetupOf(const TargetOptions& options) {
+  EncryptionSetup e;
+  e.mode = options.encryption;
+  e.secret.passphrase = options.passphrase;
+  e.secret.raw_key = options.raw_key;
+  e.label = options.key_label;
+  return e;
+}
 // A BackupTarget over an already open store (tests: the in-memory store), opened like
 // BackupTarget::Open opens the store of a configuration (options.create_if_missing, block_size and
 // pack_size apply; config() reports type file with endpoint store->Describe()).

@@ -337,6 +337,71 @@ static void test_open_without_create_if_missing_is_not_found(void) {
   vmb_error_free(err);
 }
 
+static void test_encrypted_target_and_key_slots(void) {
+  char dir[4200], config[4400];
+  path_in_tmp(dir, sizeof(dir), "encrypted-target");
+  CHECK(mkdir(dir, 0755) == 0);
+  snprintf(config, sizeof(config), "{\"type\":\"file\",\"endpoint\":\"%s\"}", dir);
+  uint8_t raw[32];
+  for (int i = 0; i < 32; ++i) raw[i] = (uint8_t)(i * 7);
+  vmb_target_options opts = VMB_TARGET_OPTIONS_INIT;
+  opts.encryption = "aes-256-gcm";
+  opts.raw_key = raw;
+  opts.raw_key_len = sizeof(raw);
+  opts.key_label = "kms";
+  vmb_target* t = NULL;
+  vmb_error* err = NULL;
+  CHECK_RC(vmb_target_open(&t, config, &opts, &err), VMB_OK, err);
+  if (t == NULL) return;
+  CHECK(strcmp(vmb_target_encryption(t), "aes-256-gcm") == 0);
+  CHECK(vmb_target_encryption(NULL) == NULL);
+
+  char* new_id = NULL;
+  CHECK_RC(vmb_target_add_key(&new_id, t, "c passphrase", NULL, 0, "ops", &err), VMB_OK, err);
+  CHECK(new_id != NULL && strlen(new_id) == 16);
+  CHECK_RC(vmb_target_add_key(NULL, t, "p", raw, 32, NULL, &err), VMB_EINVAL, err);
+  vmb_error_free(err);
+  err = NULL;
+  char* json = NULL;
+  CHECK_RC(vmb_target_list_keys(&json, t, &err), VMB_OK, err);
+  char raw_id[17] = {0};
+  const char* first = json == NULL ? NULL : strstr(json, "\"id\":\"");
+  CHECK(first != NULL);
+  if (first != NULL) memcpy(raw_id, first + 6, 16);
+  CHECK(json != NULL && strstr(json, "\"kind\":\"raw\"") != NULL &&
+        strstr(json, "\"current\":true") != NULL && strstr(json, new_id) != NULL);
+  vmb_free(json);
+  CHECK_RC(vmb_target_remove_key(t, raw_id, &err), VMB_EPRECONDITION, err);
+  vmb_error_free(err);
+  err = NULL;
+
+  /* No key: permission denied; the new passphrase opens it and may remove the raw slot. */
+  vmb_target* t2 = NULL;
+  CHECK_RC(vmb_target_open(&t2, config, NULL, &err), VMB_EPERM, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "is encrypted") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  vmb_target_options by_pass = VMB_TARGET_OPTIONS_INIT;
+  by_pass.passphrase = "c passphrase";
+  CHECK_RC(vmb_target_open(&t2, config, &by_pass, &err), VMB_OK, err);
+  CHECK_RC(vmb_target_remove_key(t2, raw_id, &err), VMB_OK, err);
+  CHECK_RC(vmb_target_remove_key(t2, raw_id, &err), VMB_ENOTFOUND, err);
+  vmb_error_free(err);
+  err = NULL;
+  vmb_target* t3 = NULL;
+  CHECK_RC(vmb_target_open(&t3, config, &opts, &err), VMB_EPERM, err);
+  vmb_error_free(err);
+  vmb_free(new_id);
+  vmb_target_free(t2);
+  vmb_target_free(t);
+
+  /* A version-3 caller's struct ends before the encryption fields: init leaves them alone. */
+  vmb_target_options v3;
+  memset(&v3, 0x5a, sizeof(v3));
+  CHECK_RC(vmb_target_options_init(&v3, 3, NULL), VMB_OK, NULL);
+  CHECK(v3.version == 3 && v3.runtime == NULL && v3.raw_key_len == (size_t)0x5a5a5a5a5a5a5a5aull);
+}
+
 static void test_open_and_test_target(void) {
   vmb_error* err = (vmb_error*)&err; /* must be reset to NULL on success */
   CHECK_RC(vmb_target_open(&g_target, g_config, NULL, &err), VMB_OK, err);
@@ -1158,6 +1223,7 @@ int main(void) {
     RUN(test_state_dir_and_file_mode_options);
     RUN(test_runtime_of_its_own);
     RUN(test_delete_backup);
+    RUN(test_encrypted_target_and_key_slots);
     RUN(test_verify_and_repair);
     RUN(test_forget_and_gc);
   } else {

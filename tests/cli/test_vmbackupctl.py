@@ -14,6 +14,8 @@ MIB = 1024 * 1024
 
 def run(*args, env=None, check=None):
     full_env = dict(os.environ)
+    # New repositories need an explicit encryption choice; tests that check that override it.
+    full_env.setdefault("VMBACKUP_ENCRYPTION", "none")
     full_env.update(env or {})
     p = subprocess.run([CTL, "--progress", "none", *args], capture_output=True, text=True,
                        env=full_env, timeout=120)
@@ -286,3 +288,60 @@ def test_gc_dry_run_changes_nothing_and_flags_are_checked(setup, tmp_path):
     (target / "gc" / "lock.json").write_text(json.dumps(lock))
     held = run("gc", "--target", str(target))
     assert held.returncode == 11 and "elsewhere" in held.stderr
+
+
+# ---- encryption ---------------------------------------------------------------------------------
+
+
+def test_a_new_repository_needs_an_explicit_encryption_choice(setup):
+    target, vol = setup
+    p = run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}",
+            env={"VMBACKUP_ENCRYPTION": ""})
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    assert "--encryption aes-256-gcm" in p.stderr and "--encryption none" in p.stderr
+    assert list(target.iterdir()) == [], "nothing may be written before the choice is made"
+    bad = run("backup", "--target", str(target), "--volume", f"disk0={vol}",
+              "--encryption", "rot13")
+    assert bad.returncode == 2 and "aes-256-gcm or none" in bad.stderr
+    # An existing repository needs no choice.
+    run("backup", "--target", str(target), "--name", "b1", "--volume", f"disk0={vol}", check=0)
+    run("list", "--target", str(target), env={"VMBACKUP_ENCRYPTION": ""}, check=0)
+
+
+def test_encrypted_backup_restore_and_key_rotation(setup, tmp_path):
+    target, vol = setup
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery\n")
+    key = tmp_path / "key.hex"
+    key.write_text("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+    run("--encryption", "aes-256-gcm", "--passphrase-file", str(pw), "backup", "--target",
+        str(target), "--name", "b1", "--volume", f"disk0={vol}", "--vm-name", "vm-topsecret",
+        check=0)
+    for f in target.rglob("*"):
+        if f.is_file():
+            assert b"vm-topsecret" not in f.read_bytes(), f
+    p = run("list", "--target", str(target))
+    assert p.returncode == 6 and "is encrypted" in p.stderr, (p.stdout, p.stderr)
+    p = run("list", "--target", str(target), env={"VMBACKUP_PASSPHRASE": "wrong"})
+    assert p.returncode == 6 and "no key slot" in p.stderr, (p.stdout, p.stderr)
+    listed = json.loads(run("--json", "list", "--target", str(target),
+                            env={"VMBACKUP_PASSPHRASE": "correct horse battery"}, check=0).stdout)
+    assert [b["vm_name"] for b in listed["backups"]] == ["vm-topsecret"]
+
+    run("--passphrase-file", str(pw), "key", "add", "--target", str(target), "--new-key-file",
+        str(key), "--label", "kms", check=0)
+    keys = json.loads(run("--json", "--key-file", str(key), "key", "list", "--target",
+                          str(target), check=0).stdout)["keys"]
+    assert [(k["kind"], k["current"]) for k in keys] == [("passphrase", False), ("raw", True)]
+    assert keys[1]["label"] == "kms"
+    p = run("--key-file", str(key), "key", "remove", keys[1]["id"], "--target", str(target))
+    assert p.returncode == 11 and "opened with it" in p.stderr
+    run("--key-file", str(key), "key", "remove", keys[0]["id"], "--target", str(target), check=0)
+    p = run("--passphrase-file", str(pw), "list", "--target", str(target))
+    assert p.returncode == 6
+    run("--key-file", str(key), "restore", "b1", "--target", str(target), "--dest-dir",
+        str(tmp_path / "out"), check=0)
+    assert sha(tmp_path / "out" / "disk0.img") == sha(vol)
+    p = run("key", "list", "--target", str(target), "--passphrase-file", str(pw), "--key-file",
+            str(key))
+    assert p.returncode == 2 and "not both" in p.stderr

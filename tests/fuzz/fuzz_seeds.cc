@@ -11,6 +11,7 @@
 
 #include "fuzz_util.h"
 #include "repo/format.h"
+#include "store/encrypted_store.h"
 
 namespace vmbackup::fuzz {
 namespace {
@@ -88,6 +89,36 @@ void Descriptors(const fs::path& dir) {
   d.fingerprint_key = "00112233445566778899aabbccddeeff";
   s = internal::EncodeDescriptor(d);
   Write(dir, "fingerprint-key.json", s, StatusOf(internal::DecodeDescriptor(s)));
+}
+
+// Sealed objects (a leading mode byte 0 and two range bytes, see fuzz_sealed.cc) and key slots
+// (mode byte 1).
+void SealedObjects(const fs::path& dir) {
+  internal::ObjectKeys keys;
+  keys.data_key.fill(0x42);
+  keys.key_id = {1, 2, 3, 4, 5, 6, 7, 8};
+  for (size_t n : {size_t{0}, size_t{100}, internal::kSealedSegment + 7}) {
+    auto sealed = internal::SealObject(keys, "packs/x", std::string(n, 'a'));
+    if (!sealed.ok()) Fail("seal: " + sealed.status().ToString());
+    std::string in("\0\x03\x10", 3);
+    in += *sealed;
+    Write(dir, "sealed-" + std::to_string(n), in, Status::Ok());
+  }
+  internal::KeySlot slot;
+  slot.id = "0123456789abcdef";
+  slot.kind = "raw";
+  slot.salt.assign(32, 's');
+  slot.wrapped.assign(60, 'w');
+  slot.key_id = "0102030405060708";
+  slot.created_at = "2026-12-02T10:00:00.000Z";
+  slot.host = "h";
+  std::string in("\x01\0\0", 3);
+  Write(dir, "slot-raw.json", in + internal::EncodeKeySlot(slot), Status::Ok());
+  slot.kind = "passphrase";
+  slot.scrypt_n = 1024;
+  slot.scrypt_r = 8;
+  slot.scrypt_p = 1;
+  Write(dir, "slot-passphrase.json", in + internal::EncodeKeySlot(slot), Status::Ok());
 }
 
 void Records(const fs::path& dir) {
@@ -239,6 +270,7 @@ int main(int argc, char** argv) {
   PackIndexes(out / "pack_index", out / "pack_trailer");
   VolumeIndexes(out / "volume_index");
   Fingerprints(out / "fingerprints");
+  SealedObjects(out / "sealed");
   if (failures != 0) return 1;
   std::printf("fuzz_seeds: seeds written to %s\n", out.c_str());
   return 0;

@@ -18,6 +18,7 @@
 #include "core/errors.h"
 #include "core/runtime.h"
 #include "integration_util.h"
+#include "store/encrypted_store.h"
 #include "store/get_many.h"
 #include "store/local_store.h"
 #include "store/mem_store.h"
@@ -38,6 +39,13 @@ using ::vmbackup::testing::TempDir;
 
 StatusOr<std::unique_ptr<ObjectStore>> OpenStore(const std::string& kind, const TempDir& dir) {
   auto rt = Runtime::Default();
+  if (kind.rfind("enc-", 0) == 0) {  // the same store, sealing every object (issue #11)
+    VMB_ASSIGN_OR_RETURN(auto inner, OpenStore(kind.substr(4), dir));
+    internal::ObjectKeys keys;
+    keys.data_key.fill(0x3c);
+    keys.key_id.fill(0x11);
+    return internal::MakeEncryptedStore(std::move(inner), keys, {"repository.json", "keys/"}, rt);
+  }
   if (kind == "mem") return std::unique_ptr<ObjectStore>(new internal::MemStore(rt));
   if (kind == "local") {
     const std::string root = dir.Sub("store");
@@ -336,8 +344,13 @@ TEST_P(StoreConformanceTest, GetManyReadsEveryObjectAtItsListedSize) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, StoreConformanceTest,
-                         ::testing::Values("mem", "local", "s3", "nfs3", "nfs4"),
-                         [](const auto& info) { return info.param; });
+                         ::testing::Values("mem", "local", "s3", "nfs3", "nfs4", "enc-mem",
+                                           "enc-s3", "enc-nfs4"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace vmbackup::integration

@@ -642,3 +642,49 @@ def test_gc_progress_can_stop_the_run_and_its_exception_propagates(target, volum
         target.gc(grace_seconds=-5)
     # A cancelled or failed run leaves no lock behind.
     assert target.gc()["damaged"] == []
+
+
+# ---- encryption ---------------------------------------------------------------------------------
+
+
+def test_encrypted_repository_round_trip_keys_and_refusals(target_dir, volume, tmp_path):
+    cfg = {"type": "file", "endpoint": str(target_dir)}
+    raw = bytes(range(32))
+    t = vmbackup.BackupTarget.open(cfg, encryption="aes-256-gcm", raw_key=raw, key_label="kms")
+    assert t.encryption == "aes-256-gcm"
+    vmbackup.backup(t, "enc-1", volumes={"disk0": volume},
+                    vm_metadata={"name": "secret-vm-name", "password": "pw-hunter2"})
+    for root, _, files in os.walk(target_dir):
+        for f in files:
+            data = open(os.path.join(root, f), "rb").read()
+            assert b"pw-hunter2" not in data and b"secret-vm-name" not in data, f
+
+    with pytest.raises(vmbackup.PermissionDeniedError, match="is encrypted"):
+        vmbackup.BackupTarget.open(cfg)
+    with pytest.raises(vmbackup.PermissionDeniedError, match="no key slot"):
+        vmbackup.BackupTarget.open(cfg, passphrase="guess")
+    with pytest.raises(TypeError):
+        vmbackup.BackupTarget.open(cfg, raw_key="not bytes")
+
+    new_id = t.add_key(passphrase="ops pass", label="ops")
+    keys = t.list_keys()
+    assert [k["kind"] for k in keys] == ["raw", "passphrase"]
+    assert keys[0]["current"] and not keys[1]["current"] and keys[1]["id"] == new_id
+    with pytest.raises(vmbackup.FailedPreconditionError, match="opened with it"):
+        t.remove_key(keys[0]["id"])
+    t2 = vmbackup.BackupTarget.open(cfg, passphrase=b"ops pass")
+    t2.remove_key(keys[0]["id"])
+    with pytest.raises(vmbackup.NotFoundError):
+        t2.remove_key(keys[0]["id"])
+    dest = tmp_path / "enc.img"
+    vmbackup.restore(t2, "enc-1", volumes=[("disk0", dest)])
+    assert same_bytes(volume, dest)
+    assert t2.get_backup("enc-1").vm_metadata["password"] == "pw-hunter2"
+
+
+def test_a_key_for_an_unencrypted_repository_is_refused(target, target_dir):
+    assert target.encryption == "none"
+    with pytest.raises(vmbackup.FailedPreconditionError, match="not encrypted"):
+        vmbackup.BackupTarget.open({"type": "file", "endpoint": str(target_dir)}, passphrase="p")
+    with pytest.raises(vmbackup.FailedPreconditionError):
+        target.list_keys()

@@ -223,12 +223,25 @@ typedef struct vmb_target_options {
   /* Version 3. The runtime the target and its jobs run on (borrowed: the target keeps its own
    * reference). Default NULL = the process-wide default runtime. */
   const vmb_runtime* runtime;
+  /* Version 4 (docs/encryption.md). Encryption of a repository this call initializes:
+   * "aes-256-gcm" or "none"; ignored for an existing repository. Default NULL = "aes-256-gcm" when
+   * a passphrase or raw key is given, else "none". */
+  const char* encryption;
+  /* The secret that opens an encrypted repository (and protects the first key slot of a new one):
+   * a NUL-terminated passphrase, or a raw 256-bit key (raw_key_len must be 32). Not both. Giving
+   * one for a repository that is not encrypted fails with VMB_EPRECONDITION. Default NULL. */
+  const char* passphrase;
+  const uint8_t* raw_key;
+  size_t raw_key_len;
+  /* A note stored with the first key slot of a new encrypted repository (at most 200 bytes). */
+  const char* key_label;
 } vmb_target_options;
 
-/* Versions 1 and 2 are still accepted: the same struct without state_dir (1) or runtime (1, 2). */
-#define VMB_TARGET_OPTIONS_VERSION 3
+/* Versions 1 to 3 are still accepted: the same struct without state_dir (1), runtime (1, 2) or the
+ * encryption fields (1 to 3). */
+#define VMB_TARGET_OPTIONS_VERSION 4
 #define VMB_TARGET_OPTIONS_INIT \
-  { VMB_TARGET_OPTIONS_VERSION, 1, 0, 0, NULL, NULL }
+  { VMB_TARGET_OPTIONS_VERSION, 1, 0, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL }
 
 /* Sets *opts to the defaults of `version` (VMB_TARGET_OPTIONS_INIT).
  * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
@@ -246,8 +259,10 @@ VMB_EXTERN int vmb_target_options_init(vmb_target_options* opts, unsigned int ve
  *   VMB_EINVAL         malformed JSON, missing/unknown/mistyped field (the message names it),
  * unknown "type", bad options, or out / config_json NULL; VMB_ENOTFOUND      the directory / bucket
  * / export does not exist, or no repository and !create_if_missing; VMB_EPERM          the target
- * may not be read or written; VMB_EUNAVAILABLE   the server could not be reached; VMB_EPRECONDITION
- * the repository has a newer format than this library reads; VMB_EDATALOSS      the repository
+ * may not be read or written, or the repository is encrypted and no passphrase / key was given or
+ * none opens a key slot; VMB_EUNAVAILABLE   the server could not be reached; VMB_EPRECONDITION
+ * the repository has a newer format than this library reads, or a passphrase / key was given for
+ * a repository that is not encrypted; VMB_EDATALOSS      the repository
  * descriptor is corrupt; VMB_EUNIMPLEMENTED a target type this build does not support. */
 VMB_EXTERN int vmb_target_open(vmb_target** out, const char* config_json,
                                const vmb_target_options* opts, vmb_error** error);
@@ -282,6 +297,34 @@ VMB_EXTERN int vmb_target_delete_backup(vmb_target* target, const char* name, vm
 
 /* Returns the repository's block size in bytes, or 0 if target is NULL. */
 VMB_EXTERN uint32_t vmb_target_block_size(const vmb_target* target);
+
+/* ---- Keys of an encrypted repository (docs/encryption.md) ------------------------------------- */
+
+/* "aes-256-gcm" or "none" (static strings, never freed), or NULL if target is NULL. */
+VMB_EXTERN const char* vmb_target_encryption(const vmb_target* target);
+
+/* Adds a key slot that opens the repository with a NUL-terminated `passphrase`, or with the raw
+ * 256-bit key raw_key[0, raw_key_len) (raw_key_len 32); exactly one of them. `label` (may be NULL)
+ * is stored with it. Slots wrap one master key: adding, removing or rotating (add, then remove the
+ * old) rewrites no data. On success *id_out (may be NULL) is the new slot's id (vmb_free).
+ * Returns 0; VMB_EINVAL for a NULL target, neither or both secrets, a raw key not of 32 bytes or a
+ * label over 200 bytes; VMB_EPRECONDITION if the repository is not encrypted; the store's error. */
+VMB_EXTERN int vmb_target_add_key(char** id_out, vmb_target* target, const char* passphrase,
+                                  const uint8_t* raw_key, size_t raw_key_len, const char* label,
+                                  vmb_error** error);
+
+/* Lists the key slots. On success *out is a caller-owned JSON document (vmb_free)
+ *   {"keys": [{"id", "kind": "passphrase"|"raw", "created_at", "host", "label", "current"}, ...],
+ *    "damaged": ["reason", ...]}
+ * oldest first; "current" is true for the slot this handle was opened with.
+ * Returns 0; VMB_EINVAL for NULL arguments; VMB_EPRECONDITION if the repository is not encrypted;
+ * the store's error. */
+VMB_EXTERN int vmb_target_list_keys(char** out, const vmb_target* target, vmb_error** error);
+
+/* Removes key slot `id`. Returns 0; VMB_EINVAL for NULL arguments or a malformed id;
+ * VMB_ENOTFOUND if there is no such slot; VMB_EPRECONDITION for the slot this handle was opened
+ * with (open the target with another key first) or an unencrypted repository; the store's error. */
+VMB_EXTERN int vmb_target_remove_key(vmb_target* target, const char* id, vmb_error** error);
 
 /* ---- Verify and repair ------------------------------------------------------------------------ */
 

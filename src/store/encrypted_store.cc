@@ -1,0 +1,453 @@
+// EncryptedStore: AES-256-GCM sealing of every object (layout in encrypted_store.h).
+#include "store/encrypted_store.h"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include "core/errors.h"
+#include "core/runtime.h"
+#include "core/util.h"
+
+namespace vmbackup::internal {
+namespace {
+
+constexpr uint64_t kSegStride = kSealedSegment + kGcmTagSize;
+// Objects at least this large are sealed and opened on the worker pool (never on an io thread).
+constexpr size_t kOffloadBytes = 1 << 20;
+// Headers kept for ranged reads (packs): the cache is dropped whole when it grows past this.
+constexpr size_t kMaxCachedHeaders = 8192;
+
+struct Header {
+  KeyId key_id{};
+  std::array<uint8_t, 32> salt{};
+  uint64_t size = 0;
+};
+
+uint64_t SegmentCount(uint64_t plain) {
+  return plain == 0 ? 1 : (plain + kSealedSegment - 1) / kSealedSegment;
+}
+uint64_t SegmentStart(uint64_t i) { return kSealedHeaderSize + i * kSegStride; }
+uint64_t SegmentPlainLen(const Header& h, uint64_t i) {
+  return std::min<uint64_t>(kSealedSegment, h.size - std::min(h.size, i * kSealedSegment));
+}
+
+void PutU64Le(uint64_t v, char* out) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
+}
+uint64_t GetU64Le(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
+  return v;
+}
+
+std::string EncodeHeader(const Header& h) {
+  std::string out(kSealedMagic);
+  out.append(reinterpret_cast<const char*>(h.key_id.data()), h.key_id.size());
+  out.append(reinterpret_cast<const char*>(h.salt.data()), h.salt.size());
+  char size[8];
+  PutU64Le(h.size, size);
+  out.append(size, 8);
+  return out;
+}
+
+std::string Aad(const Header& h, uint64_t i, const std::string& name) {
+  std::string aad(kSealedMagic);
+  aad.append(reinterpret_cast<const char*>(h.key_id.data()), h.key_id.size());
+  char num[8];
+  PutU64Le(h.size, num);
+  aad.append(num, 8);
+  PutU64Le(i, num);
+  aad.append(num, 8);
+  aad.append(name);
+  return aad;
+}
+
+void Nonce(uint64_t i, uint8_t out[kGcmNonceSize]) {
+  std::memset(out, 0, 4);
+  for (int b = 0; b < 8; ++b) out[4 + b] = static_cast<uint8_t>(i >> (8 * (7 - b)));
+}
+
+StatusOr<Key256> ObjectKey(const Key256& data_key, const std::array<uint8_t, 32>& salt) {
+  std::string label = "vmbackup object key\n";
+  label.append(reinterpret_cast<const char*>(salt.data()), salt.size());
+  return DeriveKey(data_key, label);
+}
+
+Status NotSealed(const std::string& name, const std::string& why) {
+  return DataLossError("object " + name + " is not an object sealed by this repository (" + why +
+                       "; corrupt or hostile target)");
+}
+
+Status Unauthentic(const std::string& name) {
+  return DataLossError("object " + name +
+                       " failed authentication: its bytes were changed, truncated or moved on the "
+                       "target (corrupt or hostile target)");
+}
+
+// Parses and checks the header at the start of `bytes` (at least kSealedHeaderSize bytes).
+Status ParseHeader(const ObjectKeys& keys, const std::string& name, std::string_view bytes,
+                   Header* h) {
+  if (bytes.size() < kSealedHeaderSize) return NotSealed(name, "shorter than its header");
+  if (bytes.substr(0, kSealedMagic.size()) != kSealedMagic) return NotSealed(name, "bad magic");
+  std::memcpy(h->key_id.data(), bytes.data() + 8, h->key_id.size());
+  std::memcpy(h->salt.data(), bytes.data() + 16, h->salt.size());
+  h->size = GetU64Le(bytes.data() + 48);
+  if (h->key_id != keys.key_id)
+    return DataLossError(
+        "object " + name + " was sealed with key " + ToHex(h->key_id.data(), h->key_id.size()) +
+        ", not this repository's key " + ToHex(keys.key_id.data(), keys.key_id.size()) +
+        " (copied from another repository, or a hostile target)");
+  if (h->size > (1ull << 50)) return NotSealed(name, "impossible plaintext size");
+  return Status::Ok();
+}
+
+// Opens segments first, first+1, … held back to back in `sealed` and writes the plaintext bytes
+// [from, to) (offsets in the object) to out[0, to - from).
+Status OpenSegments(const Key256& okey, const Header& h, const std::string& name, uint64_t first,
+                    std::string_view sealed, uint64_t from, uint64_t to, char* out) {
+  thread_local std::string scratch;
+  const uint64_t begin = from;  // out[0] holds plaintext byte `begin`
+  uint64_t pos = 0;             // in `sealed`
+  for (uint64_t i = first; from < to; ++i) {
+    const uint64_t plen = SegmentPlainLen(h, i);
+    if (pos + plen + kGcmTagSize > sealed.size()) return Unauthentic(name);
+    const uint64_t seg_from = i * kSealedSegment;
+    uint8_t nonce[kGcmNonceSize];
+    Nonce(i, nonce);
+    const std::string aad = Aad(h, i, name);
+    const char* in = sealed.data() + pos;
+    const uint64_t lo = std::max(from, seg_from), hi = std::min(to, seg_from + plen);
+    if (lo == seg_from && hi == seg_from + plen) {  // the whole segment is wanted
+      if (!GcmOpen(okey, nonce, aad, in, plen, out + (lo - begin))) return Unauthentic(name);
+    } else {
+      scratch.resize(kSealedSegment);
+      if (!GcmOpen(okey, nonce, aad, in, plen, scratch.data())) return Unauthentic(name);
+      if (hi > lo) std::memcpy(out + (lo - begin), scratch.data() + (lo - seg_from), hi - lo);
+    }
+    if (hi <= lo) return Unauthentic(name);  // a segment that holds nothing of the range
+    from = hi;
+    pos += plen + kGcmTagSize;
+  }
+  return Status::Ok();
+}
+
+class EncryptedStore final : public ObjectStore {
+ public:
+  EncryptedStore(std::unique_ptr<ObjectStore> inner, const ObjectKeys& keys,
+                 std::vector<std::string> clear, std::shared_ptr<Runtime> runtime)
+      : ObjectStore(std::move(runtime)),
+        inner_(std::move(inner)),
+        keys_(keys),
+        clear_(std::move(clear)) {}
+  ~EncryptedStore() override {
+    Wipe(keys_.data_key.data(), keys_.data_key.size());
+    for (auto& [k, e] : headers_) Wipe(e.okey.data(), e.okey.size());
+  }
+
+  std::string Describe() const override { return inner_->Describe(); }
+  Status Ping() override { return inner_->Ping(); }
+
+  Status Put(const std::string& key, std::string_view data, const PutOptions& opts) override {
+    if (IsClear(key)) return inner_->Put(key, data, opts);
+    VMB_RETURN_IF_ERROR(ValidateKey(key));
+    Forget(key);
+    VMB_ASSIGN_OR_RETURN(std::string sealed, SealObject(keys_, key, data));
+    return inner_->Put(key, sealed, opts);
+  }
+
+  StatusOr<std::string> Get(const std::string& key, uint64_t offset, uint64_t length) override {
+    if (IsClear(key)) return inner_->Get(key, offset, length);
+    std::string out;
+    VMB_RETURN_IF_ERROR(GetInto(key, offset, length, &out));
+    return out;
+  }
+
+  Status GetInto(const std::string& key, uint64_t offset, uint64_t length,
+                 std::string* out) override {
+    if (IsClear(key)) return inner_->GetInto(key, offset, length, out);
+    if (offset == 0 && length == 0) {
+      VMB_ASSIGN_OR_RETURN(std::string sealed, inner_->Get(key, 0, 0));
+      VMB_ASSIGN_OR_RETURN(*out, OpenObject(keys_, key, sealed));
+      return Status::Ok();
+    }
+    if (offset == 0) {
+      // Usually the whole object at its listed size (pack indexes, records): one read of exactly
+      // its sealed size, no header fetch first.
+      auto sealed = inner_->Get(key, 0, SealedSize(length));
+      if (!sealed.ok() && !ReadAgainRanged(sealed.status())) return sealed.status();
+      if (sealed.ok() && IsWholeObject(key, *sealed, length)) {
+        VMB_ASSIGN_OR_RETURN(*out, OpenObject(keys_, key, *sealed));
+        return Status::Ok();
+      }
+    }
+    for (int attempt = 0;; ++attempt) {
+      bool cached = false;
+      VMB_ASSIGN_OR_RETURN(Entry e, HeaderOf(key, &cached));
+      uint64_t cstart = 0, cend = 0;
+      VMB_RETURN_IF_ERROR(PlanRange(key, e.h, &offset, &length, &cstart, &cend));
+      thread_local std::string sealed;
+      Status st = inner_->GetInto(key, cstart, cend - cstart, &sealed);
+      // The header promises these bytes: an object that ends before them was truncated.
+      if (st.code() == StatusCode::kOutOfRange) st = Unauthentic(key);
+      if (st.ok()) {
+        out->resize(length);
+        st = OpenSegments(e.okey, e.h, key, offset / kSealedSegment, sealed, offset,
+                          offset + length, out->data());
+      }
+      if (st.ok() || !cached || attempt > 0) return st;
+      Forget(key);  // the object may have been replaced since its header was cached
+    }
+  }
+
+  StatusOr<ObjectInfo> Head(const std::string& key) override {
+    VMB_ASSIGN_OR_RETURN(ObjectInfo info, inner_->Head(key));
+    if (IsClear(key)) return info;
+    uint64_t plain = 0;
+    if (!PlainSizeOf(info.size, &plain))
+      return NotSealed(key, "its size " + std::to_string(info.size) + " fits no sealed object");
+    info.size = plain;
+    return info;
+  }
+
+  // Sizes are plaintext sizes; an object whose size fits no sealed object is listed with size 0
+  // (verify reports it; reading it fails with kDataLoss).
+  StatusOr<ListPage> List(const std::string& prefix, const std::string& token,
+                          int max_keys) override {
+    VMB_ASSIGN_OR_RETURN(ListPage page, inner_->List(prefix, token, max_keys));
+    for (auto& o : page.objects) {
+      if (IsClear(o.key)) continue;
+      uint64_t plain = 0;
+      o.size = PlainSizeOf(o.size, &plain) ? plain : 0;
+    }
+    return page;
+  }
+
+  Status Delete(const std::vector<std::string>& keys) override {
+    for (const auto& k : keys) Forget(k);
+    return inner_->Delete(keys);
+  }
+
+  void PutAsync(std::string key, std::shared_ptr<const std::string> data, PutOptions opts,
+                std::function<void(Status)> done) override {
+    if (IsClear(key))
+      return inner_->PutAsync(std::move(key), std::move(data), opts, std::move(done));
+    const size_t bytes = data->size();
+    auto seal_and_put = [this, key = std::move(key), data = std::move(data), opts,
+                         done = std::move(done)]() mutable {
+      Status st = ValidateKey(key);
+      StatusOr<std::string> sealed = st.ok() ? SealObject(keys_, key, *data) : st;
+      if (!sealed.ok()) return done(sealed.status());
+      data.reset();  // the caller may recycle its buffer once we hold the sealed copy
+      Forget(key);
+      inner_->PutAsync(std::move(key), std::make_shared<const std::string>(std::move(*sealed)),
+                       opts, std::move(done));
+    };
+    Offload(bytes, std::move(seal_and_put));
+  }
+
+  void GetAsync(std::string key, uint64_t offset, uint64_t length,
+                std::function<void(StatusOr<std::string>)> done) override {
+    if (IsClear(key)) return inner_->GetAsync(std::move(key), offset, length, std::move(done));
+    if (offset == 0 && length == 0) {
+      inner_->GetAsync(key, 0, 0,
+                       [this, key, done = std::move(done)](StatusOr<std::string> r) mutable {
+                         if (!r.ok()) return done(r.status());
+                         const size_t bytes = r->size();
+                         auto open = [this, key = std::move(key), sealed = std::move(*r),
+                                      done = std::move(done)]() mutable {
+                           done(OpenObject(keys_, key, sealed));
+                         };
+                         Offload(bytes, std::move(open));
+                       });
+      return;
+    }
+    if (offset == 0) {  // usually a whole object at its listed size (see GetInto)
+      inner_->GetAsync(
+          key, 0, SealedSize(length),
+          [this, key, length, done = std::move(done)](StatusOr<std::string> r) mutable {
+            if (!r.ok() && !ReadAgainRanged(r.status())) return done(r.status());
+            if (!r.ok() || !IsWholeObject(key, *r, length)) {
+              return ObjectStore::GetAsync(std::move(key), 0, length, std::move(done));
+            }
+            const size_t bytes = r->size();
+            auto open = [this, key = std::move(key), sealed = std::move(*r),
+                         done = std::move(done)]() mutable {
+              done(OpenObject(keys_, key, sealed));
+            };
+            Offload(bytes, std::move(open));
+          });
+      return;
+    }
+    // Other ranged reads are rare outside restores, which use the blocking forms: run the
+    // blocking form on the blocking pool (the default async form does exactly that).
+    ObjectStore::GetAsync(std::move(key), offset, length, std::move(done));
+  }
+
+ private:
+  struct Entry {
+    Header h;
+    Key256 okey{};
+  };
+
+  bool IsClear(const std::string& key) const {
+    for (const auto& c : clear_) {
+      if (c.back() == '/' ? key.compare(0, c.size(), c) == 0 : key == c) return true;
+    }
+    return false;
+  }
+
+  // Whether `sealed`, the first SealedSize(length) bytes of `key`, is the whole object: its header
+  // says `length` plaintext bytes (anything else is read again through the ranged path, which
+  // checks it).
+  bool IsWholeObject(const std::string& key, std::string_view sealed, uint64_t length) const {
+    Header h;
+    return sealed.size() == SealedSize(length) && ParseHeader(keys_, key, sealed, &h).ok() &&
+           h.size == length;
+  }
+
+  // A short or out-of-range read of the presumed whole object: the ranged path (header first) then
+  // says precisely what is wrong.
+  static bool ReadAgainRanged(const Status& st) {
+    return st.code() == StatusCode::kDataLoss || st.code() == StatusCode::kOutOfRange;
+  }
+
+  void Offload(size_t bytes, std::function<void()> fn) {
+    if (bytes >= kOffloadBytes)
+      ImplOf(runtime_)->PostWork(std::move(fn));
+    else
+      fn();
+  }
+
+  void Forget(const std::string& key) {
+    std::lock_guard<std::mutex> l(mu_);
+    headers_.erase(key);
+  }
+
+  // The header of `key` (cached, else read and cached); *cached says which.
+  StatusOr<Entry> HeaderOf(const std::string& key, bool* cached) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = headers_.find(key);
+      if (it != headers_.end()) {
+        *cached = true;
+        return it->second;
+      }
+    }
+    *cached = false;
+    auto bytes = inner_->Get(key, 0, kSealedHeaderSize);
+    if (!bytes.ok()) {
+      if (bytes.status().code() == StatusCode::kDataLoss ||
+          bytes.status().code() == StatusCode::kOutOfRange)
+        return NotSealed(key, "shorter than its header");
+      return bytes.status();
+    }
+    Entry e;
+    VMB_RETURN_IF_ERROR(ParseHeader(keys_, key, *bytes, &e.h));
+    VMB_ASSIGN_OR_RETURN(e.okey, ObjectKey(keys_.data_key, e.h.salt));
+    std::lock_guard<std::mutex> l(mu_);
+    if (headers_.size() >= kMaxCachedHeaders) {
+      for (auto& [k, old] : headers_) Wipe(old.okey.data(), old.okey.size());
+      headers_.clear();
+    }
+    headers_[key] = e;
+    return e;
+  }
+
+  // Checks [*offset, *offset + *length) against the object's size (length 0 = to the end) and
+  // returns the sealed range [*cstart, *cend) of the segments that hold it.
+  static Status PlanRange(const std::string& key, const Header& h, uint64_t* offset,
+                          uint64_t* length, uint64_t* cstart, uint64_t* cend) {
+    if (*offset > h.size || (*offset == h.size && *length > 0))
+      return OutOfRangeError("range at " + std::to_string(*offset) + " is past the end of object " +
+                             key + " (" + std::to_string(h.size) + " bytes)");
+    if (*length == 0) *length = h.size - *offset;
+    if (*length > h.size - *offset)
+      return DataLossError("object " + key + " is shorter than expected (wanted " +
+                           std::to_string(*length) + " bytes at " + std::to_string(*offset) +
+                           ", it holds " + std::to_string(h.size) + ")");
+    const uint64_t first = *offset / kSealedSegment;
+    const uint64_t last = *length == 0 ? first : (*offset + *length - 1) / kSealedSegment;
+    *cstart = SegmentStart(first);
+    *cend = SegmentStart(last) + SegmentPlainLen(h, last) + kGcmTagSize;
+    return Status::Ok();
+  }
+
+  std::unique_ptr<ObjectStore> inner_;
+  ObjectKeys keys_;
+  const std::vector<std::string> clear_;
+  std::mutex mu_;
+  std::unordered_map<std::string, Entry> headers_;
+};
+
+}  // namespace
+
+uint64_t SealedSize(uint64_t plain) {
+  return kSealedHeaderSize + plain + kGcmTagSize * SegmentCount(plain);
+}
+
+bool PlainSizeOf(uint64_t sealed, uint64_t* plain) {
+  if (sealed < kSealedHeaderSize + kGcmTagSize) return false;
+  const uint64_t n = sealed - kSealedHeaderSize;
+  const uint64_t k = (n + kSegStride - 1) / kSegStride;
+  const uint64_t p = n - kGcmTagSize * k;
+  if (SealedSize(p) != sealed) return false;
+  *plain = p;
+  return true;
+}
+
+StatusOr<std::string> SealObject(const ObjectKeys& keys, const std::string& name,
+                                 std::string_view plain) {
+  Header h;
+  h.key_id = keys.key_id;
+  h.size = plain.size();
+  VMB_RETURN_IF_ERROR(RandomBytes(h.salt.data(), h.salt.size()));
+  VMB_ASSIGN_OR_RETURN(Key256 okey, ObjectKey(keys.data_key, h.salt));
+  std::string out = EncodeHeader(h);
+  out.resize(SealedSize(plain.size()));
+  const uint64_t k = SegmentCount(plain.size());
+  Status st;
+  for (uint64_t i = 0; i < k && st.ok(); ++i) {
+    const uint64_t plen = SegmentPlainLen(h, i);
+    uint8_t nonce[kGcmNonceSize];
+    Nonce(i, nonce);
+    st = GcmSeal(okey, nonce, Aad(h, i, name), plain.data() + i * kSealedSegment, plen,
+                 out.data() + SegmentStart(i));
+  }
+  Wipe(okey.data(), okey.size());
+  if (!st.ok()) return st;
+  return out;
+}
+
+StatusOr<std::string> OpenObject(const ObjectKeys& keys, const std::string& name,
+                                 std::string_view sealed) {
+  Header h;
+  VMB_RETURN_IF_ERROR(ParseHeader(keys, name, sealed, &h));
+  if (SealedSize(h.size) != sealed.size()) return Unauthentic(name);
+  VMB_ASSIGN_OR_RETURN(Key256 okey, ObjectKey(keys.data_key, h.salt));
+  std::string out(h.size, '\0');
+  Status st;
+  if (h.size == 0) {  // one empty segment: only its tag, which must still verify
+    uint8_t nonce[kGcmNonceSize];
+    Nonce(0, nonce);
+    char none = 0;
+    if (!GcmOpen(okey, nonce, Aad(h, 0, name), sealed.data() + kSealedHeaderSize, 0, &none))
+      st = Unauthentic(name);
+  } else {
+    st = OpenSegments(okey, h, name, 0, sealed.substr(kSealedHeaderSize), 0, h.size, out.data());
+  }
+  Wipe(okey.data(), okey.size());
+  if (!st.ok()) return st;
+  return out;
+}
+
+std::unique_ptr<ObjectStore> MakeEncryptedStore(std::unique_ptr<ObjectStore> inner,
+                                                const ObjectKeys& keys,
+                                                std::vector<std::string> clear,
+                                                std::shared_ptr<Runtime> runtime) {
+  return std::make_unique<EncryptedStore>(std::move(inner), keys, std::move(clear),
+                                          std::move(runtime));
+}
+
+}  // namespace vmbackup::internal
