@@ -185,7 +185,11 @@ vmbackup::StatusOr<std::shared_ptr<vmbackup::BackupTarget>> OpenTarget(
     if (!pass.ok()) return pass.status();
     options.passphrase = std::move(*pass);
   } else if (const char* env = std::getenv("VMBACKUP_PASSPHRASE");
-             env != nullptr && *env != '\0' && options.raw_key.empty()) {
+             env != nullptr && options.raw_key.empty()) {
+    // Set but empty is an error, never "no passphrase" (that would open an unencrypted
+    // repository and write plaintext to it).
+    if (*env == '\0')
+      return vmbackup::InvalidArgumentError("$VMBACKUP_PASSPHRASE is set but empty");
     options.passphrase = env;
   }
   if (ctx.options.threads > 0 || ctx.options.in_flight_mib > 0) {

@@ -197,6 +197,15 @@ int CmdGc(Context& ctx, const ParsedArgs& args) {
 
 // ---- keys ---------------------------------------------------------------------------------------
 
+namespace {
+// Host names and labels come from the target: control characters never reach the terminal.
+std::string Printable(std::string s) {
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return s;
+}
+}  // namespace
+
 int CmdKeyList(Context& ctx, const ParsedArgs& args) {
   if (!args.positionals().empty())
     return ctx.UsageError("key list: unexpected argument '" + args.positionals()[0] + "'",
@@ -223,7 +232,8 @@ int CmdKeyList(Context& ctx, const ParsedArgs& args) {
   std::printf("%-2s %-16s %-10s %-24s %-20s %s\n", "", "ID", "KIND", "CREATED", "HOST", "LABEL");
   for (const auto& k : *keys)
     std::printf("%-2s %-16s %-10s %-24s %-20s %s\n", k.current ? "*" : "", k.id.c_str(),
-                k.kind.c_str(), k.created_at.c_str(), k.host.c_str(), k.label.c_str());
+                k.kind.c_str(), Printable(k.created_at).c_str(), Printable(k.host).c_str(),
+                Printable(k.label).c_str());
   return kExitOk;
 }
 

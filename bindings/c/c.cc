@@ -294,7 +294,13 @@ StatusOr<TargetOptions> ToTargetOptions(const vmb_target_options* opts) {
   if (opts->version >= 3 && opts->runtime != nullptr) o.runtime = opts->runtime->runtime;
   if (opts->version >= 4) {
     if (opts->encryption != nullptr) o.encryption = opts->encryption;
+    // An empty secret given explicitly is an error, never "no secret" (which would open an
+    // unencrypted repository and write plaintext to it).
+    if (opts->passphrase != nullptr && *opts->passphrase == '\0')
+      return InvalidArgumentError("vmb_target_options.passphrase: empty");
     if (opts->passphrase != nullptr) o.passphrase = opts->passphrase;
+    if (opts->raw_key != nullptr && opts->raw_key_len == 0)
+      return InvalidArgumentError("vmb_target_options.raw_key: raw_key_len is 0");
     if (opts->raw_key != nullptr)
       o.raw_key.assign(reinterpret_cast<const char*>(opts->raw_key), opts->raw_key_len);
     else if (opts->raw_key_len != 0)

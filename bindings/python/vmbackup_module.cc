@@ -132,11 +132,17 @@ T Check(StatusOr<T> value) {
 
 // str or os.PathLike -> std::string.
 // A secret given as str (UTF-8) or bytes; empty for None.
+// An explicitly empty secret is an error, never "no secret" (which would open an unencrypted
+// repository and write plaintext to it).
 std::string SecretBytes(const py::object& v, const char* what) {
   if (v.is_none()) return "";
-  if (py::isinstance<py::bytes>(v)) return v.cast<std::string>();
-  if (py::isinstance<py::str>(v)) return v.cast<std::string>();
-  throw py::type_error(std::string(what) + " must be str or bytes");
+  std::string s;
+  if (py::isinstance<py::bytes>(v) || py::isinstance<py::str>(v))
+    s = v.cast<std::string>();
+  else
+    throw py::type_error(std::string(what) + " must be str or bytes");
+  if (s.empty()) throw py::value_error(std::string(what) + " must not be empty");
+  return s;
 }
 
 std::string FsPath(py::handle path) {

@@ -92,7 +92,8 @@ bool GcmOpen(const Key256& key, const uint8_t nonce[kGcmNonceSize], std::string_
 StatusOr<Key256> Scrypt(std::string_view passphrase, std::string_view salt, uint64_t n, uint32_t r,
                         uint32_t p) {
   if (n < 2 || (n & (n - 1)) != 0 || n > kMaxScryptN || r == 0 || r > kMaxScryptR || p == 0 ||
-      p > kMaxScryptP || 128ull * r * n > kMaxScryptMemory)
+      p > kMaxScryptP || 128ull * r * n > kMaxScryptMemory ||
+      (r < 4 && n >= (1ull << (16 * r))))  // scrypt needs n < 2^(16 r)
     return InvalidArgumentError("scrypt parameters n=" + std::to_string(n) +
                                 " r=" + std::to_string(r) + " p=" + std::to_string(p) +
                                 " are out of bounds (n a power of two up to 2^18, r up to 32, p "

@@ -81,10 +81,22 @@ StatusOr<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectSto
                               .WithContext("initializing repository at " + store->Describe()));
       Status st = store->Put(kDescriptorKey, EncodeDescriptor(d), PutOptions{.if_absent = true});
       if (st.ok()) return Unlock(std::move(store), std::move(d), enc, std::move(keys), slot.id);
-      (void)store->Delete({slot_key});  // another process initialized it first, or a failure
-      if (st.code() != StatusCode::kAlreadyExists)
-        return st.WithContext("initializing repository at " + store->Describe());
-      continue;
+      // The put may have landed although it reported an error (a lost answer, or a retried
+      // create-if-absent that met our own first attempt): our slot may then be the only one the
+      // descriptor's key has. Remove it only once the descriptor is known to be someone else's.
+      auto now = store->GetAtMost(kDescriptorKey, kMaxDescriptorBytes);
+      if (now.ok()) {
+        auto theirs = DecodeDescriptor(*now);
+        if (theirs.ok() && theirs->key_id == d.key_id && theirs->id == d.id)
+          return Unlock(std::move(store), std::move(*theirs), enc, std::move(keys), slot.id);
+        (void)store->Delete({slot_key});  // another process initialized it first
+        continue;                         // read theirs
+      }
+      if (now.status().code() == StatusCode::kNotFound) (void)store->Delete({slot_key});
+      // Otherwise the slot stays: unknowable whether the descriptor landed, and a slot of a key
+      // no descriptor names is ignored (FORMAT.md "Encryption").
+      return (st.code() == StatusCode::kAlreadyExists ? now.status() : st)
+          .WithContext("initializing repository at " + store->Describe());
     }
     Status st = store->Put(kDescriptorKey, EncodeDescriptor(d), PutOptions{.if_absent = true});
     if (st.ok()) return Unlock(std::move(store), std::move(d), enc, std::nullopt, "");
@@ -104,10 +116,11 @@ StatusOr<std::unique_ptr<Repository>> Repository::Unlock(std::unique_ptr<ObjectS
   if (d.encryption.empty()) {
     // A key for an unencrypted repository is refused: a target that replaced an encrypted
     // repository's descriptor must not receive plaintext from a host that meant to encrypt.
-    if (!enc.secret.empty())
+    if (!enc.secret.empty() || enc.mode == "aes-256-gcm")
       return FailedPreconditionError(
           "the repository at " + where +
-          " is not encrypted, but a passphrase or key was given: refusing to write unencrypted "
+          " is not encrypted, but a passphrase, a key or encryption aes-256-gcm was given: "
+          "refusing to write unencrypted "
           "data where encrypted data was expected (open it without a key if it was made "
           "unencrypted on purpose)");
     return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(d)));
@@ -124,8 +137,10 @@ StatusOr<std::unique_ptr<Repository>> Repository::Unlock(std::unique_ptr<ObjectS
     for (const auto& o : listed) {
       const std::string id = SlotIdFromKey(o.key);
       if (id.empty()) continue;
-      if (++looked > kMaxKeySlots) {
-        problems += "; more than " + std::to_string(kMaxKeySlots) + " key slots, the rest skipped";
+      // Bounded: at most 4 * kMaxKeySlots slot objects read and kMaxKeySlots unwraps tried (each
+      // may cost a scrypt), whatever a hostile target lists.
+      if (++looked > 4 * kMaxKeySlots || tried >= static_cast<int>(kMaxKeySlots)) {
+        problems += "; more key slots than an unlock looks at, the rest skipped";
         break;
       }
       auto bytes = store->GetAtMost(o.key, kMaxKeySlotBytes);
@@ -226,7 +241,13 @@ Status Repository::RemoveKeySlot(const std::string& id) {
         ": this target was opened with it (open the target with another key to remove it)");
   const std::string key = KeySlotKey(id);
   if (SlotIdFromKey(key) != id) return InvalidArgumentError("'" + id + "' is not a key slot id");
-  VMB_RETURN_IF_ERROR(store_->Head(key).status());
+  // The slot this repository was opened with stays, so a slot of this key always remains (two
+  // hosts opened with different slots could still remove each other's: docs/encryption.md).
+  VMB_ASSIGN_OR_RETURN(std::string bytes, store_->GetAtMost(key, kMaxKeySlotBytes));
+  auto slot = DecodeKeySlot(bytes, id);
+  if (slot.ok() && slot->key_id != desc_.key_id)
+    return FailedPreconditionError("key slot " + id + " wraps another key (" + slot->key_id +
+                                   "), not this repository's " + desc_.key_id);
   return store_->Delete({key});
 }
 

@@ -167,6 +167,7 @@ class EncryptedStore final : public ObjectStore {
   Status GetInto(const std::string& key, uint64_t offset, uint64_t length,
                  std::string* out) override {
     if (IsClear(key)) return inner_->GetInto(key, offset, length, out);
+    out->clear();  // on error it stays empty: never unauthenticated plaintext
     if (offset == 0 && length == 0) {
       VMB_ASSIGN_OR_RETURN(std::string sealed, inner_->Get(key, 0, 0));
       VMB_ASSIGN_OR_RETURN(*out, OpenObject(keys_, key, sealed));
@@ -185,18 +186,23 @@ class EncryptedStore final : public ObjectStore {
     for (int attempt = 0;; ++attempt) {
       bool cached = false;
       VMB_ASSIGN_OR_RETURN(Entry e, HeaderOf(key, &cached));
-      uint64_t cstart = 0, cend = 0;
-      VMB_RETURN_IF_ERROR(PlanRange(key, e.h, &offset, &length, &cstart, &cend));
-      thread_local std::string sealed;
-      Status st = inner_->GetInto(key, cstart, cend - cstart, &sealed);
-      // The header promises these bytes: an object that ends before them was truncated.
-      if (st.code() == StatusCode::kOutOfRange) st = Unauthentic(key);
+      uint64_t off = offset, len = length, cstart = 0, cend = 0;  // the caller's, each attempt
+      Status st = PlanRange(key, e.h, &off, &len, &cstart, &cend);
       if (st.ok()) {
-        out->resize(length);
-        st = OpenSegments(e.okey, e.h, key, offset / kSealedSegment, sealed, offset,
-                          offset + length, out->data());
+        thread_local std::string sealed;
+        st = inner_->GetInto(key, cstart, cend - cstart, &sealed);
+        // The header promises these bytes: an object that ends before them was truncated.
+        if (st.code() == StatusCode::kOutOfRange) st = Unauthentic(key);
+        if (st.ok()) {
+          out->resize(len);
+          st = OpenSegments(e.okey, e.h, key, off / kSealedSegment, sealed, off, off + len,
+                            out->data());
+        }
+        if (sealed.capacity() > (16u << 20)) std::string().swap(sealed);  // keep no huge buffer
       }
-      if (st.ok() || !cached || attempt > 0) return st;
+      if (st.ok()) return st;
+      out->clear();  // never leave unauthenticated plaintext behind
+      if (!cached || attempt > 0) return st;
       Forget(key);  // the object may have been replaced since its header was cached
     }
   }
@@ -359,10 +365,15 @@ class EncryptedStore final : public ObjectStore {
   // returns the sealed range [*cstart, *cend) of the segments that hold it.
   static Status PlanRange(const std::string& key, const Header& h, uint64_t* offset,
                           uint64_t* length, uint64_t* cstart, uint64_t* cend) {
-    if (*offset > h.size || (*offset == h.size && *length > 0))
+    // An empty range at the end is out of range too: returning "" would trust the header's size
+    // without opening a segment.
+    if (*offset >= h.size)
       return OutOfRangeError("range at " + std::to_string(*offset) + " is past the end of object " +
                              key + " (" + std::to_string(h.size) + " bytes)");
-    if (*length == 0) *length = h.size - *offset;
+    if (*length == 0) {
+      *length = h.size - *offset;
+      if (*length > kMaxWholeObjectRead) return TooLargeForWholeRead(key, *length);
+    }
     if (*length > h.size - *offset)
       return DataLossError("object " + key + " is shorter than expected (wanted " +
                            std::to_string(*length) + " bytes at " + std::to_string(*offset) +
@@ -388,7 +399,8 @@ uint64_t SealedSize(uint64_t plain) {
 }
 
 bool PlainSizeOf(uint64_t sealed, uint64_t* plain) {
-  if (sealed < kSealedHeaderSize + kGcmTagSize) return false;
+  // Above the largest plaintext a header may claim (2^50), the arithmetic below could wrap.
+  if (sealed < kSealedHeaderSize + kGcmTagSize || sealed > SealedSize(1ull << 50)) return false;
   const uint64_t n = sealed - kSealedHeaderSize;
   const uint64_t k = (n + kSegStride - 1) / kSegStride;
   const uint64_t p = n - kGcmTagSize * k;

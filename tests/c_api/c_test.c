@@ -382,6 +382,10 @@ static void test_encrypted_target_and_key_slots(void) {
   vmb_error_free(err);
   err = NULL;
   vmb_target_options by_pass = VMB_TARGET_OPTIONS_INIT;
+  by_pass.passphrase = ""; /* an empty secret is an error, never "no secret" */
+  CHECK_RC(vmb_target_open(&t2, config, &by_pass, &err), VMB_EINVAL, err);
+  vmb_error_free(err);
+  err = NULL;
   by_pass.passphrase = "c passphrase";
   CHECK_RC(vmb_target_open(&t2, config, &by_pass, &err), VMB_OK, err);
   CHECK_RC(vmb_target_remove_key(t2, raw_id, &err), VMB_OK, err);

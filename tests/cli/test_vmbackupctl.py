@@ -322,6 +322,8 @@ def test_encrypted_backup_restore_and_key_rotation(setup, tmp_path):
             assert b"vm-topsecret" not in f.read_bytes(), f
     p = run("list", "--target", str(target))
     assert p.returncode == 6 and "is encrypted" in p.stderr, (p.stdout, p.stderr)
+    p = run("list", "--target", str(target), env={"VMBACKUP_PASSPHRASE": ""})
+    assert p.returncode == 3 and "set but empty" in p.stderr, (p.stdout, p.stderr)
     p = run("list", "--target", str(target), env={"VMBACKUP_PASSPHRASE": "wrong"})
     assert p.returncode == 6 and "no key slot" in p.stderr, (p.stdout, p.stderr)
     listed = json.loads(run("--json", "list", "--target", str(target),

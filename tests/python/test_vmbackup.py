@@ -665,6 +665,8 @@ def test_encrypted_repository_round_trip_keys_and_refusals(target_dir, volume, t
         vmbackup.BackupTarget.open(cfg, passphrase="guess")
     with pytest.raises(TypeError):
         vmbackup.BackupTarget.open(cfg, raw_key="not bytes")
+    with pytest.raises(ValueError):  # an empty secret is never "no secret"
+        vmbackup.BackupTarget.open(cfg, passphrase="")
 
     new_id = t.add_key(passphrase="ops pass", label="ops")
     keys = t.list_keys()

@@ -79,6 +79,11 @@ TEST(SealedSizeTest, EverySealedSizeMapsBackAndNoOtherSizeDoes) {
     uint64_t p = 0;
     EXPECT_EQ(PlainSizeOf(c, &p), image[c]) << c;
   }
+  // Sizes near 2^64 (a hostile listing) must not wrap into a "valid" size.
+  uint64_t p = 0;
+  for (uint64_t c :
+       std::vector<uint64_t>{~0ull, ~0ull - 56, SealedSize(1ull << 50) + 1, 1ull << 63})
+    EXPECT_FALSE(PlainSizeOf(c, &p)) << c;
 }
 
 TEST_F(EncryptedStoreTest, RangedReadsReturnExactlyTheRangeAcrossSegments) {
@@ -105,6 +110,8 @@ TEST_F(EncryptedStoreTest, RangedReadsReturnExactlyTheRangeAcrossSegments) {
     EXPECT_TRUE(*async == *got);
   }
   EXPECT_THAT(store_->Get("packs/p", data.size() + 1, 1), StatusIs(StatusCode::kOutOfRange, ""));
+  // An empty range at the end would trust the header's size without opening a segment.
+  EXPECT_THAT(store_->Get("packs/p", data.size(), 0), StatusIs(StatusCode::kOutOfRange, ""));
   EXPECT_THAT(store_->Get("packs/p", data.size() - 1, 2),
               StatusIs(StatusCode::kDataLoss, "shorter than expected"));
 }
@@ -154,6 +161,9 @@ TEST_F(EncryptedStoreTest, EveryChangedByteIsDataLossForWholeAndRangedReads) {
     // A ranged read of the segment that holds byte i (the header spoils every segment).
     const uint64_t seg =
         i < kSealedHeaderSize ? 0 : (i - kSealedHeaderSize) / (kSealedSegment + 16);
+    std::string into = "x";
+    EXPECT_FALSE(store_->GetInto("packs/p", seg * kSealedSegment, 10, &into).ok());
+    EXPECT_EQ(into, "");  // no unauthenticated plaintext is left in the caller's buffer
     auto part = store_->Get("packs/p", seg * kSealedSegment, 10);
     ASSERT_FALSE(part.ok());
     EXPECT_EQ(part.status().code(), StatusCode::kDataLoss) << part.status().ToString();

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 
 #include "repo/keys.h"
+#include "repo/repository.h"
+#include "store/mem_store.h"
 #include "support/test_util.h"
 #include "vmbackup/vmbackup.h"
 
@@ -146,6 +148,9 @@ TEST_F(EncryptionTest, InitializationChoicesAreCheckedAndAKeyForAPlainRepository
   // A host that means to encrypt never writes plaintext, even when the target's descriptor says
   // "unencrypted" (it may have been replaced).
   EXPECT_THAT(Open(Passphrase("p")), StatusIs(StatusCode::kFailedPrecondition, "not encrypted"));
+  TargetOptions asks_aes;
+  asks_aes.encryption = "aes-256-gcm";  // an explicit expectation, without a secret
+  EXPECT_THAT(Open(asks_aes), StatusIs(StatusCode::kFailedPrecondition, "not encrypted"));
   EXPECT_THAT((*t)->AddKey({"p", "", ""}),
               StatusIs(StatusCode::kFailedPrecondition, "not encrypted"));
   EXPECT_THAT((*t)->ListKeys(), StatusIs(StatusCode::kFailedPrecondition, "not encrypted"));
@@ -236,3 +241,49 @@ TEST_F(EncryptionTest, VerifyGcAndForgetWorkOnAnEncryptedRepository) {
 
 }  // namespace
 }  // namespace vmbackup
+
+namespace vmbackup::internal {
+namespace {
+
+// A store whose create of repository.json lands but whose answer is lost (an error comes back).
+class LostDescriptorAnswerStore final : public ObjectStore {
+ public:
+  explicit LostDescriptorAnswerStore(MemStore* inner)
+      : ObjectStore(Runtime::Default()), inner_(inner) {}
+  std::string Describe() const override { return "lost-answer://"; }
+  Status Put(const std::string& key, std::string_view data, const PutOptions& opts) override {
+    Status st = inner_->Put(key, data, opts);
+    if (st.ok() && key == kDescriptorKey) return UnavailableError("answer lost after the write");
+    return st;
+  }
+  StatusOr<std::string> Get(const std::string& key, uint64_t o, uint64_t l) override {
+    return inner_->Get(key, o, l);
+  }
+  StatusOr<ObjectInfo> Head(const std::string& key) override { return inner_->Head(key); }
+  StatusOr<ListPage> List(const std::string& p, const std::string& t, int m) override {
+    return inner_->List(p, t, m);
+  }
+  Status Delete(const std::vector<std::string>& keys) override { return inner_->Delete(keys); }
+
+ private:
+  MemStore* inner_;
+};
+
+TEST(EncryptionInitTest, ADescriptorWhoseCreateAnswerWasLostKeepsItsKeySlot) {
+  MemStore mem(Runtime::Default());
+  EncryptionSetup enc;
+  enc.mode = "aes-256-gcm";
+  enc.secret.raw_key = std::string(32, 'k');
+  auto repo = Repository::Open(std::make_unique<LostDescriptorAnswerStore>(&mem), true, 256 << 10,
+                               32 << 20, enc);
+  ASSERT_OK(repo);  // the descriptor read back is ours: the repository is usable
+  EXPECT_TRUE((*repo)->encrypted());
+  // And it opens later: the slot the descriptor's key needs was not deleted.
+  auto again =
+      Repository::Open(std::make_unique<LostDescriptorAnswerStore>(&mem), false, 0, 0, enc);
+  ASSERT_OK(again);
+  EXPECT_EQ((*again)->descriptor().key_id, (*repo)->descriptor().key_id);
+}
+
+}  // namespace
+}  // namespace vmbackup::internal
