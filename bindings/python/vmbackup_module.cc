@@ -61,11 +61,23 @@ bool Finalizing() {
 
 bool PythonUnusable() { return g_shutting_down.load() || Finalizing() || !Py_IsInitialized(); }
 
+// The thread that imported the module (the main thread, in practice): it runs the atexit hooks and
+// the finalization itself, so it must never park below.
+std::thread::id g_import_thread;
+
 // Takes the GIL back after WithoutGil. Once the interpreter is finalizing, CPython ends any thread
-// that asks for the GIL with pthread_exit (a forced unwind); only daemon threads can get here then,
-// and the process is about to exit, so the thread parks instead of taking part in the shutdown.
+// that asks for the GIL with pthread_exit (a forced unwind), and once finalization is over the
+// thread's state is freed (taking the GIL with it crashed: SIGSEGV, seen twice in loaded CI runs).
+// Only daemon threads can get here after the atexit hook (the other threads were joined before
+// it), and the process is about to exit, so such a thread parks from the moment the hook began
+// instead of taking part in the shutdown.
 void Reacquire(PyThreadState* state) {
-  while (Finalizing()) std::this_thread::sleep_for(std::chrono::hours(1));
+  for (;;) {
+    const bool exiting = Finalizing() || !Py_IsInitialized() ||
+                         (g_shutting_down.load() && std::this_thread::get_id() != g_import_thread);
+    if (!exiting) break;
+    std::this_thread::sleep_for(std::chrono::hours(1));
+  }
   PyEval_RestoreThread(state);
 }
 
@@ -1143,6 +1155,7 @@ void Bind(py::module_& m) {
 }  // namespace vmbackup
 
 PYBIND11_MODULE(_vmbackup, m) {
+  vmbackup::python::g_import_thread = std::this_thread::get_id();
   m.doc() = "Native part of the vmbackup package; import `vmbackup` instead.";
   vmbackup::python::Bind(m);
 }
