@@ -27,7 +27,7 @@ vol=$work/disk0.img
 q=$((size_mib / 4))
 {
   head -c $((2 * q))M /dev/urandom
-  yes "vmbackup encryption benchmark line $RANDOM with some repeated text" | head -c ${q}M
+  (set +o pipefail; yes "vmbackup encryption benchmark line $RANDOM with some repeated text" | head -c ${q}M)
   head -c ${q}M /dev/zero
 } > "$vol"
 printf 'passphrase for the benchmark\n' > "$work/pw"

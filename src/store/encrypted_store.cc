@@ -14,7 +14,7 @@ namespace vmbackup::internal {
 namespace {
 
 constexpr uint64_t kSegStride = kSealedSegment + kGcmTagSize;
-// Objects at least this large are sealed and opened on the worker pool (never on an io thread).
+// Objects at least this large that an async read returns are opened on the blocking pool.
 constexpr size_t kOffloadBytes = 1 << 20;
 // Headers kept for ranged reads (packs): the cache is dropped whole when it grows past this.
 constexpr size_t kMaxCachedHeaders = 8192;
@@ -239,7 +239,6 @@ class EncryptedStore final : public ObjectStore {
                 std::function<void(Status)> done) override {
     if (IsClear(key))
       return inner_->PutAsync(std::move(key), std::move(data), opts, std::move(done));
-    const size_t bytes = data->size();
     auto seal_and_put = [this, key = std::move(key), data = std::move(data), opts,
                          done = std::move(done)]() mutable {
       Status st = ValidateKey(key);
@@ -250,7 +249,10 @@ class EncryptedStore final : public ObjectStore {
       inner_->PutAsync(std::move(key), std::make_shared<const std::string>(std::move(*sealed)),
                        opts, std::move(done));
     };
-    Offload(bytes, std::move(seal_and_put));
+    // Sealed on the calling thread: for packs that is the worker that built the pack, which holds
+    // upload budget. Posting the seal to the worker pool deadlocked: every worker blocked in
+    // PackUploader::Submit waiting for budget that only a queued seal would release.
+    seal_and_put();
   }
 
   void GetAsync(std::string key, uint64_t offset, uint64_t length,
@@ -319,9 +321,11 @@ class EncryptedStore final : public ObjectStore {
     return st.code() == StatusCode::kDataLoss || st.code() == StatusCode::kOutOfRange;
   }
 
+  // Large objects are opened on the blocking pool, never on an io thread (and never on the worker
+  // pool, whose threads may all be waiting for something this completion releases).
   void Offload(size_t bytes, std::function<void()> fn) {
     if (bytes >= kOffloadBytes)
-      ImplOf(runtime_)->PostWork(std::move(fn));
+      ImplOf(runtime_)->PostBlocking(std::move(fn));
     else
       fn();
   }

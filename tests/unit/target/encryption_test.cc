@@ -199,6 +199,43 @@ TEST_F(EncryptionTest, KeySlotsAreAddedListedRotatedAndRemovedWithoutRewritingDa
   }
 }
 
+// Regression: packs were sealed on the worker pool, whose workers were all blocked waiting for
+// upload budget that only a queued seal would release: a backup larger than the budget hung.
+TEST_F(EncryptionTest, ABackupLargerThanTheUploadBudgetCompletesWithOneWorker) {
+  RuntimeOptions ro;
+  ro.worker_threads = 1;
+  ro.max_in_flight_bytes = 2 << 20;
+  TargetOptions o = Passphrase("p", "aes-256-gcm");
+  o.runtime = Runtime::Create(ro);
+  o.pack_size = 1 << 20;
+  auto t = Open(o);
+  ASSERT_OK(t);
+  const std::string vol = dir_.Sub("big.img");
+  MakeVolume(vol, 12 << 20, 5);
+  BackupSpec spec;
+  spec.name = "big";
+  spec.max_in_flight_bytes = 2 << 20;
+  spec.volumes.push_back({"disk0", vol, false, {}});
+  auto job = BackupJob::Create(*t, spec);
+  ASSERT_OK(job);
+  ASSERT_OK((*job)->Start());
+  auto st = (*job)->WaitFor(std::chrono::seconds(120));
+  if (!st.has_value()) {
+    (*job)->Cancel();
+    FAIL() << "the backup did not finish within 120 s (deadlock)";
+  }
+  ASSERT_OK(*st);
+  const std::string out = dir_.Sub("out-big");
+  ASSERT_EQ(::mkdir(out.c_str(), 0755), 0);
+  RestoreSpec r;
+  r.backup = "big";
+  r.dest_dir = out;
+  auto plan = RestorePlan::Create(*t, r);
+  ASSERT_OK(plan);
+  ASSERT_OK((*plan)->Run());
+  EXPECT_EQ(FileSha256(out + "/disk0.img"), FileSha256(vol));
+}
+
 TEST_F(EncryptionTest, VerifyGcAndForgetWorkOnAnEncryptedRepository) {
   auto t = Open(Passphrase("p", "aes-256-gcm"));
   ASSERT_OK(t);
