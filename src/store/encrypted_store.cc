@@ -262,12 +262,7 @@ class EncryptedStore final : public ObjectStore {
       inner_->GetAsync(key, 0, 0,
                        [this, key, done = std::move(done)](StatusOr<std::string> r) mutable {
                          if (!r.ok()) return done(r.status());
-                         const size_t bytes = r->size();
-                         auto open = [this, key = std::move(key), sealed = std::move(*r),
-                                      done = std::move(done)]() mutable {
-                           done(OpenObject(keys_, key, sealed));
-                         };
-                         Offload(bytes, std::move(open));
+                         OpenWholeAsync(std::move(key), std::move(*r), std::move(done));
                        });
       return;
     }
@@ -279,12 +274,7 @@ class EncryptedStore final : public ObjectStore {
             if (!r.ok() || !IsWholeObject(key, *r, length)) {
               return ObjectStore::GetAsync(std::move(key), 0, length, std::move(done));
             }
-            const size_t bytes = r->size();
-            auto open = [this, key = std::move(key), sealed = std::move(*r),
-                         done = std::move(done)]() mutable {
-              done(OpenObject(keys_, key, sealed));
-            };
-            Offload(bytes, std::move(open));
+            OpenWholeAsync(std::move(key), std::move(*r), std::move(done));
           });
       return;
     }
@@ -319,6 +309,14 @@ class EncryptedStore final : public ObjectStore {
   // says precisely what is wrong.
   static bool ReadAgainRanged(const Status& st) {
     return st.code() == StatusCode::kDataLoss || st.code() == StatusCode::kOutOfRange;
+  }
+
+  // Opens the whole sealed object `sealed` and hands the result to `done` (see Offload).
+  void OpenWholeAsync(std::string key, std::string sealed,
+                      std::function<void(StatusOr<std::string>)> done) {
+    const size_t bytes = sealed.size();
+    Offload(bytes, [this, key = std::move(key), sealed = std::move(sealed),
+                    done = std::move(done)]() mutable { done(OpenObject(keys_, key, sealed)); });
   }
 
   // Large objects are opened on the blocking pool, never on an io thread (and never on the worker
