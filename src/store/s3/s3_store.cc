@@ -182,7 +182,15 @@ class S3Store final : public ObjectStore {
                                        : "")));
         return;
       }
-      transient = resp.curl_code != CURLE_ABORTED_BY_CALLBACK;
+      if (resp.curl_code == CURLE_ABORTED_BY_CALLBACK) {
+        // The engine ends the transfers in flight when the store closes (its last member goes
+        // first in the destructor's order): the caller learns the store went away, not "HTTP 0".
+        c->done(std::move(resp),
+                UnavailableError(Describe() + ": the store was closed while " + c->method + " " +
+                                 KeyForMessage(*c) + " was in flight (" + resp.curl_error + ")"));
+        return;
+      }
+      transient = true;
       why = resp.curl_error;
     } else if (resp.status >= 300) {
       // Only error answers carry an S3 error code; a 2xx body is data (an object may well

@@ -584,5 +584,41 @@ TEST_F(S3FirstContactTest, ClosingTheStoreEndsRequestsWaitingToRetry) {
   EXPECT_EQ(got.code(), StatusCode::kUnavailable) << got.ToString();
 }
 
+// A store closed while its requests are in flight (the server holds them unanswered): each
+// callback runs once with kUnavailable naming the close, not an unknown "HTTP 0".
+TEST_F(S3FirstContactTest, ClosingTheStoreEndsRequestsInFlight) {
+  std::atomic<bool> down{false}, release{false};
+  std::atomic<int> held{0};
+  FakeHttpServer server([&](const FakeRequest& r, FakeConn& conn) {
+    if (!down && IsListing(r)) return EmptyListing(conn);
+    ++held;
+    while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return false;
+  });
+  TargetOptions o;
+  o.retry_timeout_seconds = 60;
+  auto store = OpenS3Store(Config(server.endpoint()), o, Runtime::Default());
+  ASSERT_OK(store);
+  down = true;
+  std::mutex mu;
+  std::vector<Status> got;
+  auto body = std::make_shared<const std::string>("x");
+  for (int i = 0; i < 3; ++i) {
+    (*store)->PutAsync("records/f" + std::to_string(i) + ".json", body, PutOptions{},
+                       [&](Status st) {
+                         std::lock_guard<std::mutex> l(mu);
+                         got.push_back(st);
+                       });
+  }
+  for (int i = 0; i < 400 && held.load() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(held.load(), 3) << "the server never saw the three requests";
+  store->reset();
+  release = true;
+  std::lock_guard<std::mutex> l(mu);
+  ASSERT_EQ(got.size(), 3u);
+  for (const Status& st : got) EXPECT_THAT(st, StatusIs(StatusCode::kUnavailable, "was in flight"));
+}
+
 }  // namespace
 }  // namespace vmbackup::internal
