@@ -17,9 +17,11 @@
 # Suites whose tests hold vmbackup_s3_server (tests/integration/CMakeLists.txt, tests/CMakeLists.txt).
 set(_vmb_s3_locked_suites vmbackup_s3_integration_tests vmbackup_hostile_tests
     vmbackup_store_conformance_tests vmbackup_target_matrix_tests
-    vmbackup_verify_integration_tests vmbackup_gc_integration_tests)
+    vmbackup_verify_integration_tests vmbackup_gc_integration_tests vmbackup_kill_trials)
 
 set(_vmb_seconds
+  Targets/KillTrial.KilledAnywhereNothingIsLostAndGcFreesWhatWasLeft/s3 45
+  Targets/KillTrial.KilledAnywhereNothingIsLostAndGcFreesWhatWasLeft/local 13
   S3Test.ServerRestartedDuringBackupCompletesOrFailsCleanly 49
   S3Test.ObjectsWrittenByVmbackupAreListedAndReadByAwsCli 27
   S3FirstContactTest.PingFailsFastButAnOperationKeepsItsFullBudget 24

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/process_id.h"
 
 namespace vmbackup::internal {
 
@@ -294,6 +295,7 @@ std::string Run::LockBody(int64_t renewed) const {
   b["host"] = HostName();
   b["started"] = renewed;  // when the holder last renewed it (its clock)
   b["started_at"] = UnixToRfc3339(now_);
+  b["process"] = ProcessIdentity();
   return EncodeJsonEnvelope(kLockKind, b);
 }
 
@@ -317,7 +319,10 @@ Status Run::Lock() {
       started = (*hb)["started"].get<int64_t>();
       who = "host " + hb->value("host", std::string("?")) + " since " + UnixToRfc3339(started);
     }
-    if (now_ - started < kGcLockStaleSeconds)
+    // A holder of this machine that is certainly gone (killed) needs no waiting out.
+    const bool gone = hb.ok() && hb->contains("process") && (*hb)["process"].is_string() &&
+                      ProcessCertainlyGone((*hb)["process"].get<std::string>());
+    if (!gone && now_ - started < kGcLockStaleSeconds)
       return FailedPreconditionError("another garbage collection holds " + std::string(kGcLockKey) +
                                      " on " + store_.Describe() + ": " + who);
     VMB_RETURN_IF_ERROR(store_.Delete({kGcLockKey}));  // stale: left by a killed run
@@ -375,7 +380,11 @@ Status Run::ReadLeases() {
       ++r_.leases_active;
       continue;
     }
-    if (now_ - (*b)["created"].get<int64_t>() > expiry_) {
+    // Expired, or its writer was a process of this machine that no longer runs (killed): it
+    // publishes nothing any more.
+    if (now_ - (*b)["created"].get<int64_t>() > expiry_ ||
+        (b->contains("process") && (*b)["process"].is_string() &&
+         ProcessCertainlyGone((*b)["process"].get<std::string>()))) {
       expired.push_back(o.key);
       ++r_.leases_expired;
       continue;
@@ -760,6 +769,7 @@ StatusOr<std::unique_ptr<WriterLease>> WriterLease::Acquire(ObjectStore& store,
   b["created"] = SystemUnixSeconds();
   b["created_at"] = NowRfc3339();
   b["gc_seen"] = seen;
+  b["process"] = ProcessIdentity();
   VMB_RETURN_IF_ERROR(store.Put(key, EncodeJsonEnvelope(kLeaseKind, b), PutOptions{})
                           .WithContext("writing the backup's lease " + key));
   return std::unique_ptr<WriterLease>(new WriterLease(store, key));

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <ctime>
@@ -15,6 +17,7 @@
 #include <set>
 
 #include "core/impl_access.h"
+#include "core/process_id.h"
 #include "store/mem_store.h"
 #include "support/test_util.h"
 #include "target/target_impl.h"
@@ -377,6 +380,54 @@ TEST_F(GcTest, ASecondRunIsRefusedWhileTheLockIsFreshAndAStaleLockIsBroken) {
   now_ += kGcLockStaleSeconds + 1;
   EXPECT_OK(Gc());
   EXPECT_FALSE(store_->Snapshot().count(kGcLockKey));
+}
+
+// The identity of a process of this machine that no longer runs: a child that exited.
+std::string DeadProcessIdentity() {
+  int fds[2];
+  if (::pipe(fds) != 0) return "";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const std::string id = ProcessIdentity();
+    (void)!::write(fds[1], id.data(), id.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  char buf[256];
+  const ssize_t n = ::read(fds[0], buf, sizeof buf);
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+}
+
+TEST_F(GcTest, ALockAndALeaseOfAKilledProcessOfThisMachineAreNotWaitedFor) {
+  Backup("b1", 1);
+  const std::string dead = DeadProcessIdentity();
+  ASSERT_FALSE(dead.empty());
+  // A lock whose holder runs (this process) is honoured; one whose holder is gone is broken now,
+  // not after kGcLockStaleSeconds.
+  nlohmann::json live = {{"host", "here"}, {"started", now_}, {"process", ProcessIdentity()}};
+  ASSERT_OK(store_->Put(kGcLockKey, EncodeJsonEnvelope("vmbackup-gc-lock", live), PutOptions{}));
+  EXPECT_THAT(Gc(), StatusIs(StatusCode::kFailedPrecondition, "host here"));
+  nlohmann::json killed = {{"host", "here"}, {"started", now_}, {"process", dead}};
+  ASSERT_OK(store_->Put(kGcLockKey, EncodeJsonEnvelope("vmbackup-gc-lock", killed), PutOptions{}));
+  // A killed backup's lease (never deleted), naming the dead process.
+  auto lease = WriterLease::Acquire(*store_, "killed");
+  ASSERT_OK(lease);
+  const std::string lease_key = (*lease)->key();
+  auto body = DecodeJsonEnvelope(store_->Snapshot().at(lease_key), "vmbackup-lease", 4096, "lease");
+  ASSERT_OK(body);
+  (*body)["process"] = dead;
+  lease->reset();
+  store_->Overwrite(lease_key, EncodeJsonEnvelope("vmbackup-lease", *body));
+
+  auto r = Gc();
+  ASSERT_OK(r);
+  EXPECT_EQ(r->leases_expired, 1u);
+  EXPECT_EQ(r->leases_active, 0u);
+  EXPECT_FALSE(store_->Snapshot().count(lease_key));
+  EXPECT_FALSE(store_->Snapshot().count(kGcLockKey));  // broken, then released
 }
 
 TEST_F(GcTest, DamagedRecordStopsTheSweep) {
