@@ -20,6 +20,7 @@
 
 #include "core/errors.h"
 #include "core/process_id.h"
+#include "store/get_many.h"
 
 namespace vmbackup::internal {
 
@@ -572,89 +573,99 @@ Status Run::Finish() {
   std::set<std::string> indexed;
   std::vector<std::string> condemn;  // index keys to delete
   uint64_t done = 0;
-  // NOTE (merge of verify and gc, #11): the pack indexes are read one GET at a time here (and the
-  // volume indexes in BuildLiveSet likewise); store/get_many's GetMany, as Repository::LoadIndex
-  // uses, would keep kDefaultGetWindow reads in flight. Left for a follow-up.
+  // The pack indexes, kDefaultGetWindow reads in flight (GetMany); each is dealt with on this
+  // thread as it arrives, in completion order (nothing below depends on the order).
+  std::vector<const ObjectInfo*> index_objects;
   for (const auto& o : index_keys) {
     const std::string id = PackIdFromIndexKey(o.key);
     if (id.empty()) continue;
     indexed.insert(id);
-    VMB_RETURN_IF_ERROR(Progress("indexes", done++, index_keys.size()));
-    auto bytes = store_.GetAtMost(o.key, kMaxWholeObjectRead);
-    if (!bytes.ok()) {
-      if (bytes.status().code() == StatusCode::kNotFound) continue;  // deleted meanwhile
-      if (bytes.status().code() != StatusCode::kDataLoss) return bytes.status();
-      r_.damaged.push_back(bytes.status().message());
-      continue;
-    }
-    auto entries = DecodePackIndex(*bytes, id, "pack index " + o.key);
-    if (!entries.ok()) {
-      r_.damaged.push_back(entries.status().message());  // left for repair, never collected
-      continue;
-    }
-    auto ps = pack_size.find(id);
-    if (ps == pack_size.end()) {
-      r_.damaged.push_back("pack index " + o.key + " has no pack " + PackKey(id));
-      continue;
-    }
-    ++r_.packs;
-    r_.pack_bytes += ps->second;
-    uint64_t live = 0, dead_bytes = 0, live_bytes = 0;
-    for (const auto& e : *entries) {
-      if (live_.Contains(e.digest)) {
-        ++live;
-        live_bytes += e.stored_len;
-      } else {
-        dead_bytes += e.stored_len;
-      }
-    }
-    if (live > 0) {
-      if (dead_bytes > 0) {
-        ++r_.partly_live_packs;
-        r_.dead_bytes_in_partly_live_packs += dead_bytes;
-      }
-      if (!opts_.repack || live_bytes >= dead_bytes) continue;
-      // Less than half live: listed first; once it stayed so for the grace, its live blocks move
-      // to a new pack and it is condemned like a dead pack (the re-check before deleting it
-      // accepts blocks the new pack holds).
-      ++r_.repack_candidates;
-      r_.reclaimable_bytes += dead_bytes;
-      Seen seen;
-      if (!sweep_ || !GraceOver(prev_repack, id, &seen)) {
-        next.repack[id] =
-            prev_repack && prev_repack->count(id) ? prev_repack->at(id) : Seen{now_, run_};
-        continue;
-      }
-      ++r_.packs_repacked;
-      if (opts_.dry_run) continue;
-      auto replacement = RepackLive(id, ps->second, *entries);
-      if (!replacement.ok()) {
-        if (replacement.status().code() != StatusCode::kDataLoss) return replacement.status();
-        r_.damaged.push_back(replacement.status().message());  // left for repair
-        --r_.packs_repacked;
-        continue;
-      }
-      condemn.push_back(o.key);
-      next.no_index[id] = Seen{now_, run_, true};
-      next.replaced_by[id] = *replacement;
-      ++r_.indexes_deleted;
-      continue;
-    }
-    ++r_.dead_packs;
-    r_.dead_pack_bytes += ps->second;
-    r_.reclaimable_bytes += ps->second;
-    Seen seen;
-    if (sweep_ && GraceOver(prev_candidates, id, &seen)) {
-      // Condemned: invisible to new backups from now on; the pack goes in a later run.
-      condemn.push_back(o.key);
-      next.no_index[id] = Seen{now_, run_, true};
-      ++r_.indexes_deleted;
-    } else {
-      next.candidates[id] = prev_candidates && prev_candidates->count(id) ? prev_candidates->at(id)
-                                                                          : Seen{now_, run_};
-      if (!prev_candidates || !prev_candidates->count(id)) ++r_.new_candidates;
-    }
+    index_objects.push_back(&o);
   }
+  VMB_RETURN_IF_ERROR(GetMany(
+      store_, index_objects.size(), [&](size_t i) { return index_objects[i]->key; },
+      kDefaultGetWindow,
+      [&](size_t i, StatusOr<std::string> bytes) -> Status {
+        const ObjectInfo& o = *index_objects[i];
+        const std::string id = PackIdFromIndexKey(o.key);
+        VMB_RETURN_IF_ERROR(Progress("indexes", done++, index_objects.size()));
+        if (!bytes.ok()) {
+          if (bytes.status().code() == StatusCode::kNotFound)
+            return Status::Ok();  // deleted meanwhile
+          if (bytes.status().code() != StatusCode::kDataLoss) return bytes.status();
+          r_.damaged.push_back(bytes.status().message());
+          return Status::Ok();
+        }
+        auto entries = DecodePackIndex(*bytes, id, "pack index " + o.key);
+        if (!entries.ok()) {
+          r_.damaged.push_back(entries.status().message());  // left for repair, never collected
+          return Status::Ok();
+        }
+        auto ps = pack_size.find(id);
+        if (ps == pack_size.end()) {
+          r_.damaged.push_back("pack index " + o.key + " has no pack " + PackKey(id));
+          return Status::Ok();
+        }
+        ++r_.packs;
+        r_.pack_bytes += ps->second;
+        uint64_t live = 0, dead_bytes = 0, live_bytes = 0;
+        for (const auto& e : *entries) {
+          if (live_.Contains(e.digest)) {
+            ++live;
+            live_bytes += e.stored_len;
+          } else {
+            dead_bytes += e.stored_len;
+          }
+        }
+        if (live > 0) {
+          if (dead_bytes > 0) {
+            ++r_.partly_live_packs;
+            r_.dead_bytes_in_partly_live_packs += dead_bytes;
+          }
+          if (!opts_.repack || live_bytes >= dead_bytes) return Status::Ok();
+          // Less than half live: listed first; once it stayed so for the grace, its live blocks move
+          // to a new pack and it is condemned like a dead pack (the re-check before deleting it
+          // accepts blocks the new pack holds).
+          ++r_.repack_candidates;
+          r_.reclaimable_bytes += dead_bytes;
+          Seen seen;
+          if (!sweep_ || !GraceOver(prev_repack, id, &seen)) {
+            next.repack[id] =
+                prev_repack && prev_repack->count(id) ? prev_repack->at(id) : Seen{now_, run_};
+            return Status::Ok();
+          }
+          ++r_.packs_repacked;
+          if (opts_.dry_run) return Status::Ok();
+          auto replacement = RepackLive(id, ps->second, *entries);
+          if (!replacement.ok()) {
+            if (replacement.status().code() != StatusCode::kDataLoss) return replacement.status();
+            r_.damaged.push_back(replacement.status().message());  // left for repair
+            --r_.packs_repacked;
+            return Status::Ok();
+          }
+          condemn.push_back(o.key);
+          next.no_index[id] = Seen{now_, run_, true};
+          next.replaced_by[id] = *replacement;
+          ++r_.indexes_deleted;
+          return Status::Ok();
+        }
+        ++r_.dead_packs;
+        r_.dead_pack_bytes += ps->second;
+        r_.reclaimable_bytes += ps->second;
+        Seen seen;
+        if (sweep_ && GraceOver(prev_candidates, id, &seen)) {
+          // Condemned: invisible to new backups from now on; the pack goes in a later run.
+          condemn.push_back(o.key);
+          next.no_index[id] = Seen{now_, run_, true};
+          ++r_.indexes_deleted;
+        } else {
+          next.candidates[id] = prev_candidates && prev_candidates->count(id)
+                                    ? prev_candidates->at(id)
+                                    : Seen{now_, run_};
+          if (!prev_candidates || !prev_candidates->count(id)) ++r_.new_candidates;
+        }
+        return Status::Ok();
+      }));
   VMB_RETURN_IF_ERROR(Delete(condemn));
 
   // Packs without an index: condemned by an earlier run, or orphans of killed writers.

@@ -8,10 +8,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <mutex>
 #include <random>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <set>
@@ -380,6 +383,77 @@ TEST_F(GcTest, ASecondRunIsRefusedWhileTheLockIsFreshAndAStaleLockIsBroken) {
   now_ += kGcLockStaleSeconds + 1;
   EXPECT_OK(Gc());
   EXPECT_FALSE(store_->Snapshot().count(kGcLockKey));
+}
+
+// A store whose async reads of pack indexes answer after 20 ms from a thread of their own,
+// counting how many were in flight at once.
+class SlowIndexStore final : public ObjectStore {
+ public:
+  explicit SlowIndexStore(MemStore* inner) : ObjectStore(Runtime::Default()), inner_(inner) {}
+  ~SlowIndexStore() override {
+    for (auto& t : threads_) t.join();
+  }
+  std::string Describe() const override { return "slow-index://"; }
+  Status Put(const std::string& k, std::string_view d, const PutOptions& o) override {
+    return inner_->Put(k, d, o);
+  }
+  StatusOr<std::string> Get(const std::string& k, uint64_t o, uint64_t l) override {
+    return inner_->Get(k, o, l);
+  }
+  StatusOr<ObjectInfo> Head(const std::string& k) override { return inner_->Head(k); }
+  StatusOr<ListPage> List(const std::string& p, const std::string& t, int m) override {
+    return inner_->List(p, t, m);
+  }
+  Status Delete(const std::vector<std::string>& k) override { return inner_->Delete(k); }
+  void GetAsync(std::string key, uint64_t offset, uint64_t length,
+                std::function<void(StatusOr<std::string>)> done) override {
+    if (key.rfind("index/", 0) != 0) return done(inner_->Get(key, offset, length));
+    const int now = ++in_flight_;
+    int seen = max_in_flight_.load();
+    while (now > seen && !max_in_flight_.compare_exchange_weak(seen, now)) {
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    threads_.emplace_back([this, key, offset, length, done = std::move(done)] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      auto r = inner_->Get(key, offset, length);
+      --in_flight_;
+      done(std::move(r));
+    });
+  }
+  int max_in_flight() const { return max_in_flight_.load(); }
+
+ private:
+  MemStore* inner_;
+  std::atomic<int> in_flight_{0}, max_in_flight_{0};
+  std::mutex mu_;
+  std::vector<std::thread> threads_;
+};
+
+TEST(GcParallelTest, PackIndexesAreReadManyAtOnce) {
+  TempDir dir;
+  MemStore mem(Runtime::Default());
+  auto slow = std::make_unique<SlowIndexStore>(&mem);
+  SlowIndexStore* counter = slow.get();
+  TargetOptions o;
+  o.block_size = 64 * 1024;
+  o.pack_size = 256 * 1024;
+  o.state_dir = dir.Sub("state");
+  auto t = OpenTargetOnStore(std::move(slow), o);
+  ASSERT_OK(t);
+  const std::string vol = dir.Sub("v.img");
+  testing::MakeVolume(vol, 4 << 20, 9);
+  BackupSpec spec;
+  spec.name = "b1";
+  spec.volumes.push_back({"disk0", vol, false, {}});
+  auto job = BackupJob::Create(*t, spec);
+  ASSERT_OK(job);
+  ASSERT_OK((*job)->Run());
+  GcOptions g;
+  g.dry_run = true;
+  auto r = (*t)->CollectGarbage(g);
+  ASSERT_OK(r);
+  ASSERT_GE(r->packs, 4u);
+  EXPECT_GE(counter->max_in_flight(), 4) << "pack indexes were read one after another";
 }
 
 // The identity of a process of this machine that no longer runs: a child that exited.
