@@ -182,7 +182,7 @@ const std::vector<CommandDef>& Commands() {
        "live are rewritten (their live blocks moved to a new pack) once they stayed so for the\n"
        "grace, then collected likewise. Safe while backups run on\n"
        "any host (they hold leases). The first run upgrades the repository: vmbackup versions\n"
-       "before garbage collection then refuse it. --dry-run reports what would be freed. Exits 9\n"
+       "before garbage collection then refuse it. --dry-run reports what would be freed. Exits 14\n"
        "when damaged records or indexes kept it from deleting packs.\n",
        {kTargetFlag,
         {"dry-run", false, false, "", "report what would be deleted; change nothing"},

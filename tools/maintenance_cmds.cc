@@ -217,15 +217,7 @@ int CmdKeyList(Context& ctx, const ParsedArgs& args) {
   if (!keys.ok()) return ctx.Fail(keys.status());
   for (const auto& d : damaged) ctx.Warn("damaged key slot: " + d);
   if (ctx.options.json) {
-    nlohmann::json list = nlohmann::json::array();
-    for (const auto& k : *keys)
-      list.push_back({{"id", k.id},
-                      {"kind", k.kind},
-                      {"created_at", k.created_at},
-                      {"host", k.host},
-                      {"label", k.label},
-                      {"current", k.current}});
-    ctx.PrintJson({{"keys", list}, {"damaged", damaged}});
+    ctx.PrintJson(nlohmann::json::parse(vmbackup::KeyListToJson(*keys, damaged)));
     return kExitOk;
   }
   if (ctx.options.quiet) return kExitOk;

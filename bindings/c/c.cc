@@ -574,19 +574,7 @@ int vmb_target_list_keys(char** out, const vmb_target* target, vmb_error** error
     std::vector<std::string> damaged;
     auto keys = target->target->ListKeys(&damaged);
     if (!keys.ok()) return keys.status();
-    vmbackup::ordered_json list = vmbackup::ordered_json::array();
-    for (const vmbackup::KeyInfo& k : *keys) {
-      list.push_back({{"id", k.id},
-                      {"kind", k.kind},
-                      {"created_at", k.created_at},
-                      {"host", k.host},
-                      {"label", k.label},
-                      {"current", k.current}});
-    }
-    vmbackup::ordered_json j;
-    j["keys"] = std::move(list);
-    j["damaged"] = damaged;
-    *out = vmbackup::Dup(vmbackup::Dump(j));
+    *out = vmbackup::Dup(vmbackup::KeyListToJson(*keys, damaged));
     return Status::Ok();
   });
 }

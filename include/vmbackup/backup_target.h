@@ -121,6 +121,12 @@ struct KeyInfo {
   bool current = false;  // this target was opened with it
 };
 
+// `keys` and the `damaged` slot messages (BackupTarget::ListKeys) as one compact JSON object:
+// {"keys": [{"id", "kind", "created_at", "host", "label", "current"}, ...], "damaged": [...]}, in
+// the given order; text that is not UTF-8 is replaced, never an error. Never fails. Thread-safe.
+VMBACKUP_EXPORT std::string KeyListToJson(const std::vector<KeyInfo>& keys,
+                                          const std::vector<std::string>& damaged);
+
 // A new key slot (BackupTarget::AddKey): exactly one of passphrase and raw_key.
 struct NewKey {
   std::string passphrase;

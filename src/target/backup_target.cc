@@ -249,6 +249,22 @@ StatusOr<std::vector<KeyInfo>> BackupTarget::ListKeys(std::vector<std::string>* 
       });
 }
 
+std::string KeyListToJson(const std::vector<KeyInfo>& keys,
+                          const std::vector<std::string>& damaged) {
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  for (const KeyInfo& k : keys)
+    list.push_back({{"id", k.id},
+                    {"kind", k.kind},
+                    {"created_at", k.created_at},
+                    {"host", k.host},
+                    {"label", k.label},
+                    {"current", k.current}});
+  nlohmann::ordered_json j;
+  j["keys"] = std::move(list);
+  j["damaged"] = damaged;
+  return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
 Status BackupTarget::RemoveKey(std::string_view id) {
   return internal::GuardExceptions("BackupTarget::RemoveKey", [&]() -> Status {
     return impl_->repo->RemoveKeySlot(std::string(id));

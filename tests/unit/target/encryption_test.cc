@@ -324,3 +324,26 @@ TEST(EncryptionInitTest, ADescriptorWhoseCreateAnswerWasLostKeepsItsKeySlot) {
 
 }  // namespace
 }  // namespace vmbackup::internal
+
+namespace vmbackup::internal {
+namespace {
+
+TEST(KeyListToJsonTest, EveryFieldInOrderAndTextThatIsNotUtf8IsReplaced) {
+  KeyInfo a{"00112233445566aa", "passphrase", "2026-12-02T10:00:00Z", "h1", "ops", true};
+  KeyInfo b{"ffeeddccbbaa9988",          "raw", "2026-12-02T11:00:00Z", "h2",
+            std::string("bad \xff\xfe"), false};
+  const std::string j = KeyListToJson({a, b}, {"keys/x.json: unreadable"});
+  const std::string head =
+      R"({"keys":[{"id":"00112233445566aa","kind":"passphrase","created_at":)"
+      R"("2026-12-02T10:00:00Z","host":"h1","label":"ops","current":true},{"id":"ffeed)";
+  EXPECT_EQ(j.substr(0, head.size()), head);
+  EXPECT_NE(j.find(R"("label":"bad )"), std::string::npos) << j;
+  EXPECT_EQ(j.find('\xff'), std::string::npos) << "invalid UTF-8 passed through";
+  EXPECT_NE(j.find(R"("current":false}],"damaged":["keys/x.json: unreadable"]})"),
+            std::string::npos)
+      << j;
+  EXPECT_EQ(KeyListToJson({}, {}), R"({"keys":[],"damaged":[]})");
+}
+
+}  // namespace
+}  // namespace vmbackup::internal
