@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 #include "core/errors.h"
@@ -18,6 +19,9 @@ constexpr uint64_t kSegStride = kSealedSegment + kGcmTagSize;
 constexpr size_t kOffloadBytes = 1 << 20;
 // Headers kept for ranged reads (packs): the cache is dropped whole when it grows past this.
 constexpr size_t kMaxCachedHeaders = 8192;
+
+// SetSealSaltForTest's salt.
+std::optional<std::array<uint8_t, 32>> g_test_salt;
 
 struct Header {
   KeyId key_id{};
@@ -416,7 +420,10 @@ StatusOr<std::string> SealObject(const ObjectKeys& keys, const std::string& name
   Header h;
   h.key_id = keys.key_id;
   h.size = plain.size();
-  VMB_RETURN_IF_ERROR(RandomBytes(h.salt.data(), h.salt.size()));
+  if (g_test_salt)
+    h.salt = *g_test_salt;
+  else
+    VMB_RETURN_IF_ERROR(RandomBytes(h.salt.data(), h.salt.size()));
   VMB_ASSIGN_OR_RETURN(Key256 okey, ObjectKey(keys.data_key, h.salt));
   std::string out = EncodeHeader(h);
   out.resize(SealedSize(plain.size()));
@@ -454,6 +461,13 @@ StatusOr<std::string> OpenObject(const ObjectKeys& keys, const std::string& name
   Wipe(okey.data(), okey.size());
   if (!st.ok()) return st;
   return out;
+}
+
+void SetSealSaltForTest(const std::array<uint8_t, 32>* salt) {
+  if (salt != nullptr)
+    g_test_salt = *salt;
+  else
+    g_test_salt.reset();
 }
 
 std::unique_ptr<ObjectStore> MakeEncryptedStore(std::unique_ptr<ObjectStore> inner,

@@ -60,6 +60,10 @@ StatusOr<std::string> SealObject(const ObjectKeys& keys, const std::string& name
 StatusOr<std::string> OpenObject(const ObjectKeys& keys, const std::string& name,
                                  std::string_view sealed);
 
+// Test hook: objects are sealed with `*salt` instead of a random salt (nullptr: random again), so
+// that known-answer tests can pin the sealed bytes. Not thread-safe; never set outside tests.
+void SetSealSaltForTest(const std::array<uint8_t, 32>* salt);
+
 // Wraps `inner`: every key except those in `clear` (exact keys, or prefixes ending in '/') is
 // sealed with `keys`.
 std::unique_ptr<ObjectStore> MakeEncryptedStore(std::unique_ptr<ObjectStore> inner,

@@ -9,6 +9,7 @@
 #include <future>
 #include <random>
 
+#include "core/util.h"
 #include "store/mem_store.h"
 #include "support/test_util.h"
 #include "vmbackup/runtime.h"
@@ -84,6 +85,62 @@ TEST(SealedSizeTest, EverySealedSizeMapsBackAndNoOtherSizeDoes) {
   for (uint64_t c :
        std::vector<uint64_t>{~0ull, ~0ull - 56, SealedSize(1ull << 50) + 1, 1ull << 63})
     EXPECT_FALSE(PlainSizeOf(c, &p)) << c;
+}
+
+// The sealed bytes of FORMAT.md "Encryption", computed independently of this code (Python's
+// `cryptography` AES-GCM and hmac, from the format's text): whatever sealing becomes, objects
+// written by earlier versions still open and new objects are what those versions read.
+TEST(SealedFormatTest, KnownAnswersPinTheSealedBytesAndTheyOpenWholeAndRanged) {
+  std::array<uint8_t, 32> salt{};
+  for (size_t i = 0; i < salt.size(); ++i) salt[i] = static_cast<uint8_t>(i);
+  SetSealSaltForTest(&salt);
+  struct Case {
+    size_t n;
+    const char* sha256;
+  };
+  const Case cases[] = {
+      {2 * kSealedSegment + 5, "6a375f6a11deb6a507510312c5825723b34b547678d1815dfdfa9f0755b872fb"},
+      {0, "b0823872225f1d4e771a9353927c2c6a9886469b8923d1d1dc5cc06a1f607b2a"}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.n);
+    std::string plain(c.n, '\0');
+    for (size_t i = 0; i < c.n; ++i) plain[i] = static_cast<char>((i * 31 + 7) % 256);
+    auto sealed = SealObject(Keys(7), "packs/kat", plain);
+    ASSERT_OK(sealed);
+    EXPECT_EQ(sealed->size(), SealedSize(c.n));
+    EXPECT_EQ(ToHex(Sha256(*sealed)), c.sha256);
+    auto opened = OpenObject(Keys(7), "packs/kat", *sealed);
+    ASSERT_OK(opened);
+    EXPECT_TRUE(*opened == plain);
+    // The same bytes through the store: written by the store (async too), read whole and ranged.
+    auto mem = std::make_unique<MemStore>(Runtime::Default());
+    MemStore* inner = mem.get();
+    auto store = MakeEncryptedStore(std::move(mem), Keys(7), {}, Runtime::Default());
+    ASSERT_OK(store->Put("packs/kat", plain, PutOptions{}));
+    EXPECT_EQ(ToHex(Sha256(inner->Snapshot().at("packs/kat"))), c.sha256);
+    std::promise<Status> put;
+    store->PutAsync("packs/kat2", std::make_shared<const std::string>(plain), PutOptions{},
+                    [&](Status st) { put.set_value(st); });
+    ASSERT_OK(put.get_future().get());
+    const std::string theirs = inner->Snapshot().at("packs/kat2");
+    // Only the name differs (it is in every segment's associated data): same size, same header.
+    EXPECT_EQ(theirs.size(), sealed->size());
+    EXPECT_EQ(theirs.substr(0, kSealedHeaderSize), sealed->substr(0, kSealedHeaderSize));
+    auto whole = store->Get("packs/kat");
+    ASSERT_OK(whole);
+    EXPECT_TRUE(*whole == plain);
+    if (c.n > 0) {
+      for (auto [off, len] : {std::pair<uint64_t, uint64_t>{0, c.n},
+                              {3, kSealedSegment},
+                              {kSealedSegment - 1, kSealedSegment + 2},
+                              {c.n - 1, 1}}) {
+        std::string into = "previous";
+        ASSERT_OK(store->GetInto("packs/kat", off, len, &into));
+        EXPECT_TRUE(into == plain.substr(off, len)) << off << "+" << len;
+      }
+    }
+  }
+  SetSealSaltForTest(nullptr);
 }
 
 TEST_F(EncryptedStoreTest, RangedReadsReturnExactlyTheRangeAcrossSegments) {
