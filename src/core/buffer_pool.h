@@ -27,15 +27,23 @@ class BufferPool {
   BufferPool(const BufferPool&) = delete;
   BufferPool& operator=(const BufferPool&) = delete;
 
-  // An empty string with at least `capacity` bytes reserved (a recycled one when available).
+  // An empty string with at least `capacity` bytes reserved (a recycled one when available: the
+  // most recently given back that is large enough, else the most recent one, grown).
   std::string Take(size_t capacity) {
     std::string s;
     {
       std::lock_guard<std::mutex> l(mu_);
       ++taken_;
       if (!free_.empty()) {
-        s = std::move(free_.back());
-        free_.pop_back();
+        auto it = free_.end() - 1;
+        for (auto r = free_.end(); r != free_.begin();) {
+          if ((--r)->capacity() >= capacity) {
+            it = r;
+            break;
+          }
+        }
+        s = std::move(*it);
+        free_.erase(it);
         ++reused_;
       }
     }

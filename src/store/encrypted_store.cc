@@ -7,6 +7,7 @@
 #include <optional>
 #include <unordered_map>
 
+#include "core/buffer_pool.h"
 #include "core/errors.h"
 #include "core/runtime.h"
 #include "core/util.h"
@@ -17,6 +18,8 @@ namespace {
 constexpr uint64_t kSegStride = kSealedSegment + kGcmTagSize;
 // Objects at least this large that an async read returns are opened on the blocking pool.
 constexpr size_t kOffloadBytes = 1 << 20;
+// Objects at least this large (packs) are sealed into buffers of the Runtime's pack-buffer pool.
+constexpr size_t kPooledSealBytes = 8 << 20;
 // Headers kept for ranged reads (packs): the cache is dropped whole when it grows past this.
 constexpr size_t kMaxCachedHeaders = 8192;
 
@@ -56,17 +59,29 @@ std::string EncodeHeader(const Header& h) {
   return out;
 }
 
-std::string Aad(const Header& h, uint64_t i, const std::string& name) {
-  std::string aad(kSealedMagic);
-  aad.append(reinterpret_cast<const char*>(h.key_id.data()), h.key_id.size());
-  char num[8];
-  PutU64Le(h.size, num);
-  aad.append(num, 8);
-  PutU64Le(i, num);
-  aad.append(num, 8);
-  aad.append(name);
-  return aad;
-}
+// The associated data of an object's segments, "VMBENC01" ‖ key id ‖ size (u64 LE) ‖ i (u64 LE)
+// ‖ object name, built once per object: only i changes from one segment to the next.
+class SegmentAad {
+ public:
+  SegmentAad(const Header& h, const std::string& name) {
+    aad_.reserve(kIndexAt + 8 + name.size());
+    aad_.append(kSealedMagic);
+    aad_.append(reinterpret_cast<const char*>(h.key_id.data()), h.key_id.size());
+    char num[8];
+    PutU64Le(h.size, num);
+    aad_.append(num, 8);
+    aad_.append(8, '\0');
+    aad_.append(name);
+  }
+  std::string_view For(uint64_t i) {
+    PutU64Le(i, aad_.data() + kIndexAt);
+    return aad_;
+  }
+
+ private:
+  static constexpr size_t kIndexAt = 24;
+  std::string aad_;
+};
 
 void Nonce(uint64_t i, uint8_t out[kGcmNonceSize]) {
   std::memset(out, 0, 4);
@@ -107,34 +122,106 @@ Status ParseHeader(const ObjectKeys& keys, const std::string& name, std::string_
   return Status::Ok();
 }
 
-// Opens segments first, first+1, … held back to back in `sealed` and writes the plaintext bytes
-// [from, to) (offsets in the object) to out[0, to - from).
-Status OpenSegments(const Key256& okey, const Header& h, const std::string& name, uint64_t first,
-                    std::string_view sealed, uint64_t from, uint64_t to, char* out) {
-  thread_local std::string scratch;
-  const uint64_t begin = from;  // out[0] holds plaintext byte `begin`
+// Opens segments first, first+1, … held back to back in sealed[0, sealed_len) in place, and
+// moves the plaintext bytes [from, to) (offsets in the object) down to sealed[skip, skip + to -
+// from), where `skip` ≤ 0 says how far before `sealed` the plaintext starts (the header of a whole
+// object is overwritten, for one). Every piece moves down over bytes already opened, so one buffer
+// holds the sealed bytes and then the plaintext: no second buffer, no copy of the object. On
+// failure the buffer holds garbage that must not be used.
+Status OpenSegmentsInPlace(const Key256& okey, const Header& h, const std::string& name,
+                           uint64_t first, char* sealed, uint64_t sealed_len, ptrdiff_t skip,
+                           uint64_t from, uint64_t to) {
+  const uint64_t begin = from;  // sealed[skip] receives plaintext byte `begin`
   uint64_t pos = 0;             // in `sealed`
+  SegmentAad aad(h, name);
   for (uint64_t i = first; from < to; ++i) {
     const uint64_t plen = SegmentPlainLen(h, i);
-    if (pos + plen + kGcmTagSize > sealed.size()) return Unauthentic(name);
+    if (pos + plen + kGcmTagSize > sealed_len) return Unauthentic(name);
     const uint64_t seg_from = i * kSealedSegment;
     uint8_t nonce[kGcmNonceSize];
     Nonce(i, nonce);
-    const std::string aad = Aad(h, i, name);
-    const char* in = sealed.data() + pos;
+    char* seg = sealed + pos;
+    if (!GcmOpen(okey, nonce, aad.For(i), seg, plen, seg)) return Unauthentic(name);
     const uint64_t lo = std::max(from, seg_from), hi = std::min(to, seg_from + plen);
-    if (lo == seg_from && hi == seg_from + plen) {  // the whole segment is wanted
-      if (!GcmOpen(okey, nonce, aad, in, plen, out + (lo - begin))) return Unauthentic(name);
-    } else {
-      scratch.resize(kSealedSegment);
-      if (!GcmOpen(okey, nonce, aad, in, plen, scratch.data())) return Unauthentic(name);
-      if (hi > lo) std::memcpy(out + (lo - begin), scratch.data() + (lo - seg_from), hi - lo);
-    }
     if (hi <= lo) return Unauthentic(name);  // a segment that holds nothing of the range
+    char* dst = sealed + skip + (lo - begin);
+    const char* src = seg + (lo - seg_from);
+    if (dst != src) std::memmove(dst, src, hi - lo);
     from = hi;
     pos += plen + kGcmTagSize;
   }
   return Status::Ok();
+}
+
+// Opens the whole sealed object `name` held in *buf in place: *buf then holds its plaintext.
+// kDataLoss as OpenObject; *buf is then cleared.
+Status OpenObjectInPlace(const ObjectKeys& keys, const std::string& name, std::string* buf) {
+  Header h;
+  Status st = ParseHeader(keys, name, *buf, &h);
+  if (st.ok() && SealedSize(h.size) != buf->size()) st = Unauthentic(name);
+  Key256 okey{};
+  if (st.ok()) {
+    auto k = ObjectKey(keys.data_key, h.salt);
+    if (k.ok())
+      okey = *k;
+    else
+      st = k.status();
+  }
+  if (st.ok()) {
+    if (h.size == 0) {  // one empty segment: only its tag, which must still verify
+      uint8_t nonce[kGcmNonceSize];
+      Nonce(0, nonce);
+      char none = 0;
+      if (!GcmOpen(okey, nonce, SegmentAad(h, name).For(0), buf->data() + kSealedHeaderSize, 0,
+                   &none))
+        st = Unauthentic(name);
+    } else {
+      st = OpenSegmentsInPlace(okey, h, name, 0, buf->data() + kSealedHeaderSize,
+                               buf->size() - kSealedHeaderSize,
+                               -static_cast<ptrdiff_t>(kSealedHeaderSize), 0, h.size);
+    }
+  }
+  Wipe(okey.data(), okey.size());
+  if (!st.ok()) {
+    buf->clear();
+    return st;
+  }
+  buf->resize(h.size);
+  return Status::Ok();
+}
+
+// Seals `plain` as object `name` into *out, reusing its capacity (`plain` must not overlap it).
+// Errors as SealObject.
+Status SealObjectInto(const ObjectKeys& keys, const std::string& name, std::string_view plain,
+                      std::string* out) {
+  Header h;
+  h.key_id = keys.key_id;
+  h.size = plain.size();
+  if (g_test_salt)
+    h.salt = *g_test_salt;
+  else
+    VMB_RETURN_IF_ERROR(RandomBytes(h.salt.data(), h.salt.size()));
+  VMB_ASSIGN_OR_RETURN(Key256 okey, ObjectKey(keys.data_key, h.salt));
+  out->clear();
+  out->reserve(SealedSize(plain.size()));
+  out->append(EncodeHeader(h));
+  SegmentAad aad(h, name);
+  const uint64_t k = SegmentCount(plain.size());
+  Status st;
+  for (uint64_t i = 0; i < k && st.ok(); ++i) {
+    const uint64_t plen = SegmentPlainLen(h, i);
+    uint8_t nonce[kGcmNonceSize];
+    Nonce(i, nonce);
+    // Grown one segment at a time: the bytes zeroed here are still in the cache when the
+    // cipher overwrites them (zeroing the whole object first is a pass over memory of its own).
+    const size_t at = out->size();
+    out->resize(at + plen + kGcmTagSize);
+    st =
+        GcmSeal(okey, nonce, aad.For(i), plain.data() + i * kSealedSegment, plen, out->data() + at);
+  }
+  Wipe(okey.data(), okey.size());
+  if (!st.ok()) out->clear();
+  return st;
 }
 
 class EncryptedStore final : public ObjectStore {
@@ -157,8 +244,8 @@ class EncryptedStore final : public ObjectStore {
     if (IsClear(key)) return inner_->Put(key, data, opts);
     VMB_RETURN_IF_ERROR(ValidateKey(key));
     Forget(key);
-    VMB_ASSIGN_OR_RETURN(std::string sealed, SealObject(keys_, key, data));
-    return inner_->Put(key, sealed, opts);
+    VMB_ASSIGN_OR_RETURN(std::shared_ptr<const std::string> sealed, Seal(key, data));
+    return inner_->Put(key, *sealed, opts);
   }
 
   StatusOr<std::string> Get(const std::string& key, uint64_t offset, uint64_t length) override {
@@ -171,21 +258,27 @@ class EncryptedStore final : public ObjectStore {
   Status GetInto(const std::string& key, uint64_t offset, uint64_t length,
                  std::string* out) override {
     if (IsClear(key)) return inner_->GetInto(key, offset, length, out);
-    out->clear();  // on error it stays empty: never unauthenticated plaintext
+    // Every read lands in `*out` (its capacity reused) and is opened there in place. On error
+    // `*out` is left empty: never unauthenticated plaintext.
+    out->clear();
     if (offset == 0 && length == 0) {
-      VMB_ASSIGN_OR_RETURN(std::string sealed, inner_->Get(key, 0, 0));
-      VMB_ASSIGN_OR_RETURN(*out, OpenObject(keys_, key, sealed));
-      return Status::Ok();
+      Status st = inner_->GetInto(key, 0, 0, out);
+      if (!st.ok()) {
+        out->clear();
+        return st;
+      }
+      return OpenObjectInPlace(keys_, key, out);
     }
     if (offset == 0) {
       // Usually the whole object at its listed size (pack indexes, records): one read of exactly
       // its sealed size, no header fetch first.
-      auto sealed = inner_->Get(key, 0, SealedSize(length));
-      if (!sealed.ok() && !ReadAgainRanged(sealed.status())) return sealed.status();
-      if (sealed.ok() && IsWholeObject(key, *sealed, length)) {
-        VMB_ASSIGN_OR_RETURN(*out, OpenObject(keys_, key, *sealed));
-        return Status::Ok();
+      Status st = inner_->GetInto(key, 0, SealedSize(length), out);
+      if (!st.ok() && !ReadAgainRanged(st)) {
+        out->clear();
+        return st;
       }
+      if (st.ok() && IsWholeObject(key, *out, length)) return OpenObjectInPlace(keys_, key, out);
+      out->clear();
     }
     for (int attempt = 0;; ++attempt) {
       bool cached = false;
@@ -193,18 +286,17 @@ class EncryptedStore final : public ObjectStore {
       uint64_t off = offset, len = length, cstart = 0, cend = 0;  // the caller's, each attempt
       Status st = PlanRange(key, e.h, &off, &len, &cstart, &cend);
       if (st.ok()) {
-        thread_local std::string sealed;
-        st = inner_->GetInto(key, cstart, cend - cstart, &sealed);
+        st = inner_->GetInto(key, cstart, cend - cstart, out);
         // The header promises these bytes: an object that ends before them was truncated.
         if (st.code() == StatusCode::kOutOfRange) st = Unauthentic(key);
+        if (st.ok())
+          st = OpenSegmentsInPlace(e.okey, e.h, key, off / kSealedSegment, out->data(), out->size(),
+                                   0, off, off + len);
         if (st.ok()) {
           out->resize(len);
-          st = OpenSegments(e.okey, e.h, key, off / kSealedSegment, sealed, off, off + len,
-                            out->data());
+          return st;
         }
-        if (sealed.capacity() > (16u << 20)) std::string().swap(sealed);  // keep no huge buffer
       }
-      if (st.ok()) return st;
       out->clear();  // never leave unauthenticated plaintext behind
       if (!cached || attempt > 0) return st;
       Forget(key);  // the object may have been replaced since its header was cached
@@ -246,12 +338,12 @@ class EncryptedStore final : public ObjectStore {
     auto seal_and_put = [this, key = std::move(key), data = std::move(data), opts,
                          done = std::move(done)]() mutable {
       Status st = ValidateKey(key);
-      StatusOr<std::string> sealed = st.ok() ? SealObject(keys_, key, *data) : st;
+      StatusOr<std::shared_ptr<const std::string>> sealed = st;
+      if (st.ok()) sealed = Seal(key, *data);
       if (!sealed.ok()) return done(sealed.status());
       data.reset();  // the caller may recycle its buffer once we hold the sealed copy
       Forget(key);
-      inner_->PutAsync(std::move(key), std::make_shared<const std::string>(std::move(*sealed)),
-                       opts, std::move(done));
+      inner_->PutAsync(std::move(key), std::move(*sealed), opts, std::move(done));
     };
     // Sealed on the calling thread: for packs that is the worker that built the pack, which holds
     // upload budget. Posting the seal to the worker pool deadlocked: every worker blocked in
@@ -320,7 +412,11 @@ class EncryptedStore final : public ObjectStore {
                       std::function<void(StatusOr<std::string>)> done) {
     const size_t bytes = sealed.size();
     Offload(bytes, [this, key = std::move(key), sealed = std::move(sealed),
-                    done = std::move(done)]() mutable { done(OpenObject(keys_, key, sealed)); });
+                    done = std::move(done)]() mutable {
+      Status st = OpenObjectInPlace(keys_, key, &sealed);
+      if (!st.ok()) return done(st);
+      done(std::move(sealed));
+    });
   }
 
   // Large objects are opened on the blocking pool, never on an io thread (and never on the worker
@@ -330,6 +426,32 @@ class EncryptedStore final : public ObjectStore {
       ImplOf(runtime_)->PostBlocking(std::move(fn));
     else
       fn();
+  }
+
+  // The sealed form of `data` as object `key`. Large objects (packs) are sealed into a buffer of
+  // the Runtime's pack-buffer pool, which goes back to the pool when the last holder (the inner
+  // store) lets go of it: a fresh string per 32 MiB pack cost more than sealing it (page faults
+  // and zeroing of new pages, unmapping when freed). Errors as SealObject.
+  StatusOr<std::shared_ptr<const std::string>> Seal(const std::string& key, std::string_view data) {
+    std::shared_ptr<BufferPool> pool;
+    if (data.size() >= kPooledSealBytes && runtime_ != nullptr)
+      pool = ImplOf(runtime_)->pack_buffers();
+    if (pool == nullptr) {
+      auto sealed = std::make_shared<std::string>();
+      VMB_RETURN_IF_ERROR(SealObjectInto(keys_, key, data, sealed.get()));
+      return std::shared_ptr<const std::string>(std::move(sealed));
+    }
+    // With the slack a pack builder asks for (an eighth): a sealed pack's buffer serves a builder
+    // next, and a builder's serves a sealed pack.
+    const size_t size = SealedSize(data.size());
+    std::unique_ptr<std::string> buf(new std::string(pool->Take(size + size / 8)));
+    Status st = SealObjectInto(keys_, key, data, buf.get());
+    std::shared_ptr<const std::string> sealed(buf.release(), [pool](std::string* s) {
+      pool->Give(std::move(*s));
+      delete s;
+    });
+    if (!st.ok()) return st;
+    return sealed;
   }
 
   void Forget(const std::string& key) {
@@ -417,50 +539,16 @@ bool PlainSizeOf(uint64_t sealed, uint64_t* plain) {
 
 StatusOr<std::string> SealObject(const ObjectKeys& keys, const std::string& name,
                                  std::string_view plain) {
-  Header h;
-  h.key_id = keys.key_id;
-  h.size = plain.size();
-  if (g_test_salt)
-    h.salt = *g_test_salt;
-  else
-    VMB_RETURN_IF_ERROR(RandomBytes(h.salt.data(), h.salt.size()));
-  VMB_ASSIGN_OR_RETURN(Key256 okey, ObjectKey(keys.data_key, h.salt));
-  std::string out = EncodeHeader(h);
-  out.resize(SealedSize(plain.size()));
-  const uint64_t k = SegmentCount(plain.size());
-  Status st;
-  for (uint64_t i = 0; i < k && st.ok(); ++i) {
-    const uint64_t plen = SegmentPlainLen(h, i);
-    uint8_t nonce[kGcmNonceSize];
-    Nonce(i, nonce);
-    st = GcmSeal(okey, nonce, Aad(h, i, name), plain.data() + i * kSealedSegment, plen,
-                 out.data() + SegmentStart(i));
-  }
-  Wipe(okey.data(), okey.size());
-  if (!st.ok()) return st;
+  std::string out;
+  VMB_RETURN_IF_ERROR(SealObjectInto(keys, name, plain, &out));
   return out;
 }
 
 StatusOr<std::string> OpenObject(const ObjectKeys& keys, const std::string& name,
                                  std::string_view sealed) {
-  Header h;
-  VMB_RETURN_IF_ERROR(ParseHeader(keys, name, sealed, &h));
-  if (SealedSize(h.size) != sealed.size()) return Unauthentic(name);
-  VMB_ASSIGN_OR_RETURN(Key256 okey, ObjectKey(keys.data_key, h.salt));
-  std::string out(h.size, '\0');
-  Status st;
-  if (h.size == 0) {  // one empty segment: only its tag, which must still verify
-    uint8_t nonce[kGcmNonceSize];
-    Nonce(0, nonce);
-    char none = 0;
-    if (!GcmOpen(okey, nonce, Aad(h, 0, name), sealed.data() + kSealedHeaderSize, 0, &none))
-      st = Unauthentic(name);
-  } else {
-    st = OpenSegments(okey, h, name, 0, sealed.substr(kSealedHeaderSize), 0, h.size, out.data());
-  }
-  Wipe(okey.data(), okey.size());
-  if (!st.ok()) return st;
-  return out;
+  std::string buf(sealed);
+  VMB_RETURN_IF_ERROR(OpenObjectInPlace(keys, name, &buf));
+  return buf;
 }
 
 void SetSealSaltForTest(const std::array<uint8_t, 32>* salt) {

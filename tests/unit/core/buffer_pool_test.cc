@@ -40,6 +40,21 @@ TEST(BufferPoolTest, GrowsARecycledBufferThatIsTooSmall) {
   EXPECT_GE(s.capacity(), 1u << 16);
 }
 
+// Sealed packs and pack builders share the pool with slightly different sizes: a buffer that is
+// large enough is taken before a smaller, more recent one is grown (growing means a fresh buffer).
+TEST(BufferPoolTest, TakesAKeptBufferThatIsLargeEnoughBeforeGrowingASmallerOne) {
+  BufferPool pool(3);
+  std::string big = pool.Take(1 << 16), small = pool.Take(16);
+  const char* big_mem = big.data();
+  const char* small_mem = small.data();
+  pool.Give(std::move(big));
+  pool.Give(std::move(small));  // the most recent
+  std::string s = pool.Take(1 << 16);
+  EXPECT_EQ(s.data(), big_mem);
+  std::string t = pool.Take(16);
+  EXPECT_EQ(t.data(), small_mem);
+}
+
 // The Runtime's pool: buffers are kept only while a backup holds the pool, and freed when the last
 // hold ends, so an idle Runtime keeps no pack memory.
 TEST(BufferPoolTest, WhileHeldPoolKeepsBuffersOnlyWhileHeld) {
