@@ -1,5 +1,6 @@
 // Authenticated encryption and key derivation for encrypted repositories (docs/FORMAT.md
-// "Encryption"): AES-256-GCM and scrypt through OpenSSL, nothing else.
+// "Encryption"): AES-256-GCM through OpenSSL; scrypt (RFC 7914) with OpenSSL's PBKDF2 and its own
+// ROMix (see crypto.cc: OpenSSL's allocates its memory in a way that costs more than the hashing).
 //
 // Thread-safety: every function is thread-safe (per-thread cipher contexts).
 #ifndef VMBACKUP_CORE_CRYPTO_H_
@@ -41,7 +42,8 @@ inline constexpr uint32_t kDefaultScryptR = 8;
 inline constexpr uint32_t kDefaultScryptP = 1;
 
 // scrypt(passphrase, salt, n, r, p) → 32 bytes. kInvalidArgument when the parameters are out of the
-// bounds above or n is not a power of two above 1; kInternal when OpenSSL fails.
+// bounds above or n is not a power of two above 1; kResourceExhausted when its 128 r n bytes
+// cannot be mapped; kInternal when OpenSSL fails.
 StatusOr<Key256> Scrypt(std::string_view passphrase, std::string_view salt, uint64_t n, uint32_t r,
                         uint32_t p);
 

@@ -3,6 +3,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 #include "core/util.h"
 #include "support/test_util.h"
@@ -93,6 +94,37 @@ TEST(CryptoTest, ScryptMatchesRfc7914) {
   ASSERT_OK(k);
   EXPECT_EQ(ToHex(k->data(), k->size()),
             "7023bdcb3afd7348461c06cd81fd38ebfda8fbba904f8e3ea9b543f6545da1f2");
+}
+
+// RFC 7914 section 12, first vector (the second has p = 16, above the bound a slot may carry: the
+// next test compares p > 1 with OpenSSL instead).
+TEST(CryptoTest, ScryptMatchesTheFirstRfc7914Vector) {
+  auto a = Scrypt("", "", 16, 1, 1);
+  ASSERT_OK(a);
+  EXPECT_EQ(ToHex(a->data(), a->size()),
+            "77d6576238657b203b19ca42c18a0497f16b4844e3074ae8dfdffa3fede21442");
+}
+
+// Our ROMix against OpenSSL's scrypt, over the shapes of parameters a slot may carry (odd r, p > 1,
+// the smallest n, the default slot parameters).
+TEST(CryptoTest, ScryptEqualsOpenSslForEveryParameterShape) {
+  struct P {
+    uint64_t n;
+    uint32_t r, p;
+  };
+  for (P q : {P{2, 1, 1}, P{4, 1, 4}, P{1024, 3, 2}, P{256, 32, 1}, P{4096, 8, 1}, P{16, 5, 3},
+              P{1ull << 12, 8, 2}}) {
+    SCOPED_TRACE(std::to_string(q.n) + "/" + std::to_string(q.r) + "/" + std::to_string(q.p));
+    const std::string pass = "pass " + std::to_string(q.n), salt(32, static_cast<char>(q.r));
+    auto ours = Scrypt(pass, salt, q.n, q.r, q.p);
+    ASSERT_OK(ours);
+    Key256 theirs{};
+    ASSERT_EQ(EVP_PBE_scrypt(pass.data(), pass.size(),
+                             reinterpret_cast<const unsigned char*>(salt.data()), salt.size(), q.n,
+                             q.r, q.p, 1u << 30, theirs.data(), theirs.size()),
+              1);
+    EXPECT_EQ(*ours, theirs);
+  }
 }
 
 TEST(CryptoTest, ScryptParametersOutsideTheBoundsAreInvalidArgument) {
