@@ -20,8 +20,10 @@ set(_vmb_s3_locked_suites vmbackup_s3_integration_tests vmbackup_hostile_tests
     vmbackup_verify_integration_tests vmbackup_gc_integration_tests vmbackup_kill_trials)
 
 set(_vmb_seconds
-  Targets/KillTrial.KilledAnywhereNothingIsLostAndGcFreesWhatWasLeft/s3 45
-  Targets/KillTrial.KilledAnywhereNothingIsLostAndGcFreesWhatWasLeft/local 13
+  Targets/KillTrial.KilledAnywhereNothingIsLostAndGcFreesWhatWasLeft/s3 55
+  Targets/KillTrial.FourWritersWithGcAndDeletesInALoopLoseNothing/s3 22
+  Targets/KillTrial.KilledAnywhereNothingIsLostAndGcFreesWhatWasLeft/local 12
+  Targets/KillTrial.FourWritersWithGcAndDeletesInALoopLoseNothing/local 4
   S3Test.ServerRestartedDuringBackupCompletesOrFailsCleanly 49
   S3Test.ObjectsWrittenByVmbackupAreListedAndReadByAwsCli 27
   S3FirstContactTest.PingFailsFastButAnOperationKeepsItsFullBudget 24

@@ -69,7 +69,7 @@ class KillTrial : public ::testing::TestWithParam<std::string> {
       spec_ = "local:" + dir_.Sub("target");
       config_.type = TargetConfig::Type::kFile;
       config_.endpoint = dir_.Sub("target");
-      plan_ = {12, 6, 8, 8};
+      plan_ = {16, 8, 8, 10};
     } else {
       auto c = integ::ServerTargetConfig("s3");
       ASSERT_OK(c);
@@ -79,7 +79,7 @@ class KillTrial : public ::testing::TestWithParam<std::string> {
       std::string key(32, '\0');
       ASSERT_TRUE(internal::BytesFromHex(kRawKeyHex, reinterpret_cast<uint8_t*>(key.data()), 32));
       options_.raw_key = key;
-      plan_ = {8, 4, 6, 6};
+      plan_ = {6, 3, 4, 4};
     }
     options_.block_size = 64 * 1024;
     options_.pack_size = 1024 * 1024;
