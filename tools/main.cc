@@ -174,13 +174,14 @@ const std::vector<CommandDef>& Commands() {
        CmdForget},
       {"gc",
        "gc [--target CONFIG] [--dry-run] [--grace D] [--lease-expiry D] [--no-repack]\n"
-       "                   [--restore-dir DIR...]",
+       "                   [--max-unused PCT] [--restore-dir DIR...]",
        "reclaim the space of deleted backups, killed jobs and stray temporaries",
        "One garbage-collection run. Packs no backup references are listed first and deleted\n"
        "only by later runs once they stayed garbage for the grace period (default 24h, measured\n"
-       "between runs): the pack index in one run, the pack in the next. Packs less than half\n"
-       "live are rewritten (their live blocks moved to a new pack) once they stayed so for the\n"
-       "grace, then collected likewise. Safe while backups run on\n"
+       "between runs): the pack index in one run, the pack in the next. Partly-live packs with\n"
+       "the largest dead share are rewritten (their live blocks moved to a new pack) until the\n"
+       "dead bytes left are at most --max-unused of all packs' bytes, once they were chosen for\n"
+       "the grace, then collected likewise. Safe while backups run on\n"
        "any host (they hold leases). The first run upgrades the repository: vmbackup versions\n"
        "before garbage collection then refuse it. --dry-run reports what would be freed. Exits 14\n"
        "when damaged records or indexes kept it from deleting packs.\n",
@@ -188,7 +189,9 @@ const std::vector<CommandDef>& Commands() {
         {"dry-run", false, false, "", "report what would be deleted; change nothing"},
         {"grace", true, false, "D", "grace period (default 24h; 0, 90s, 30m, 7d)"},
         {"lease-expiry", true, false, "D", "leases older than this are abandoned (default 7d)"},
-        {"no-repack", false, false, "", "do not rewrite packs that are less than half live"},
+        {"no-repack", false, false, "", "do not rewrite partly-live packs"},
+        {"max-unused", true, false, "PCT",
+         "dead data partly-live packs may keep, % of all packs' bytes (default 10; 0 to 100)"},
         {"restore-dir", true, true, "DIR",
          "also delete *.vmbackup-partial-* leftovers of killed restores in DIR older than the "
          "grace"}},

@@ -1,5 +1,6 @@
 // vmbackupctl forget and gc: retention and garbage collection (docs/vmbackupctl.md).
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -53,6 +54,20 @@ std::optional<int> GcOptionsFromArgs(Context& ctx, const ParsedArgs& args, const
   }
   for (const std::string& d : args.GetAll("restore-dir")) o->restore_dirs.push_back(d);
   o->repack = !args.Has("no-repack");
+  if (auto v = args.Get("max-unused")) {
+    std::string t = *v;
+    if (!t.empty() && t.back() == '%') t.pop_back();
+    char* end = nullptr;
+    errno = 0;
+    const long pct = t.empty() ? -1 : std::strtol(t.c_str(), &end, 10);
+    if (t.empty() || errno != 0 || *end != '\0' || pct < 0 || pct > 100)
+      return ctx.UsageError(std::string(command) +
+                                ": --max-unused expects a percentage from 0 to 100 (like 10 or "
+                                "10%), got '" +
+                                *v + "'",
+                            command);
+    o->max_unused_percent = static_cast<int>(pct);
+  }
   return std::nullopt;
 }
 
@@ -92,7 +107,7 @@ void PrintGcReport(const vmbackup::GcReport& r) {
       {"dead packs", std::to_string(r.dead_packs), FormatBytes(r.dead_pack_bytes)},
       {"partly live packs", std::to_string(r.partly_live_packs),
        FormatBytes(r.dead_bytes_in_partly_live_packs) + " dead"},
-      {"less than half live (repack)", std::to_string(r.repack_candidates), "-"},
+      {"chosen to repack (--max-unused)", std::to_string(r.repack_candidates), "-"},
       {"packs repacked", std::to_string(r.packs_repacked), FormatBytes(r.bytes_repacked) + " new"},
       {"new candidates (wait for the grace)", std::to_string(r.new_candidates), "-"},
       {"pack indexes deleted", std::to_string(r.indexes_deleted), "-"},

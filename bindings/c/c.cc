@@ -706,9 +706,17 @@ int vmb_target_forget(char** out, vmb_target* target, const vmb_forget_options* 
 int vmb_gc_options_init(vmb_gc_options* opts, unsigned int version, vmb_error** error) {
   return Guard(error, [&]() -> Status {
     if (opts == nullptr) return NullArgument("vmb_gc_options_init", "opts");
-    if (version != VMB_GC_OPTIONS_VERSION)
+    if (version < 1 || version > VMB_GC_OPTIONS_VERSION)
       return vmbackup::BadVersion("vmb_gc_options", version, VMB_GC_OPTIONS_VERSION);
-    *opts = vmb_gc_options VMB_GC_OPTIONS_INIT;
+    const vmb_gc_options defaults VMB_GC_OPTIONS_INIT;
+    if (version == 1) {
+      // A version 1 caller's struct ends before max_unused_percent: never write it there.
+      std::memcpy(static_cast<void*>(opts), &defaults,
+                  offsetof(vmb_gc_options, max_unused_percent));
+      opts->version = 1;
+    } else {
+      *opts = defaults;
+    }
     return Status::Ok();
   });
 }
@@ -726,6 +734,8 @@ int vmb_target_gc(char** out, vmb_target* target, const vmb_gc_options* opts, vm
       go.grace_seconds = opts->grace_seconds;
       go.lease_expiry_seconds = opts->lease_expiry_seconds;
       go.repack = opts->repack != 0;
+      // A version 1 caller's struct ends before max_unused_percent: never read it there.
+      if (opts->version >= 2) go.max_unused_percent = opts->max_unused_percent;
       if (opts->restore_dir_count > 0 && opts->restore_dirs == nullptr)
         return NullArgument("vmb_target_gc", "opts->restore_dirs");
       for (size_t i = 0; i < opts->restore_dir_count; ++i) {

@@ -915,7 +915,7 @@ void Bind(py::module_& m) {
           "gc",
           [](BackupTarget& t, bool dry_run, std::optional<int64_t> grace_seconds,
              std::optional<int64_t> lease_expiry_seconds, const py::object& progress,
-             const py::object& restore_dirs, bool repack) {
+             const py::object& restore_dirs, bool repack, std::optional<int> max_unused_percent) {
             if (!progress.is_none() && !PyCallable_Check(progress.ptr()))
               Raise(InvalidArgumentError("progress: must be callable or None"));
             GcOptions o;
@@ -923,6 +923,7 @@ void Bind(py::module_& m) {
             o.grace_seconds = grace_seconds.value_or(-1);
             o.lease_expiry_seconds = lease_expiry_seconds.value_or(-1);
             o.repack = repack;
+            o.max_unused_percent = max_unused_percent.value_or(-1);
             if (!restore_dirs.is_none())
               for (py::handle d : restore_dirs) o.restore_dirs.push_back(FsPath(d));
             // The callback runs on this thread while the GIL is released: it takes it back. An
@@ -948,12 +949,15 @@ void Bind(py::module_& m) {
           },
           py::kw_only(), "dry_run"_a = false, "grace_seconds"_a = py::none(),
           "lease_expiry_seconds"_a = py::none(), "progress"_a = py::none(),
-          "restore_dirs"_a = py::none(), "repack"_a = true,
+          "restore_dirs"_a = py::none(), "repack"_a = true, "max_unused_percent"_a = py::none(),
           "One garbage-collection run (docs/FORMAT.md): deletes what stayed garbage for the grace "
           "period across runs (default 24 h; 0 allowed, each step still takes one run more). "
           "progress(phase, done, total) may return False to stop. Returns the report as a dict "
           "(packs, dead_packs, packs_deleted, bytes_deleted, reclaimable_bytes, damaged, ...). "
-          "repack: rewrite packs less than half live once they stayed so for the grace. "
+          "repack: rewrite the partly-live packs with the largest dead share until the dead bytes "
+          "left "
+          "in them are at most max_unused_percent (default 10; 0 to 100) of all packs' bytes, "
+          "once they were chosen for the grace. "
           "restore_dirs: directories of this host whose *.vmbackup-partial-* leftovers of killed "
           "restores older than the grace are deleted. FailedPreconditionError while another run "
           "holds the lock.")

@@ -77,7 +77,7 @@ struct ForgetResult {
 // ---- garbage collection ----
 
 struct GcProgress {
-  // "mark", "records", "indexes", "sweep", "done".
+  // "mark", "records", "indexes", "repack", "sweep", "done".
   std::string phase;
   uint64_t done = 0;   // items of the phase dealt with so far
   uint64_t total = 0;  // items of the phase; 0 when unknown
@@ -96,10 +96,15 @@ struct GcOptions {
   // clock is left over by a killed job and ignored (then deleted). Default -1 = 7 days; backups
   // must take less time than this.
   int64_t lease_expiry_seconds = -1;
-  // Rewrite packs less than half live (by stored bytes) once they stayed so for the grace: their
+  // Rewrite partly-live packs (see max_unused_percent) once they were chosen for the grace: their
   // live blocks move to a new pack and the old pack is then collected like a dead one. Default
   // true.
   bool repack = true;
+  // How much dead data partly-live packs may keep, in percent of the stored bytes of all indexed
+  // packs after the run: the packs with the largest dead share are repacked until the rest is
+  // within this bound. 0 repacks every pack with a dead block (rewrites the most), 100 none.
+  // Default -1 = 10. Ignored when repack is false. Values outside -1..100: kInvalidArgument.
+  int max_unused_percent = -1;
   // Directories on this host where restores write (RestoreSpec::dest_dir and the directories of
   // explicit destinations): files named "*.vmbackup-partial-*" in them (not below), left by killed
   // restores and last modified longer than the grace ago (this host's clock), are deleted.
@@ -123,7 +128,8 @@ struct GcReport {
   uint64_t dead_pack_bytes = 0;
   uint64_t partly_live_packs = 0;                // packs with live and dead blocks
   uint64_t dead_bytes_in_partly_live_packs = 0;  // stored bytes of their dead blocks
-  uint64_t repack_candidates = 0;                // packs less than half live (GcOptions::repack)
+  uint64_t live_stored_bytes = 0;                // stored bytes of the live blocks in indexed packs
+  uint64_t repack_candidates = 0;     // partly-live packs chosen to repack (max_unused_percent)
   uint64_t packs_repacked = 0;        // of them, rewritten by this run (their index deleted)
   uint64_t bytes_repacked = 0;        // size of the new packs written for them
   uint64_t new_candidates = 0;        // dead packs listed for a later run (grace not passed)

@@ -200,6 +200,42 @@ StatusOr<std::vector<PackEntry>> ReadTrailerEntries(ObjectStore& store, const st
   return DecodePackIndex(*index_bytes, id, what + " (index copy in the trailer)");
 }
 
+// A pack with live and dead blocks (stored bytes of each).
+struct PartlyLive {
+  std::string id, index_key;
+  uint64_t size = 0, live = 0, dead = 0;
+};
+
+// The packs to repack so that the dead bytes left in partly-live packs are at most `max_unused`
+// percent of what all indexed packs keep (live bytes plus that dead rest): the largest dead
+// shares first (ties: more dead bytes, then the id, so that runs choose alike). 0 chooses every
+// partly-live pack, 100 none.
+std::vector<const PartlyLive*> ChooseRepacks(const std::vector<PartlyLive>& partly,
+                                             uint64_t live_bytes, int max_unused) {
+  std::vector<const PartlyLive*> order;
+  uint64_t dead = 0;
+  for (const auto& p : partly) {
+    order.push_back(&p);
+    dead += p.dead;
+  }
+  std::sort(order.begin(), order.end(), [](const PartlyLive* a, const PartlyLive* b) {
+    // a.dead / (a.dead + a.live) > b.dead / (b.dead + b.live), cross-multiplied in 128 bits.
+    const unsigned __int128 l = static_cast<unsigned __int128>(a->dead) * (b->dead + b->live);
+    const unsigned __int128 r = static_cast<unsigned __int128>(b->dead) * (a->dead + a->live);
+    if (l != r) return l > r;
+    if (a->dead != b->dead) return a->dead > b->dead;
+    return a->id < b->id;
+  });
+  auto within = [&](uint64_t d) {
+    const unsigned __int128 total = static_cast<unsigned __int128>(live_bytes) + d;
+    return static_cast<unsigned __int128>(d) * 100 <= total * static_cast<unsigned>(max_unused);
+  };
+  size_t n = 0;
+  while (n < order.size() && !within(dead)) dead -= order[n++]->dead;
+  order.resize(n);
+  return order;
+}
+
 class Run {
  public:
   Run(Repository& repo, const GcOptions& o, const GcClock& clock)
@@ -251,6 +287,7 @@ class Run {
   const GcOptions& opts_;
   const GcClock& clock_;
   int64_t now_ = 0, grace_ = 0, expiry_ = 0;
+  int max_unused_ = kDefaultMaxUnusedPercent;
   std::string run_;
   bool locked_ = false;
   GcReport r_;
@@ -441,6 +478,14 @@ StatusOr<GcReport> Run::Go() {
     return InvalidArgumentError(
         "GcOptions: grace_seconds and lease_expiry_seconds must be >= 0 "
         "(or -1 for the default)");
+  if (opts_.max_unused_percent < -1 || opts_.max_unused_percent > 100)
+    return InvalidArgumentError(
+        "GcOptions: max_unused_percent must be 0 to 100 (or -1 for the "
+        "default, " +
+        std::to_string(kDefaultMaxUnusedPercent) + "), not " +
+        std::to_string(opts_.max_unused_percent));
+  max_unused_ =
+      opts_.max_unused_percent == -1 ? kDefaultMaxUnusedPercent : opts_.max_unused_percent;
   grace_ = opts_.grace_seconds == -1 ? kDefaultGraceSeconds : opts_.grace_seconds;
   expiry_ =
       opts_.lease_expiry_seconds == -1 ? kDefaultLeaseExpirySeconds : opts_.lease_expiry_seconds;
@@ -572,6 +617,7 @@ Status Run::Finish() {
   }
   std::set<std::string> indexed;
   std::vector<std::string> condemn;  // index keys to delete
+  std::vector<PartlyLive> partly;    // packs with live and dead blocks (when repacking)
   uint64_t done = 0;
   // The pack indexes, kDefaultGetWindow reads in flight (GetMany); each is dealt with on this
   // thread as it arrives, in completion order (nothing below depends on the order).
@@ -617,36 +663,13 @@ Status Run::Finish() {
             dead_bytes += e.stored_len;
           }
         }
+        r_.live_stored_bytes += live_bytes;
         if (live > 0) {
           if (dead_bytes > 0) {
             ++r_.partly_live_packs;
             r_.dead_bytes_in_partly_live_packs += dead_bytes;
+            if (opts_.repack) partly.push_back({id, o.key, ps->second, live_bytes, dead_bytes});
           }
-          if (!opts_.repack || live_bytes >= dead_bytes) return Status::Ok();
-          // Less than half live: listed first; once it stayed so for the grace, its live blocks move
-          // to a new pack and it is condemned like a dead pack (the re-check before deleting it
-          // accepts blocks the new pack holds).
-          ++r_.repack_candidates;
-          r_.reclaimable_bytes += dead_bytes;
-          Seen seen;
-          if (!sweep_ || !GraceOver(prev_repack, id, &seen)) {
-            next.repack[id] =
-                prev_repack && prev_repack->count(id) ? prev_repack->at(id) : Seen{now_, run_};
-            return Status::Ok();
-          }
-          ++r_.packs_repacked;
-          if (opts_.dry_run) return Status::Ok();
-          auto replacement = RepackLive(id, ps->second, *entries);
-          if (!replacement.ok()) {
-            if (replacement.status().code() != StatusCode::kDataLoss) return replacement.status();
-            r_.damaged.push_back(replacement.status().message());  // left for repair
-            --r_.packs_repacked;
-            return Status::Ok();
-          }
-          condemn.push_back(o.key);
-          next.no_index[id] = Seen{now_, run_, true};
-          next.replaced_by[id] = *replacement;
-          ++r_.indexes_deleted;
           return Status::Ok();
         }
         ++r_.dead_packs;
@@ -666,6 +689,44 @@ Status Run::Finish() {
         }
         return Status::Ok();
       }));
+  // Repack: the partly-live packs with the largest dead share, until what stays dead in them is at
+  // most max_unused % of the packs' stored bytes. A chosen pack is listed first; once it was
+  // chosen for the grace, its live blocks move to a new pack and it is condemned like a dead pack
+  // (the re-check before deleting it accepts blocks the new pack holds).
+  std::vector<const PartlyLive*> chosen = ChooseRepacks(partly, r_.live_stored_bytes, max_unused_);
+  r_.repack_candidates = chosen.size();
+  done = 0;
+  for (const PartlyLive* p : chosen) {
+    VMB_RETURN_IF_ERROR(Progress("repack", done++, chosen.size()));
+    r_.reclaimable_bytes += p->dead;
+    Seen seen;
+    if (!sweep_ || !GraceOver(prev_repack, p->id, &seen)) {
+      next.repack[p->id] =
+          prev_repack && prev_repack->count(p->id) ? prev_repack->at(p->id) : Seen{now_, run_};
+      continue;
+    }
+    ++r_.packs_repacked;
+    if (opts_.dry_run) continue;
+    // The index again (not kept from the listing above, so memory stays bounded by the number
+    // of packs, not of blocks); gone or damaged meanwhile: left for the next run or for repair.
+    auto bytes = store_.GetAtMost(p->index_key, kMaxWholeObjectRead);
+    auto entries = bytes.ok() ? DecodePackIndex(*bytes, p->id, "pack index " + p->index_key)
+                              : StatusOr<std::vector<PackEntry>>(bytes.status());
+    auto replacement = entries.ok() ? RepackLive(p->id, p->size, *entries)
+                                    : StatusOr<std::string>(entries.status());
+    if (!replacement.ok()) {
+      --r_.packs_repacked;
+      const StatusCode c = replacement.status().code();
+      if (c == StatusCode::kNotFound) continue;
+      if (c != StatusCode::kDataLoss) return replacement.status();
+      r_.damaged.push_back(replacement.status().message());  // left for repair
+      continue;
+    }
+    condemn.push_back(p->index_key);
+    next.no_index[p->id] = Seen{now_, run_, true};
+    next.replaced_by[p->id] = *replacement;
+    ++r_.indexes_deleted;
+  }
   VMB_RETURN_IF_ERROR(Delete(condemn));
 
   // Packs without an index: condemned by an earlier run, or orphans of killed writers.

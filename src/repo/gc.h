@@ -32,6 +32,8 @@ inline constexpr const char* kTmpPrefix = ".tmp/";
 inline constexpr const char* kPackPrefix = "packs/";
 inline constexpr int64_t kDefaultGraceSeconds = 24 * 3600;
 inline constexpr int64_t kDefaultLeaseExpirySeconds = 7 * 24 * 3600;
+// GcOptions::max_unused_percent's default.
+inline constexpr int kDefaultMaxUnusedPercent = 10;
 // A gc/lock.json older than this (GC host's clock) was left by a killed run and is broken.
 inline constexpr int64_t kGcLockStaleSeconds = 6 * 3600;
 inline constexpr uint64_t kMaxGcStateBytes = 64ull << 20;

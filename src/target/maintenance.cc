@@ -61,6 +61,7 @@ std::string GcReportToJson(const GcReport& r) {
   j["dead_pack_bytes"] = r.dead_pack_bytes;
   j["partly_live_packs"] = r.partly_live_packs;
   j["dead_bytes_in_partly_live_packs"] = r.dead_bytes_in_partly_live_packs;
+  j["live_stored_bytes"] = r.live_stored_bytes;
   j["repack_candidates"] = r.repack_candidates;
   j["packs_repacked"] = r.packs_repacked;
   j["bytes_repacked"] = r.bytes_repacked;

@@ -1139,7 +1139,32 @@ static void test_forget_and_gc(void) {
   /* GC: a dry run, a cancelled run, then three runs with no grace reclaim gc-old's packs. */
   vmb_gc_options go = VMB_GC_OPTIONS_INIT;
   CHECK(go.grace_seconds == -1 && go.lease_expiry_seconds == -1 && go.repack == 1);
-  CHECK(go.restore_dirs == NULL && go.restore_dir_count == 0);
+  CHECK(go.restore_dirs == NULL && go.restore_dir_count == 0 && go.max_unused_percent == -1);
+  /* A version 1 caller's struct ends before max_unused_percent: init leaves it alone. */
+  go.max_unused_percent = 1234;
+  CHECK_RC(vmb_gc_options_init(&go, 1, NULL), VMB_OK, NULL);
+  CHECK(go.version == 1 && go.repack == 1 && go.max_unused_percent == 1234);
+  go.dry_run = 1;
+  CHECK_RC(vmb_target_gc(&out, t, &go, &err), VMB_OK, err); /* v1: 1234 never read */
+  vmb_free(out);
+  out = NULL;
+  CHECK_RC(vmb_gc_options_init(&go, VMB_GC_OPTIONS_VERSION, NULL), VMB_OK, NULL);
+  go.max_unused_percent = 101;
+  CHECK_RC(vmb_target_gc(&out, t, &go, &err), VMB_EINVAL, err);
+  CHECK(strstr(vmb_error_message(err), "max_unused_percent") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  go.dry_run = 1;
+  go.max_unused_percent = 0; /* every pack with a dead block */
+  CHECK_RC(vmb_target_gc(&out, t, &go, &err), VMB_OK, err);
+  CHECK(json_number(out, "repack_candidates") == json_number(out, "partly_live_packs"));
+  vmb_free(out);
+  out = NULL;
+  go.max_unused_percent = 100; /* none */
+  CHECK_RC(vmb_target_gc(&out, t, &go, &err), VMB_OK, err);
+  CHECK(json_number(out, "repack_candidates") == 0);
+  vmb_free(out);
+  out = NULL;
   go.version = 7;
   CHECK_RC(vmb_target_gc(&out, t, &go, NULL), VMB_EINVAL, NULL);
   CHECK_RC(vmb_gc_options_init(&go, VMB_GC_OPTIONS_VERSION, NULL), VMB_OK, NULL);

@@ -275,6 +275,15 @@ def test_gc_dry_run_changes_nothing_and_flags_are_checked(setup, tmp_path):
     norepack = json.loads(run("--json", "gc", "--target", str(target), "--dry-run", "--no-repack",
                               check=0).stdout)
     assert norepack["repack_candidates"] == 0 and norepack["packs_repacked"] == 0
+    every = json.loads(run("--json", "gc", "--target", str(target), "--dry-run", "--max-unused",
+                           "0", check=0).stdout)
+    assert every["repack_candidates"] == every["partly_live_packs"]
+    none = json.loads(run("--json", "gc", "--target", str(target), "--dry-run", "--max-unused",
+                          "100%", check=0).stdout)
+    assert none["repack_candidates"] == 0
+    for bad_pct in ("101", "-1", "ten", ""):
+        bad = run("gc", "--target", str(target), "--dry-run", "--max-unused", bad_pct)
+        assert bad.returncode == 2 and "--max-unused" in bad.stderr, bad_pct
     bad = run("gc", "--target", str(target), "--grace", "soon")
     assert bad.returncode == 2 and "--grace" in bad.stderr
     # Another run holding the lock: exit 11 (failed precondition) naming it.

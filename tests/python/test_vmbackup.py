@@ -609,6 +609,11 @@ def test_forget_then_gc_reclaims_the_forgotten_backups_packs(target, target_dir,
     report = target.gc(dry_run=True, grace_seconds=0)
     assert report["dry_run"] is True and report["run"] == ""
     assert target.gc(dry_run=True, repack=False)["repack_candidates"] == 0
+    every = target.gc(dry_run=True, max_unused_percent=0)
+    assert every["repack_candidates"] == every["partly_live_packs"]
+    assert target.gc(dry_run=True, max_unused_percent=100)["repack_candidates"] == 0
+    with pytest.raises(vmbackup.InvalidArgumentError, match="max_unused_percent"):
+        target.gc(dry_run=True, max_unused_percent=101)
     assert _packs(target_dir) == packs_before
     phases = []
     for _ in range(3):

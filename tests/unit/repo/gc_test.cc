@@ -676,6 +676,93 @@ TEST_F(GcTest, PacksLessThanHalfLiveAreRepackedAndTheRestStaysRestorable) {
   EXPECT_EQ(RestoredSha("b"), FileSha256(dir_.Sub("b.img")));
 }
 
+TEST_F(GcTest, MaxUnusedChoosesHowManyMostlyLivePacksAreRepacked) {
+  // a.img: 32 random 64 KiB blocks (incompressible: 4 per 256 KiB pack). b.img changes every
+  // fourth block, so once backup "a" is deleted each of a's packs is three quarters live: the
+  // dead quarter is 8 of 40 stored blocks (20 %).
+  std::mt19937_64 rng(7);
+  std::string a(32 * 65536, '\0');
+  for (size_t i = 0; i + 8 <= a.size(); i += 8) {
+    const uint64_t x = rng();
+    std::memcpy(&a[i], &x, 8);
+  }
+  std::string b = a;
+  for (size_t blk = 0; blk < 32; blk += 4)
+    for (size_t i = blk * 65536; i < (blk + 1) * 65536; i += 8) {
+      const uint64_t x = rng();
+      std::memcpy(&b[i], &x, 8);
+    }
+  testing::WriteAll(dir_.Sub("a.img"), a);
+  testing::WriteAll(dir_.Sub("b.img"), b);
+  for (const auto& [name, file] : {std::pair{"a", "a.img"}, std::pair{"b", "b.img"}}) {
+    BackupSpec spec;
+    spec.name = name;
+    spec.volumes.push_back({"disk0", dir_.Sub(file), false, {}});
+    auto job = BackupJob::Create(target_, spec);
+    ASSERT_OK(job);
+    ASSERT_OK((*job)->Run());
+  }
+  ASSERT_OK(target_->DeleteBackup("a"));
+  auto gc = [&](int max_unused, bool dry_run) {
+    GcOptions o;
+    o.grace_seconds = kHour;
+    o.dry_run = dry_run;
+    o.max_unused_percent = max_unused;
+    return RunGc(repo(), o, [this] { return now_; });
+  };
+  // The dead share of what stays after the run, in percent of the packs' stored bytes.
+  auto unused_after = [](const GcReport& r, uint64_t dead_left) {
+    return 100.0 * static_cast<double>(dead_left) /
+           static_cast<double>(r.live_stored_bytes + dead_left);
+  };
+
+  auto all = gc(0, true);
+  ASSERT_OK(all);
+  ASSERT_GE(all->partly_live_packs, 6u);
+  EXPECT_EQ(all->repack_candidates, all->partly_live_packs);  // 0: every pack with a dead block
+  EXPECT_NEAR(unused_after(*all, all->dead_bytes_in_partly_live_packs), 20.0, 3.0);
+  auto none = gc(50, true);  // 20 % dead is within 50 %; the old rule (under half live) agreed
+  ASSERT_OK(none);
+  EXPECT_EQ(none->repack_candidates, 0u);
+  EXPECT_THAT(gc(101, true), StatusIs(StatusCode::kInvalidArgument, "max_unused_percent"));
+  EXPECT_THAT(gc(-2, true), StatusIs(StatusCode::kInvalidArgument, "max_unused_percent"));
+
+  // The default (10 %): the fewest packs that bring the dead rest within 10 %; each pack chosen
+  // holds one dead block of four, so about half of them.
+  auto r1 = gc(-1, false);
+  ASSERT_OK(r1);
+  ASSERT_GT(r1->repack_candidates, 0u);
+  ASSERT_LT(r1->repack_candidates, r1->partly_live_packs);
+  const uint64_t per_pack = r1->dead_bytes_in_partly_live_packs / r1->partly_live_packs;
+  const uint64_t left = r1->dead_bytes_in_partly_live_packs - r1->repack_candidates * per_pack;
+  EXPECT_LE(unused_after(*r1, left), 10.0);
+  EXPECT_GT(unused_after(*r1, left + per_pack), 10.0);  // one pack fewer would not do
+  EXPECT_EQ(r1->packs_repacked, 0u);                    // chosen now, rewritten after the grace
+  GcUntilStable();
+  auto last = gc(-1, false);
+  ASSERT_OK(last);
+  EXPECT_EQ(last->repack_candidates, 0u);
+  EXPECT_EQ(last->partly_live_packs, r1->partly_live_packs - r1->repack_candidates);
+  EXPECT_LE(unused_after(*last, last->dead_bytes_in_partly_live_packs), 10.0);
+  EXPECT_EQ(last->dead_packs, 0u);
+  EXPECT_EQ(BytesUnder("packs/") + BytesUnder("index/"), ReferencedPackBytes());
+  EXPECT_EQ(RestoredSha("b"), FileSha256(dir_.Sub("b.img")));
+
+  // 0 then rewrites the rest: no dead block is left in any pack.
+  GcOptions o;
+  o.grace_seconds = kHour;
+  o.max_unused_percent = 0;
+  for (int i = 0; i < 4; ++i) {
+    now_ += 2 * kHour;
+    ASSERT_OK(RunGc(repo(), o, [this] { return now_; }));
+  }
+  auto clean = gc(0, true);
+  ASSERT_OK(clean);
+  EXPECT_EQ(clean->partly_live_packs, 0u);
+  EXPECT_EQ(clean->dead_bytes_in_partly_live_packs, 0u);
+  EXPECT_EQ(RestoredSha("b"), FileSha256(dir_.Sub("b.img")));
+}
+
 TEST_F(GcTest, RepackedPackWhoseDeadBlockIsUsedAgainIsKept) {
   // A backup that loaded the index before the repack deduplicated against a dead block of the
   // pack (simulated by publishing the deleted backup's record again): the re-check finds a live

@@ -426,7 +426,7 @@ VMB_EXTERN int vmb_forget_options_init(vmb_forget_options* opts, unsigned int ve
 VMB_EXTERN int vmb_target_forget(char** out, vmb_target* target, const vmb_forget_options* opts,
                                  vmb_error** error);
 
-/* Garbage-collection progress: `phase` is "mark", "records", "indexes", "sweep" or "done"
+/* Garbage-collection progress: `phase` is "mark", "records", "indexes", "repack", "sweep" or "done"
  * (borrowed for the call); `done` of `total` items (total 0 = unknown). Runs on the thread that
  * called vmb_target_gc(), never under an internal lock. Return 0 to continue, non-zero to stop the
  * run after its current step (vmb_target_gc() then returns VMB_ECANCELLED). */
@@ -448,14 +448,19 @@ typedef struct vmb_gc_options {
    * for the call. Default NULL / 0. */
   const char* const* restore_dirs;
   size_t restore_dir_count;
-  /* Non-zero: rewrite packs less than half live once they stayed so for the grace (their live
-   * blocks move to a new pack). Default 1. */
+  /* Non-zero: rewrite partly-live packs chosen by max_unused_percent once they were chosen for
+   * the grace (their live blocks move to a new pack). Default 1. */
   int repack;
+  /* Version 2. How much dead data partly-live packs may keep, in percent of the stored bytes of
+   * all indexed packs after the run: the packs with the largest dead share are repacked until the
+   * rest is within it. 0 repacks every pack with a dead block, 100 none. Default -1 = 10; outside
+   * -1..100: VMB_EINVAL. */
+  int max_unused_percent;
 } vmb_gc_options;
 
-#define VMB_GC_OPTIONS_VERSION 1
+#define VMB_GC_OPTIONS_VERSION 2
 #define VMB_GC_OPTIONS_INIT \
-  { VMB_GC_OPTIONS_VERSION, 0, -1, -1, NULL, NULL, NULL, 0, 1 }
+  { VMB_GC_OPTIONS_VERSION, 0, -1, -1, NULL, NULL, NULL, 0, 1, -1 }
 
 /* Sets *opts to the defaults of `version` (VMB_GC_OPTIONS_INIT).
  * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
