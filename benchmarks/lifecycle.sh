@@ -71,11 +71,27 @@ for t in "${tool_list[@]}"; do
   case "$t" in
     vmbackupctl) ctl=$(realpath "$ctl")
                  [ -x "$ctl" ] || { echo "no vmbackupctl at $ctl (cmake --preset perf && cmake --build build-perf)" >&2; exit 2; } ;;
-    restic|borg) command -v "$t" >/dev/null || { echo "lifecycle.sh: $t is not installed" >&2; exit 2; } ;;
+    restic|borg) ;;
     *) echo "lifecycle.sh: unknown tool $t" >&2; exit 2 ;;
   esac
 done
-[ -x /usr/bin/time ] || { echo "lifecycle.sh: needs GNU time at /usr/bin/time" >&2; exit 2; }
+# Debian packages of the tools compared (and GNU time), installed when missing.
+missing=
+for t in "${tool_list[@]}"; do
+  case "$t" in
+    restic) command -v restic >/dev/null 2>&1 || missing="$missing restic" ;;
+    borg) command -v borg >/dev/null 2>&1 || missing="$missing borgbackup" ;;
+  esac
+done
+[ -x /usr/bin/time ] || missing="$missing time"
+if [ -n "$missing" ]; then
+  sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "lifecycle.sh: installing$missing"
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y --no-install-recommends $missing >/dev/null ||
+    { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends $missing >/dev/null; } ||
+    { echo "lifecycle.sh: could not install$missing" >&2; exit 2; }
+fi
 [ -n "$work" ] || work=$(mktemp -d /var/tmp/vmb-lifecycle.XXXXXX)
 mkdir -p "$work"
 work=$(realpath "$work")
