@@ -505,6 +505,9 @@ void MakeVolumes(Context* c) {
     ++made;
   }
   std::ofstream(dir + "/params") << params << "\n";
+  // New volumes are still being written back: that would land in the first measured phase (a
+  // local run's first restores took 4.8 s of system time instead of 1.3 s).
+  if (made > 0) ::sync();
   std::fprintf(stderr, "volumes: %d x %" PRIu64 " MiB in %s (%d generated in %.1f s)\n",
                c->opt.jobs, c->opt.size_mib, dir.c_str(), made, Since(t0));
 }
