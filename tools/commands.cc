@@ -1,7 +1,10 @@
 #include "commands.h"
 
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -233,6 +236,24 @@ int CmdTargetTest(Context& ctx, const ParsedArgs& args) {
   return kExitOk;
 }
 
+namespace {
+
+// Runs a freeze or thaw command with /bin/sh; its output goes to this process's stdout/stderr.
+// kFailedPrecondition when it cannot run or exits non-zero.
+Status RunHookCommand(const char* what, const std::string& cmd) {
+  std::fflush(nullptr);
+  const int rc = std::system(cmd.c_str());
+  if (rc == -1)
+    return vmbackup::FailedPreconditionError(std::string("cannot run the ") + what + " command");
+  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 0) return Status::Ok();
+  return vmbackup::FailedPreconditionError(
+      std::string("the ") + what + " command '" + cmd + "' " +
+      (WIFEXITED(rc) ? "exited " + std::to_string(WEXITSTATUS(rc))
+                     : "was killed by signal " + std::to_string(WTERMSIG(rc))));
+}
+
+}  // namespace
+
 int CmdBackup(Context& ctx, const ParsedArgs& args) {
   if (!args.positionals().empty()) {
     return ctx.UsageError("backup: unexpected argument '" + args.positionals()[0] + "'", "backup");
@@ -277,6 +298,18 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
   if (auto name = args.Get("name")) spec.name = *name;
   if (auto parent = args.Get("parent")) spec.parent = *parent;
   if (args.Has("no-fingerprints")) spec.use_fingerprints = false;
+  {
+    const auto freeze = args.Get("freeze-cmd"), thaw = args.Get("thaw-cmd");
+    if (freeze.has_value() != thaw.has_value())
+      return ctx.UsageError("backup: --freeze-cmd and --thaw-cmd go together", "backup");
+    if (args.Has("thaw-early") && !freeze)
+      return ctx.UsageError("backup: --thaw-early needs --freeze-cmd and --thaw-cmd", "backup");
+    if (freeze) {
+      spec.snapshot.freeze = [cmd = *freeze]() { return RunHookCommand("freeze", cmd); };
+      spec.snapshot.thaw = [cmd = *thaw]() { return RunHookCommand("thaw", cmd); };
+      spec.snapshot.thaw_after_backup = !args.Has("thaw-early");
+    }
+  }
   if (auto dirty = args.Get("dirty-map")) {
     Status st = ApplyDirtyMap(*dirty, &spec);
     if (!st.ok()) return ctx.Fail(st);
@@ -355,6 +388,10 @@ int CmdShow(Context& ctx, const ParsedArgs& args) {
       << "Completed:    " << i.completed_at << "\n"
       << "Parent:       " << OrDash(i.parent) << "\n"
       << "Duration:     " << FormatDuration(i.seconds) << "\n"
+      << "Frozen:       "
+      << (i.freeze_seconds < 0 ? std::string("-")
+                               : FormatDuration(i.freeze_seconds) + " (one window, all volumes)")
+      << "\n"
       << "Size:         " << FormatBytes(i.bytes_total) << " (logical)\n"
       << "New:          " << FormatBytes(i.bytes_new) << "\n"
       << "Reused:       " << FormatBytes(i.bytes_reused) << "\n"
@@ -362,13 +399,15 @@ int CmdShow(Context& ctx, const ParsedArgs& args) {
       << "Dedup ratio:  " << Ratio(DedupRatio(i)) << "\n"
       << "Compression:  " << Ratio(CompressionRatio(i)) << "\n"
       << "Volumes:\n";
-  std::vector<std::vector<std::string>> rows = {
-      {"  NAME", "SIZE", "BLOCK", "DATA", "ZERO", "HOLE", "NEW", "REUSED", "STORED"}};
+  std::vector<std::vector<std::string>> rows = {{"  NAME", "SIZE", "BLOCK", "DATA", "ZERO", "HOLE",
+                                                 "NEW", "REUSED", "STORED", "SNAPSHOT",
+                                                 "CONSISTENCY"}};
   for (const auto& v : i.volumes) {
     rows.push_back({"  " + v.name, FormatBytes(v.size), FormatBytes(v.block_size),
                     std::to_string(v.data_blocks), std::to_string(v.zero_blocks),
                     std::to_string(v.hole_blocks), FormatBytes(v.bytes_new),
-                    FormatBytes(v.bytes_reused), FormatBytes(v.bytes_stored)});
+                    FormatBytes(v.bytes_reused), FormatBytes(v.bytes_stored), OrDash(v.snapshot),
+                    OrDash(v.consistency)});
   }
   out << FormatTable(rows);
   out << "VM metadata:  " << i.vm_metadata_json << "\n";

@@ -65,7 +65,7 @@ const std::vector<CommandDef>& Commands() {
       {"backup",
        "backup [--target CONFIG] (--vm-dir DIR | --volume NAME=PATH... [--vm-name VM]\n"
        "                   [--vm-namespace NS]) [--name N] [--parent P] [--dirty-map FILE]\n"
-       "                   [--no-fingerprints]",
+       "                   [--no-fingerprints] [--freeze-cmd CMD --thaw-cmd CMD [--thaw-early]]",
        "back up a VM's volumes and metadata",
        "--vm-dir reads DIR/vm.json ({\"name\":..., \"volumes\":[{\"name\":..., \"path\":...}]}).\n"
        "--volume backs up the given files or block devices instead.\n"
@@ -73,7 +73,12 @@ const std::vector<CommandDef>& Commands() {
        "  {\"datadisk\": [[offset, length], ...]}; volumes not listed are read in full.\n"
        "Without a dirty map, blocks whose keyed fingerprint matches the previous backup of the\n"
        "same named VM (or --parent, when it is of that VM) are not hashed again; unnamed VMs\n"
-       "(--volume without --vm-name) hash every block, as does --no-fingerprints.\n",
+       "(--volume without --vm-name) hash every block, as does --no-fingerprints.\n"
+       "--freeze-cmd and --thaw-cmd (run by /bin/sh) open and close one freeze window for all\n"
+       "volumes: thaw runs once after the snapshots (volumes read directly, not cloned, stay\n"
+       "frozen until the backup ends unless --thaw-early). A freeze command that exits non-zero\n"
+       "fails the backup (exit 11) before anything is read; `show` reports the window's length\n"
+       "and each volume's consistency.\n",
        {kTargetFlag,
         {"vm-dir", true, false, "DIR", "VM directory holding vm.json"},
         {"volume", true, true, "NAME=PATH", "volume to back up (instead of --vm-dir)"},
@@ -82,7 +87,11 @@ const std::vector<CommandDef>& Commands() {
         {"name", true, false, "NAME", "backup name (default <vm>-<UTC time>-<random>)"},
         {"parent", true, false, "BACKUP", "base backup of this incremental backup"},
         {"dirty-map", true, false, "FILE", "changed ranges since --parent (JSON)"},
-        {"no-fingerprints", false, false, "", "hash every block (skip no unchanged block)"}},
+        {"no-fingerprints", false, false, "", "hash every block (skip no unchanged block)"},
+        {"freeze-cmd", true, false, "CMD", "shell command that freezes the guest"},
+        {"thaw-cmd", true, false, "CMD",
+         "shell command that thaws it (required with --freeze-cmd)"},
+        {"thaw-early", false, false, "", "thaw right after the snapshots, also for direct reads"}},
        CmdBackup},
       {"list",
        "list [--target CONFIG]",

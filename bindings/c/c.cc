@@ -202,7 +202,7 @@ Status ToVolumes(const char* field, const vmb_volume* volumes, size_t count,
 StatusOr<BackupSpec> ToBackupSpec(const vmb_backup_options* opts) {
   static const vmb_backup_options kDefaults = VMB_BACKUP_OPTIONS_INIT;
   if (opts == nullptr) opts = &kDefaults;
-  if (opts->version != 1 && opts->version != VMB_BACKUP_OPTIONS_VERSION) {
+  if (opts->version < 1 || opts->version > VMB_BACKUP_OPTIONS_VERSION) {
     return BadVersion("vmb_backup_options", opts->version, VMB_BACKUP_OPTIONS_VERSION);
   }
   std::vector<std::pair<std::string, std::string>> volumes;
@@ -244,6 +244,26 @@ StatusOr<BackupSpec> ToBackupSpec(const vmb_backup_options* opts) {
   spec.max_in_flight_bytes = opts->max_in_flight_bytes;
   // A version 1 caller's struct ends before hash_every_block: never read it there.
   if (opts->version >= 2) spec.use_fingerprints = opts->hash_every_block == 0;
+  // A version 1 or 2 caller's struct ends before the hooks: never read them there.
+  if (opts->version >= 3) {
+    void* payload = opts->hook_payload;
+    if (vmb_hook_cb freeze = opts->freeze) {
+      spec.snapshot.freeze = [freeze, payload]() -> Status {
+        const int rc = freeze(payload);
+        if (rc != 0)
+          return FailedPreconditionError("the freeze hook returned " + std::to_string(rc));
+        return Status::Ok();
+      };
+    }
+    if (vmb_hook_cb thaw = opts->thaw) {
+      spec.snapshot.thaw = [thaw, payload]() -> Status {
+        const int rc = thaw(payload);
+        if (rc != 0) return InternalError("the thaw hook returned " + std::to_string(rc));
+        return Status::Ok();
+      };
+    }
+    spec.snapshot.thaw_after_backup = opts->thaw_early == 0;
+  }
   spec.progress = WrapProgress(opts->progress, opts->progress_payload);
   return spec;
 }
@@ -763,14 +783,16 @@ int vmb_target_gc(char** out, vmb_target* target, const vmb_gc_options* opts, vm
 int vmb_backup_options_init(vmb_backup_options* opts, unsigned int version, vmb_error** error) {
   return Guard(error, [&]() -> Status {
     if (opts == nullptr) return NullArgument("vmb_backup_options_init", "opts");
-    if (version != 1 && version != VMB_BACKUP_OPTIONS_VERSION) {
+    if (version < 1 || version > VMB_BACKUP_OPTIONS_VERSION) {
       return vmbackup::BadVersion("vmb_backup_options", version, VMB_BACKUP_OPTIONS_VERSION);
     }
     const vmb_backup_options defaults VMB_BACKUP_OPTIONS_INIT;
-    if (version == 1) {
-      // The caller's struct is the version 1 layout: write only its fields.
-      std::memcpy(opts, &defaults, offsetof(vmb_backup_options, hash_every_block));
-      opts->version = 1;
+    if (version < VMB_BACKUP_OPTIONS_VERSION) {
+      // The caller's struct is an older layout: write only its fields.
+      std::memcpy(static_cast<void*>(opts), &defaults,
+                  version == 1 ? offsetof(vmb_backup_options, hash_every_block)
+                               : offsetof(vmb_backup_options, freeze));
+      opts->version = version;
     } else {
       *opts = defaults;
     }

@@ -193,6 +193,54 @@ std::vector<std::pair<std::string, std::string>> ToPairs(py::handle volumes, con
 
 // ---- progress callbacks -------------------------------------------------------------------------
 
+// A Python freeze or thaw hook (a callable without arguments), called on a library thread.
+class PyHook {
+ public:
+  PyHook(py::object fn, std::string what) : fn_(std::move(fn)), what_(std::move(what)) {}
+  PyHook(const PyHook&) = delete;
+  PyHook& operator=(const PyHook&) = delete;
+  ~PyHook() {
+    if (PythonUnusable()) {
+      fn_.release();
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    fn_ = py::object();
+  }
+  // OK when the callable returned anything but False; kFailedPrecondition naming what it raised.
+  Status Call() noexcept {
+    if (PythonUnusable())
+      return FailedPreconditionError("the " + what_ + " hook: the interpreter is exiting");
+    try {
+      py::gil_scoped_acquire gil;
+      try {
+        py::object result = fn_();
+        if (result.ptr() == Py_False)
+          return FailedPreconditionError("the " + what_ + " hook returned False");
+        return Status::Ok();
+      } catch (py::error_already_set& e) {
+        return FailedPreconditionError("the " + what_ + " hook raised " + e.what());
+      }
+    } catch (const std::exception& e) {
+      return FailedPreconditionError("the " + what_ + " hook: " + e.what());
+    } catch (...) {
+      return FailedPreconditionError("the " + what_ + " hook failed");
+    }
+  }
+
+ private:
+  py::object fn_;
+  std::string what_;
+};
+
+std::function<Status()> MakeHook(const py::object& fn, const char* what) {
+  if (fn.is_none()) return nullptr;
+  if (!PyCallable_Check(fn.ptr()))
+    Raise(InvalidArgumentError(std::string(what) + ": must be callable or None"));
+  auto hook = std::make_shared<PyHook>(fn, what);
+  return [hook]() { return hook->Call(); };
+}
+
 // A Python progress callable and the exception it raised, shared by the job's C++ callback.
 class PyProgress {
  public:
@@ -477,13 +525,11 @@ std::shared_ptr<PyProgress> MakeProgress(const py::object& progress) {
 }
 
 // REQUIRES: GIL held.
-std::unique_ptr<PyBackupJob> MakeBackupJob(std::shared_ptr<BackupTarget> target,
-                                           const std::optional<std::string>& name,
-                                           const py::object& vm_dir, const py::object& volumes,
-                                           const py::object& vm_metadata,
-                                           const std::optional<std::string>& parent,
-                                           const py::object& progress, int progress_interval_ms,
-                                           bool use_fingerprints) {
+std::unique_ptr<PyBackupJob> MakeBackupJob(
+    std::shared_ptr<BackupTarget> target, const std::optional<std::string>& name,
+    const py::object& vm_dir, const py::object& volumes, const py::object& vm_metadata,
+    const std::optional<std::string>& parent, const py::object& progress, int progress_interval_ms,
+    bool use_fingerprints, const py::object& freeze, const py::object& thaw, bool thaw_early) {
   if (!target) Raise(InvalidArgumentError("target: must not be None"));
   if (progress_interval_ms < 0) {
     Raise(InvalidArgumentError("progress_interval_ms: must not be negative"));
@@ -509,6 +555,9 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(std::shared_ptr<BackupTarget> target,
   if (name) spec.name = *name;
   if (parent) spec.parent = *parent;
   spec.use_fingerprints = use_fingerprints;
+  spec.snapshot.freeze = MakeHook(freeze, "freeze");
+  spec.snapshot.thaw = MakeHook(thaw, "thaw");
+  spec.snapshot.thaw_after_backup = !thaw_early;
   spec.progress_interval_ms = progress_interval_ms;
   std::shared_ptr<PyProgress> state = MakeProgress(progress);
   spec.progress = MakeCallback(state);
@@ -704,6 +753,10 @@ void Bind(py::module_& m) {
       .def_readonly("index_sha256", &VolumeBackupInfo::index_sha256)
       .def_readonly("fingerprints_key", &VolumeBackupInfo::fingerprints_key)
       .def_readonly("fingerprints_sha256", &VolumeBackupInfo::fingerprints_sha256)
+      .def_readonly("snapshot", &VolumeBackupInfo::snapshot,
+                    "'reflink' or 'direct' (how the volume was read); '' in older records")
+      .def_readonly("consistency", &VolumeBackupInfo::consistency,
+                    "'fs-frozen', 'crash-consistent' or 'unknown'; '' in older records")
       .def("__repr__", [](const VolumeBackupInfo& v) {
         return "<vmbackup.VolumeBackupInfo " + Quote(v.name) + " " + std::to_string(v.size) +
                " bytes>";
@@ -728,6 +781,14 @@ void Bind(py::module_& m) {
       .def_readonly("bytes_reused", &BackupInfo::bytes_reused)
       .def_readonly("bytes_stored", &BackupInfo::bytes_stored)
       .def_readonly("seconds", &BackupInfo::seconds)
+      .def_property_readonly(
+          "freeze_seconds",
+          [](const BackupInfo& b) -> std::optional<double> {
+            if (b.freeze_seconds < 0) return std::nullopt;
+            return b.freeze_seconds;
+          },
+          "Seconds the guest was frozen (one window for all volumes), or None when no freeze "
+          "hook ran.")
       .def("__repr__", [](const BackupInfo& b) {
         return "<vmbackup.BackupInfo " + Quote(b.name) + " vm=" + Quote(b.vm_name) + " " +
                std::to_string(b.volumes.size()) + " volume(s) " + b.created_at + ">";
@@ -1031,17 +1092,19 @@ void Bind(py::module_& m) {
 
   py::class_<PyBackupJob>(m, "BackupJob",
                           "A backup of volumes to a target. Thread-safe; start() at most once.")
-      .def(
-          py::init([](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
-                      const py::object& vm_dir, const py::object& volumes,
-                      const py::object& vm_metadata, std::optional<std::string> parent,
-                      const py::object& progress, int progress_interval_ms, bool use_fingerprints) {
-            return MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent,
-                                 progress, progress_interval_ms, use_fingerprints);
-          }),
-          "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
-          "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
-          "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true)
+      .def(py::init([](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
+                       const py::object& vm_dir, const py::object& volumes,
+                       const py::object& vm_metadata, std::optional<std::string> parent,
+                       const py::object& progress, int progress_interval_ms, bool use_fingerprints,
+                       const py::object& freeze, const py::object& thaw, bool thaw_early) {
+             return MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent,
+                                  progress, progress_interval_ms, use_fingerprints, freeze, thaw,
+                                  thaw_early);
+           }),
+           "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
+           "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
+           "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true,
+           "freeze"_a = py::none(), "thaw"_a = py::none(), "thaw_early"_a = false)
       .def("start", &PyBackupJob::Start, "Starts the job and returns at once.")
       .def("wait", &PyBackupJob::Wait, "timeout"_a = py::none(), kWaitDoc)
       .def("add_done_callback", &PyBackupJob::AddDoneCallback, "fn"_a, kDoneDoc)
@@ -1114,10 +1177,10 @@ void Bind(py::module_& m) {
       [](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
          const py::object& vm_dir, const py::object& volumes, const py::object& vm_metadata,
          std::optional<std::string> parent, const py::object& progress, int progress_interval_ms,
-         bool use_fingerprints) {
+         bool use_fingerprints, const py::object& freeze, const py::object& thaw, bool thaw_early) {
         std::unique_ptr<PyBackupJob> job =
             MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent, progress,
-                          progress_interval_ms, use_fingerprints);
+                          progress_interval_ms, use_fingerprints, freeze, thaw, thaw_early);
         job->Wait(std::nullopt);
         BackupInfo info = Check(job->job().result());
         return info;
@@ -1125,11 +1188,16 @@ void Bind(py::module_& m) {
       "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
       "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
       "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true,
+      "freeze"_a = py::none(), "thaw"_a = py::none(), "thaw_early"_a = false,
       "Backs up and waits; returns the new backup's BackupInfo. Give either vm_dir (a directory "
       "with vm.json) or volumes ({name: path} or [(name, path), ...]) plus optional vm_metadata "
       "(dict or JSON str). progress(Progress) runs on a library thread; returning False or raising "
       "cancels the backup. use_fingerprints=False hashes every block instead of taking unchanged "
-      "blocks' digests from the previous backup by fingerprint.");
+      "blocks' digests from the previous backup by fingerprint. freeze() and thaw() (callables, "
+      "on a library thread) open and close one freeze window for all volumes: thaw runs once "
+      "after the snapshots (volumes read directly stay frozen until the backup ends unless "
+      "thaw_early); freeze raising or returning False fails the backup with "
+      "FailedPreconditionError before anything is read.");
 
   m.def(
       "restore",

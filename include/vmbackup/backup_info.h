@@ -28,6 +28,14 @@ struct VolumeBackupInfo {
   // hashing unchanged blocks); empty when the backup has none.
   std::string fingerprints_key;
   std::string fingerprints_sha256;
+  // How the volume was read: "reflink" (a clone taken inside the freeze window) or "direct" (the
+  // volume itself). Empty in records written before vmbackup recorded it.
+  std::string snapshot;
+  // What the data can be trusted to be (docs/FORMAT.md "Records"): "fs-frozen" (the freeze hook
+  // succeeded and the volume was cloned, or read while the guest stayed frozen), "crash-consistent"
+  // (cloned at one instant with the other volumes, no freeze hook), "unknown" (read directly
+  // while nothing kept it still). Empty in older records.
+  std::string consistency;
 };
 
 // A backup as recorded on the target. A record exists on the target only when every byte it needs
@@ -47,6 +55,10 @@ struct BackupInfo {
   uint64_t bytes_reused = 0;
   uint64_t bytes_stored = 0;
   double seconds = 0;  // wall time of the backup
+  // Seconds the guest was frozen: from the freeze hook's return to the thaw hook's call (one
+  // window for all volumes; for direct reads kept frozen, until the record was published). -1
+  // when no freeze hook ran (or in records written before vmbackup recorded it).
+  double freeze_seconds = -1;
 };
 
 // The result of listing a target: the readable records, and one line per record that could not

@@ -40,7 +40,10 @@ struct SnapshotOptions {
   // Host hooks, default empty (not called). freeze() runs before the snapshot is taken; a non-OK
   // result aborts the snapshot (thaw is not called). thaw() runs after the clone is made, or, for a
   // direct snapshot with thaw_after_backup, when the VolumeSnapshot is destroyed. thaw errors are
-  // reported but never lose the snapshot.
+  // reported but never lose the snapshot. A BackupJob calls them once for all its volumes (one
+  // freeze window: freeze, every volume's snapshot, thaw; direct reads with thaw_after_backup
+  // thaw when the job ends) and records the window (BackupInfo::freeze_seconds) and each
+  // volume's VolumeBackupInfo::snapshot and consistency.
   std::function<Status()> freeze;
   std::function<Status()> thaw;
   // For direct snapshots: keep the guest frozen until the snapshot is released. Default true.

@@ -234,6 +234,8 @@ Status BackupJob::Impl::Execute() {
     out.name = v.name;
     out.size = v.size;
     out.block_size = v.block_size;
+    out.snapshot = v.snapshot;
+    out.consistency = v.consistency;
     VMB_RETURN_IF_ERROR(processor.Process(v, &out.outcome));
     if (run.cancelled()) break;
     if (uploader.failed()) break;
@@ -253,6 +255,7 @@ Status BackupJob::Impl::Execute() {
   header.parent = spec.parent;
   header.vm_metadata_json = spec.vm_metadata_json;
   header.started = t0;
+  header.freeze = plan.freeze.get();
   VMB_ASSIGN_OR_RETURN(BackupInfo rec,
                        PublishBackup(repo.store(), run, fkeys, header, std::move(volumes)));
   std::lock_guard<std::mutex> l(result_mu);

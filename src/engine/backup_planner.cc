@@ -5,8 +5,32 @@
 #include <map>
 
 #include "core/errors.h"
+#include "core/util.h"
 
 namespace vmbackup::internal {
+
+StatusOr<std::shared_ptr<FreezeWindow>> FreezeWindow::Open(const std::function<Status()>& freeze,
+                                                           std::function<Status()> thaw) {
+  std::shared_ptr<FreezeWindow> w(new FreezeWindow());
+  if (freeze) {
+    VMB_RETURN_IF_ERROR(freeze().WithContext("freeze hook"));
+    w->frozen_ = true;
+    w->frozen_at_ = MonotonicSeconds();
+    w->thaw_ = std::move(thaw);
+  }
+  return w;
+}
+
+void FreezeWindow::Thaw() {
+  if (!frozen_ || thawed_at_ >= 0) return;
+  thawed_at_ = MonotonicSeconds();
+  if (thaw_) thaw_().IgnoreError();
+}
+
+double FreezeWindow::Seconds() const {
+  if (!frozen_) return -1;
+  return (thawed_at_ >= 0 ? thawed_at_ : MonotonicSeconds()) - frozen_at_;
+}
 
 void MarkBlocks(const std::vector<Extent>& extents, uint32_t block_size,
                 std::vector<BlockPlan>* plan, BlockPlan mark) {
@@ -101,14 +125,38 @@ StatusOr<BackupPlan> PlanBackup(
     }
   }
 
-  // Snapshots and block plans.
+  // Snapshots in one freeze window: freeze once, snapshot every volume, thaw once (also when a
+  // snapshot fails: the window's destructor thaws). Direct reads with thaw_after_backup keep the
+  // guest frozen until the plan, and with it every snapshot, is released.
+  VMB_ASSIGN_OR_RETURN(plan.freeze, FreezeWindow::Open(spec.snapshot.freeze, spec.snapshot.thaw));
+  SnapshotOptions each = spec.snapshot;
+  each.freeze = nullptr;
+  each.thaw = nullptr;
+  std::vector<std::unique_ptr<VolumeSnapshot>> snaps;
+  bool any_direct = false;
   for (const auto& v : spec.volumes) {
+    auto snapper = VolumeSnapshotter::Open(v.path, each);
+    if (!snapper.ok()) return snapper.status();
+    auto snap = (*snapper)->Snapshot();
+    if (!snap.ok()) return snap.status().WithContext("volume '" + v.name + "'");
+    any_direct = any_direct || !(*snap)->is_clone();
+    snaps.push_back(std::move(*snap));
+  }
+  const bool keep_frozen = any_direct && spec.snapshot.thaw_after_backup;
+  if (!keep_frozen) plan.freeze->Thaw();
+
+  // Block plans.
+  for (size_t vi = 0; vi < spec.volumes.size(); ++vi) {
+    const VolumeSource& v = spec.volumes[vi];
     VolumePlan w;
     w.name = v.name;
-    VMB_ASSIGN_OR_RETURN(auto snapper, VolumeSnapshotter::Open(v.path, spec.snapshot));
-    auto snap = snapper->Snapshot();
-    if (!snap.ok()) return snap.status().WithContext("volume '" + v.name + "'");
-    w.snap = std::move(*snap);
+    w.snap = std::move(snaps[vi]);
+    const bool clone = w.snap->is_clone();
+    w.snapshot = clone ? "reflink" : "direct";
+    if (plan.freeze->frozen() && (clone || keep_frozen))
+      w.consistency = "fs-frozen";
+    else
+      w.consistency = clone ? "crash-consistent" : "unknown";
     const uint64_t size = w.snap->size();
     w.size = size;
     w.block_size = bs;

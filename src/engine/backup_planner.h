@@ -55,10 +55,37 @@ bool SameVm(const BackupInfo& b, const std::string& vm_name, const std::string& 
 std::optional<BackupInfo> NewestOfVm(std::vector<BackupInfo> backups, const std::string& vm_name,
                                      const std::string& vm_namespace);
 
+// The backup's one freeze window (SnapshotOptions::freeze / thaw): opened before the first
+// volume's snapshot, closed once, by Thaw() or, at the latest, when the window is destroyed.
+class FreezeWindow {
+ public:
+  // Runs `freeze` (when set); its error is returned and nothing is to be thawed.
+  static StatusOr<std::shared_ptr<FreezeWindow>> Open(const std::function<Status()>& freeze,
+                                                      std::function<Status()> thaw);
+  FreezeWindow(const FreezeWindow&) = delete;
+  FreezeWindow& operator=(const FreezeWindow&) = delete;
+  ~FreezeWindow() { Thaw(); }
+  // Calls the thaw hook the first time (its error is ignored: the snapshots are taken; the hook
+  // is the host's to report). Later calls do nothing.
+  void Thaw();
+  // Whether a freeze hook ran (and succeeded).
+  bool frozen() const { return frozen_; }
+  // Seconds from the freeze to the thaw, or to now while still frozen; -1 when nothing froze.
+  double Seconds() const;
+
+ private:
+  FreezeWindow() = default;
+  bool frozen_ = false;
+  double frozen_at_ = 0, thawed_at_ = -1;
+  std::function<Status()> thaw_;
+};
+
 // The plan of one volume. Movable, not copyable (it owns the snapshot).
 struct VolumePlan {
   std::string name;
   std::unique_ptr<VolumeSnapshot> snap;
+  std::string snapshot;     // VolumeBackupInfo::snapshot: "reflink" or "direct"
+  std::string consistency;  // VolumeBackupInfo::consistency
   uint64_t size = 0;
   uint32_t block_size = 0;
   std::vector<BlockPlan> blocks;  // one per block
@@ -71,6 +98,9 @@ struct VolumePlan {
 };
 
 struct BackupPlan {
+  // The freeze window; still open while direct snapshots keep the guest frozen (thaw_after_backup).
+  // Declared before `volumes`: thawed only after every snapshot is released.
+  std::shared_ptr<FreezeWindow> freeze;
   std::string parent_name;  // BackupSpec::parent ("" = none)
   // The repository's block index when planning: blocks it holds are referenced, not stored.
   std::shared_ptr<const RepoIndex> index;

@@ -48,6 +48,8 @@ StatusOr<BackupInfo> PublishBackup(ObjectStore& store, JobRunner& run, const Fin
     info.name = v.name;
     info.size = v.size;
     info.block_size = v.block_size;
+    info.snapshot = v.snapshot;
+    info.consistency = v.consistency;
     info.data_blocks = o.data_blocks;
     info.zero_blocks = o.zero_blocks;
     info.hole_blocks = o.hole_blocks;
@@ -93,6 +95,8 @@ StatusOr<BackupInfo> PublishBackup(ObjectStore& store, JobRunner& run, const Fin
   if (run.cancelled()) return CancelledBeforePublishing(name);
   rec.completed_at = NowRfc3339();
   rec.seconds = MonotonicSeconds() - header.started;
+  if (header.freeze != nullptr && header.freeze->frozen())
+    rec.freeze_seconds = header.freeze->Seconds();
   std::string record = EncodeRecord(rec);
   Status st = store.Put(RecordKey(name), record, PutOptions{.if_absent = true});
   if (st.code() == StatusCode::kAlreadyExists)

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/backup_planner.h"
 #include "engine/block_processor.h"
 #include "engine/job_runner.h"
 #include "engine/pipeline.h"
@@ -30,6 +31,8 @@ struct RecordHeader {
   std::string parent;            // "" = none
   std::string vm_metadata_json;  // a JSON object (stored re-serialized)
   double started = 0;            // MonotonicSeconds() when the job started
+  // The freeze window (null or not frozen: no freeze hook ran); read when the record is written.
+  const FreezeWindow* freeze = nullptr;
 };
 
 // One volume to publish: the processor's outcome and what the record says of the volume.
@@ -37,6 +40,8 @@ struct VolumeToPublish {
   std::string name;
   uint64_t size = 0;
   uint32_t block_size = 0;
+  std::string snapshot;     // VolumeBackupInfo::snapshot
+  std::string consistency;  // VolumeBackupInfo::consistency
   VolumeOutcome outcome;
 };
 

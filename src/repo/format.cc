@@ -675,6 +675,7 @@ std::string EncodeRecord(const BackupInfo& r) {
   b["bytes_reused"] = r.bytes_reused;
   b["bytes_stored"] = r.bytes_stored;
   b["seconds"] = r.seconds;
+  if (r.freeze_seconds >= 0) b["freeze_seconds"] = r.freeze_seconds;
   json vols = json::array();
   for (const auto& v : r.volumes) {
     vols.push_back({{"name", v.name},
@@ -692,6 +693,8 @@ std::string EncodeRecord(const BackupInfo& r) {
       vols.back()["fingerprints_key"] = v.fingerprints_key;
       vols.back()["fingerprints_sha256"] = v.fingerprints_sha256;
     }
+    if (!v.snapshot.empty()) vols.back()["snapshot"] = v.snapshot;
+    if (!v.consistency.empty()) vols.back()["consistency"] = v.consistency;
   }
   b["volumes"] = vols;
   return Envelope("vmbackup-record", b);
@@ -738,6 +741,11 @@ StatusOr<BackupInfo> DecodeRecord(std::string_view bytes, const std::string& wha
   VMB_RETURN_IF_ERROR(f.U64("bytes_reused", kAny, &r.bytes_reused));
   VMB_RETURN_IF_ERROR(f.U64("bytes_stored", kAny, &r.bytes_stored));
   VMB_RETURN_IF_ERROR(f.Double("seconds", &r.seconds));
+  if (b.contains("freeze_seconds")) {
+    VMB_RETURN_IF_ERROR(f.Double("freeze_seconds", &r.freeze_seconds));
+    if (!(r.freeze_seconds >= 0 && r.freeze_seconds < 1e9))
+      return f.Err("freeze_seconds", "is not a duration in seconds");
+  }
   auto vols = b.find("volumes");
   if (vols == b.end() || !vols->is_array()) return f.Err("volumes", "is not an array");
   if (vols->empty() || vols->size() > kMaxVolumesPerBackup)
@@ -775,6 +783,13 @@ StatusOr<BackupInfo> DecodeRecord(std::string_view bytes, const std::string& wha
         return g.Err("fingerprints_key", "is not this backup's fingerprints key");
       VMB_RETURN_IF_ERROR(g.Hex("fingerprints_sha256", 64, &vi.fingerprints_sha256));
     }
+    VMB_RETURN_IF_ERROR(g.String("snapshot", 16, &vi.snapshot, true));
+    if (!vi.snapshot.empty() && vi.snapshot != "reflink" && vi.snapshot != "direct")
+      return g.Err("snapshot", "is not \"reflink\" or \"direct\"");
+    VMB_RETURN_IF_ERROR(g.String("consistency", 32, &vi.consistency, true));
+    if (!vi.consistency.empty() && vi.consistency != "fs-frozen" &&
+        vi.consistency != "crash-consistent" && vi.consistency != "unknown")
+      return g.Err("consistency", "is not \"fs-frozen\", \"crash-consistent\" or \"unknown\"");
     r.volumes.push_back(std::move(vi));
   }
   return r;

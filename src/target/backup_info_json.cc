@@ -27,6 +27,8 @@ ordered_json VolumeJson(const VolumeBackupInfo& v) {
     j["fingerprints_key"] = v.fingerprints_key;
     j["fingerprints_sha256"] = v.fingerprints_sha256;
   }
+  if (!v.snapshot.empty()) j["snapshot"] = v.snapshot;
+  if (!v.consistency.empty()) j["consistency"] = v.consistency;
   return j;
 }
 
@@ -57,6 +59,7 @@ std::string BackupInfoToJson(const BackupInfo& b) {
   j["bytes_reused"] = b.bytes_reused;
   j["bytes_stored"] = b.bytes_stored;
   j["seconds"] = b.seconds;
+  if (b.freeze_seconds >= 0) j["freeze_seconds"] = b.freeze_seconds;
   // Replacement of invalid UTF-8: metadata from a target may hold any bytes.
   return j.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
 }

@@ -238,6 +238,52 @@ static void test_backup_options_version_1_and_hash_every_block(void) {
   vmb_error_free(err);
 }
 
+/* Version 3: one freeze window for the backup; the record says how long and how consistent. */
+typedef struct hook_log {
+  int freezes, thaws, fail_freeze;
+} hook_log;
+static int count_freeze(void* payload) {
+  hook_log* h = (hook_log*)payload;
+  ++h->freezes;
+  return h->fail_freeze ? 7 : 0;
+}
+static int count_thaw(void* payload) {
+  ++((hook_log*)payload)->thaws;
+  return 0;
+}
+static void test_freeze_window_hooks(void) {
+  vmb_error* err = NULL;
+  vmb_volume volumes[2] = {{"disk0", g_volume}, {"disk1", g_volume}};
+  hook_log log = {0, 0, 0};
+  vmb_backup_options b;
+  memset(&b, 0x5a, sizeof(b));
+  CHECK_RC(vmb_backup_options_init(&b, 2, &err), VMB_OK, err);
+  CHECK(b.version == 2 && b.hash_every_block == 0 && b.thaw_early == 0x5a5a5a5a);
+  CHECK_RC(vmb_backup_options_init(&b, VMB_BACKUP_OPTIONS_VERSION, &err), VMB_OK, err);
+  CHECK(b.freeze == NULL && b.thaw == NULL && b.hook_payload == NULL && b.thaw_early == 0);
+  b.name = "c-frozen";
+  b.volumes = volumes;
+  b.volume_count = 2;
+  b.snapshot_mode = VMB_SNAPSHOT_DIRECT;
+  b.freeze = count_freeze;
+  b.thaw = count_thaw;
+  b.hook_payload = &log;
+  char* record = NULL;
+  CHECK_RC(vmb_backup_run(&record, g_target, &b, &err), VMB_OK, err);
+  CHECK(log.freezes == 1 && log.thaws == 1); /* once for both volumes */
+  CHECK(record != NULL && strstr(record, "\"freeze_seconds\":") != NULL);
+  CHECK(record != NULL && strstr(record, "\"snapshot\":\"direct\",\"consistency\":\"fs-frozen\"") != NULL);
+  vmb_free(record);
+  log.fail_freeze = 1;
+  b.name = "c-freeze-refused";
+  CHECK_RC(vmb_backup_run(NULL, g_target, &b, &err), VMB_EPRECONDITION, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "freeze hook returned 7") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  CHECK(log.freezes == 2 && log.thaws == 1); /* a failed freeze is not thawed */
+  CHECK(listed("c-freeze-refused") == 0);
+}
+
 static void test_options_init_rejects_unknown_version(void) {
   vmb_backup_options b;
   memset(&b, 0xff, sizeof(b));
@@ -1241,6 +1287,7 @@ int main(void) {
   if (g_target != NULL) {
     RUN(test_backup_restore_bytes_identical);
     RUN(test_backup_options_version_1_and_hash_every_block);
+    RUN(test_freeze_window_hooks);
     RUN(test_restore_to_dest_dir_async);
     RUN(test_backup_async_keeps_final_status);
     RUN(test_progress_callback_nonzero_cancels);

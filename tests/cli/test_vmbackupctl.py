@@ -356,3 +356,32 @@ def test_encrypted_backup_restore_and_key_rotation(setup, tmp_path):
     p = run("key", "list", "--target", str(target), "--passphrase-file", str(pw), "--key-file",
             str(key))
     assert p.returncode == 2 and "not both" in p.stderr
+
+
+def test_freeze_and_thaw_commands_run_once_per_backup(setup, tmp_path):
+    target, vol = setup
+    log = tmp_path / "hooks.log"
+    freeze = f"echo freeze >> {log}"
+    thaw = f"echo thaw >> {log}"
+    out = run("--json", "backup", "--target", str(target), "--name", "b1", "--volume",
+              f"disk0={vol}", "--volume", f"disk1={vol}", "--freeze-cmd", freeze, "--thaw-cmd",
+              thaw, check=0)
+    assert log.read_text().split() == ["freeze", "thaw"]  # one window for both volumes
+    shown = json.loads(run("--json", "show", "b1", "--target", str(target), check=0).stdout)
+    backup = shown["backup"]
+    assert backup["freeze_seconds"] >= 0
+    assert [v["consistency"] for v in backup["volumes"]] == ["fs-frozen", "fs-frozen"]
+    text = run("show", "b1", "--target", str(target), check=0).stdout
+    assert "one window, all volumes" in text and "fs-frozen" in text
+    assert out.returncode == 0
+
+    # A freeze command that fails: exit 11 naming it, no backup, no thaw.
+    log.write_text("")
+    bad = run("backup", "--target", str(target), "--name", "b2", "--volume", f"disk0={vol}",
+              "--freeze-cmd", f"echo freeze >> {log}; exit 3", "--thaw-cmd", thaw)
+    assert bad.returncode == 11 and "exited 3" in bad.stderr, bad.stderr
+    assert log.read_text().split() == ["freeze"]
+    assert run("show", "b2", "--target", str(target)).returncode != 0
+    half = run("backup", "--target", str(target), "--name", "b3", "--volume", f"disk0={vol}",
+               "--freeze-cmd", freeze)
+    assert half.returncode == 2 and "--thaw-cmd" in half.stderr

@@ -695,3 +695,31 @@ def test_a_key_for_an_unencrypted_repository_is_refused(target, target_dir):
         vmbackup.BackupTarget.open({"type": "file", "endpoint": str(target_dir)}, passphrase="p")
     with pytest.raises(vmbackup.FailedPreconditionError):
         target.list_keys()
+
+
+def test_freeze_and_thaw_hooks_open_one_window_for_all_volumes(target, volume):
+    calls = []
+    info = vmbackup.backup(target, "py-frozen", volumes={"a": str(volume), "b": str(volume)},
+                           freeze=lambda: calls.append("freeze"),
+                           thaw=lambda: calls.append("thaw"))
+    assert calls == ["freeze", "thaw"]
+    assert info.freeze_seconds is not None and 0 <= info.freeze_seconds <= info.seconds + 1
+    assert [v.consistency for v in info.volumes] == ["fs-frozen", "fs-frozen"]
+    assert {v.snapshot for v in info.volumes} <= {"reflink", "direct"}
+    assert target.get_backup("py-frozen").freeze_seconds == info.freeze_seconds
+
+    plain = vmbackup.backup(target, "py-not-frozen", volumes={"a": str(volume)})
+    assert plain.freeze_seconds is None
+    assert plain.volumes[0].consistency in ("crash-consistent", "unknown")
+
+    def refuse():
+        raise RuntimeError("guest agent is not answering")
+
+    calls.clear()
+    with pytest.raises(vmbackup.FailedPreconditionError, match="guest agent is not answering"):
+        vmbackup.backup(target, "py-refused", volumes={"a": str(volume)}, freeze=refuse,
+                        thaw=lambda: calls.append("thaw"))
+    assert calls == []  # nothing froze, so nothing thaws
+    assert "py-refused" not in {b.name for b in target.list_backups()}
+    with pytest.raises(vmbackup.InvalidArgumentError, match="freeze"):
+        vmbackup.backup(target, "py-bad-hook", volumes={"a": str(volume)}, freeze=42)

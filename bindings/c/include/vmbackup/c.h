@@ -489,6 +489,9 @@ typedef struct vmb_volume {
   const char* path;
 } vmb_volume;
 
+/* A host hook (freeze or thaw of a guest): returns 0 on success. */
+typedef int (*vmb_hook_cb)(void* payload);
+
 typedef enum vmb_snapshot_mode {
   VMB_SNAPSHOT_AUTO = 0,    /* reflink clone if the filesystem supports it, else direct read */
   VMB_SNAPSHOT_REFLINK = 1, /* reflink clone or fail with VMB_EPRECONDITION */
@@ -529,12 +532,29 @@ typedef struct vmb_backup_options {
    * backup of the same VM (or the parent) recorded at the same offset takes that backup's digest
    * without being hashed again; non-zero: hash every block read. */
   int hash_every_block;
+  /* Since version 3. The guest's freeze window, one for all volumes: freeze(hook_payload) runs once
+   * before the first volume's snapshot, thaw(hook_payload) once after the last (also when a
+   * snapshot fails; for volumes read directly, not cloned, only when the backup ends, unless
+   * thaw_early). Both run on a library thread, never under an internal lock; they must not wait for
+   * or free this job. freeze returning non-zero fails the backup with VMB_EPRECONDITION before
+   * anything is read (thaw is not called). thaw's result is ignored. The record says how long the
+   * guest was frozen ("freeze_seconds") and each volume's "consistency". Default NULL = no hooks. */
+  vmb_hook_cb freeze;
+  vmb_hook_cb thaw;
+  void* hook_payload;
+  /* Since version 3. Non-zero: thaw right after the snapshots even when a volume is read directly
+   * (its data is then of "unknown" consistency). Default 0. */
+  int thaw_early;
 } vmb_backup_options;
 
-/* Version 1 is still accepted: the same struct without hash_every_block. */
-#define VMB_BACKUP_OPTIONS_VERSION 2
-#define VMB_BACKUP_OPTIONS_INIT \
-  { VMB_BACKUP_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, 200, 0, 0, 0 }
+/* Versions 1 (without hash_every_block and the hooks) and 2 (without the hooks) are still
+ * accepted. */
+#define VMB_BACKUP_OPTIONS_VERSION 3
+#define VMB_BACKUP_OPTIONS_INIT                                                                  \
+  {                                                                                              \
+    VMB_BACKUP_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, 200, 0, 0, 0, NULL, \
+        NULL, NULL, 0                                                                            \
+  }
 
 /* Sets *opts to the defaults of `version` (VMB_BACKUP_OPTIONS_INIT).
  * Returns 0; VMB_EINVAL if opts is NULL or `version` is unknown to this library. */
