@@ -309,6 +309,21 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
       spec.snapshot.thaw = [cmd = *thaw]() { return RunHookCommand("thaw", cmd); };
       spec.snapshot.thaw_after_backup = !args.Has("thaw-early");
     }
+    if (auto state = args.Get("vm-state")) {
+      if (*state == "running")
+        spec.snapshot.vm_state = vmbackup::SnapshotOptions::VmState::kRunning;
+      else if (*state == "stopped")
+        spec.snapshot.vm_state = vmbackup::SnapshotOptions::VmState::kStopped;
+      else
+        return ctx.UsageError("backup: --vm-state expects running or stopped, got '" + *state + "'",
+                              "backup");
+    }
+    if (args.Has("allow-inconsistent")) {
+      if (spec.snapshot.vm_state != vmbackup::SnapshotOptions::VmState::kRunning)
+        return ctx.UsageError("backup: --allow-inconsistent goes with --vm-state running",
+                              "backup");
+      spec.snapshot.allow_inconsistent = true;
+    }
   }
   if (auto dirty = args.Get("dirty-map")) {
     Status st = ApplyDirtyMap(*dirty, &spec);
@@ -318,6 +333,11 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
   if (!target.ok()) return ctx.Fail(target.status(), "open target");
   StatusOr<BackupRun> run = RunBackupJob(ctx, *target, std::move(spec));
   if (!run.ok()) return ctx.Fail(run.status());
+  for (const auto& v : run->info.volumes)
+    if (v.consistency == "unknown")
+      ctx.Warn("warning: volume '" + v.name +
+               "' was read directly (no reflink clone, no freeze for the whole backup): its "
+               "consistency is unknown (--freeze-cmd/--thaw-cmd or --vm-state stopped say more)");
   if (ctx.options.json) {
     ctx.PrintJson(BackupRunJson(*run));
   } else if (ctx.options.quiet) {

@@ -65,7 +65,8 @@ const std::vector<CommandDef>& Commands() {
       {"backup",
        "backup [--target CONFIG] (--vm-dir DIR | --volume NAME=PATH... [--vm-name VM]\n"
        "                   [--vm-namespace NS]) [--name N] [--parent P] [--dirty-map FILE]\n"
-       "                   [--no-fingerprints] [--freeze-cmd CMD --thaw-cmd CMD [--thaw-early]]",
+       "                   [--no-fingerprints] [--freeze-cmd CMD --thaw-cmd CMD [--thaw-early]]\n"
+       "                   [--vm-state running|stopped [--allow-inconsistent]]",
        "back up a VM's volumes and metadata",
        "--vm-dir reads DIR/vm.json ({\"name\":..., \"volumes\":[{\"name\":..., \"path\":...}]}).\n"
        "--volume backs up the given files or block devices instead.\n"
@@ -91,7 +92,11 @@ const std::vector<CommandDef>& Commands() {
         {"freeze-cmd", true, false, "CMD", "shell command that freezes the guest"},
         {"thaw-cmd", true, false, "CMD",
          "shell command that thaws it (required with --freeze-cmd)"},
-        {"thaw-early", false, false, "", "thaw right after the snapshots, also for direct reads"}},
+        {"thaw-early", false, false, "", "thaw right after the snapshots, also for direct reads"},
+        {"vm-state", true, false, "STATE",
+         "running (refuse volumes that cannot be cloned or kept frozen) or stopped"},
+        {"allow-inconsistent", false, false, "",
+         "with --vm-state running: read such volumes anyway (consistency unknown)"}},
        CmdBackup},
       {"list",
        "list [--target CONFIG]",

@@ -64,6 +64,9 @@ static_assert(VMB_JOB_IN_PROGRESS == static_cast<int>(JobState::kInProgress));
 static_assert(VMB_JOB_READY == static_cast<int>(JobState::kReady));
 static_assert(VMB_JOB_ERROR == static_cast<int>(JobState::kError));
 static_assert(VMB_SNAPSHOT_AUTO == static_cast<int>(SnapshotOptions::Mode::kAuto));
+static_assert(VMB_VM_UNKNOWN == static_cast<int>(SnapshotOptions::VmState::kUnknown));
+static_assert(VMB_VM_RUNNING == static_cast<int>(SnapshotOptions::VmState::kRunning));
+static_assert(VMB_VM_STOPPED == static_cast<int>(SnapshotOptions::VmState::kStopped));
 static_assert(VMB_SNAPSHOT_REFLINK == static_cast<int>(SnapshotOptions::Mode::kReflink));
 static_assert(VMB_SNAPSHOT_DIRECT == static_cast<int>(SnapshotOptions::Mode::kDirect));
 static_assert(VMB_VERSION_MAJOR == VMBACKUP_VERSION_MAJOR &&
@@ -263,6 +266,11 @@ StatusOr<BackupSpec> ToBackupSpec(const vmb_backup_options* opts) {
       };
     }
     spec.snapshot.thaw_after_backup = opts->thaw_early == 0;
+    if (opts->vm_state < VMB_VM_UNKNOWN || opts->vm_state > VMB_VM_STOPPED)
+      return InvalidArgumentError("vmb_backup_options.vm_state: unknown state " +
+                                  std::to_string(opts->vm_state));
+    spec.snapshot.vm_state = static_cast<SnapshotOptions::VmState>(opts->vm_state);
+    spec.snapshot.allow_inconsistent = opts->allow_inconsistent != 0;
   }
   spec.progress = WrapProgress(opts->progress, opts->progress_payload);
   return spec;

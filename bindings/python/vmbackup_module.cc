@@ -529,7 +529,8 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(
     std::shared_ptr<BackupTarget> target, const std::optional<std::string>& name,
     const py::object& vm_dir, const py::object& volumes, const py::object& vm_metadata,
     const std::optional<std::string>& parent, const py::object& progress, int progress_interval_ms,
-    bool use_fingerprints, const py::object& freeze, const py::object& thaw, bool thaw_early) {
+    bool use_fingerprints, const py::object& freeze, const py::object& thaw, bool thaw_early,
+    const std::optional<std::string>& vm_state, bool allow_inconsistent) {
   if (!target) Raise(InvalidArgumentError("target: must not be None"));
   if (progress_interval_ms < 0) {
     Raise(InvalidArgumentError("progress_interval_ms: must not be negative"));
@@ -558,6 +559,17 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(
   spec.snapshot.freeze = MakeHook(freeze, "freeze");
   spec.snapshot.thaw = MakeHook(thaw, "thaw");
   spec.snapshot.thaw_after_backup = !thaw_early;
+  if (vm_state) {
+    if (*vm_state == "running")
+      spec.snapshot.vm_state = SnapshotOptions::VmState::kRunning;
+    else if (*vm_state == "stopped")
+      spec.snapshot.vm_state = SnapshotOptions::VmState::kStopped;
+    else if (*vm_state != "unknown")
+      Raise(InvalidArgumentError(
+          std::string("vm_state: must be 'running', 'stopped', 'unknown' or None, not '") +
+          *vm_state + "'"));
+  }
+  spec.snapshot.allow_inconsistent = allow_inconsistent;
   spec.progress_interval_ms = progress_interval_ms;
   std::shared_ptr<PyProgress> state = MakeProgress(progress);
   spec.progress = MakeCallback(state);
@@ -1096,15 +1108,17 @@ void Bind(py::module_& m) {
                        const py::object& vm_dir, const py::object& volumes,
                        const py::object& vm_metadata, std::optional<std::string> parent,
                        const py::object& progress, int progress_interval_ms, bool use_fingerprints,
-                       const py::object& freeze, const py::object& thaw, bool thaw_early) {
+                       const py::object& freeze, const py::object& thaw, bool thaw_early,
+                       std::optional<std::string> vm_state, bool allow_inconsistent) {
              return MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent,
                                   progress, progress_interval_ms, use_fingerprints, freeze, thaw,
-                                  thaw_early);
+                                  thaw_early, vm_state, allow_inconsistent);
            }),
            "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
            "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
            "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true,
-           "freeze"_a = py::none(), "thaw"_a = py::none(), "thaw_early"_a = false)
+           "freeze"_a = py::none(), "thaw"_a = py::none(), "thaw_early"_a = false,
+           "vm_state"_a = py::none(), "allow_inconsistent"_a = false)
       .def("start", &PyBackupJob::Start, "Starts the job and returns at once.")
       .def("wait", &PyBackupJob::Wait, "timeout"_a = py::none(), kWaitDoc)
       .def("add_done_callback", &PyBackupJob::AddDoneCallback, "fn"_a, kDoneDoc)
@@ -1177,10 +1191,12 @@ void Bind(py::module_& m) {
       [](std::shared_ptr<BackupTarget> target, std::optional<std::string> name,
          const py::object& vm_dir, const py::object& volumes, const py::object& vm_metadata,
          std::optional<std::string> parent, const py::object& progress, int progress_interval_ms,
-         bool use_fingerprints, const py::object& freeze, const py::object& thaw, bool thaw_early) {
+         bool use_fingerprints, const py::object& freeze, const py::object& thaw, bool thaw_early,
+         std::optional<std::string> vm_state, bool allow_inconsistent) {
         std::unique_ptr<PyBackupJob> job =
             MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent, progress,
-                          progress_interval_ms, use_fingerprints, freeze, thaw, thaw_early);
+                          progress_interval_ms, use_fingerprints, freeze, thaw, thaw_early,
+                          vm_state, allow_inconsistent);
         job->Wait(std::nullopt);
         BackupInfo info = Check(job->job().result());
         return info;
@@ -1189,6 +1205,7 @@ void Bind(py::module_& m) {
       "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
       "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true,
       "freeze"_a = py::none(), "thaw"_a = py::none(), "thaw_early"_a = false,
+      "vm_state"_a = py::none(), "allow_inconsistent"_a = false,
       "Backs up and waits; returns the new backup's BackupInfo. Give either vm_dir (a directory "
       "with vm.json) or volumes ({name: path} or [(name, path), ...]) plus optional vm_metadata "
       "(dict or JSON str). progress(Progress) runs on a library thread; returning False or raising "
@@ -1197,7 +1214,9 @@ void Bind(py::module_& m) {
       "on a library thread) open and close one freeze window for all volumes: thaw runs once "
       "after the snapshots (volumes read directly stay frozen until the backup ends unless "
       "thaw_early); freeze raising or returning False fails the backup with "
-      "FailedPreconditionError before anything is read.");
+      "FailedPreconditionError before anything is read. vm_state='running' refuses "
+      "(FailedPreconditionError) a volume that cannot be cloned and that no freeze keeps still, "
+      "unless allow_inconsistent; 'stopped' records every volume as stopped.");
 
   m.def(
       "restore",

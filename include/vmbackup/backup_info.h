@@ -33,8 +33,9 @@ struct VolumeBackupInfo {
   std::string snapshot;
   // What the data can be trusted to be (docs/FORMAT.md "Records"): "fs-frozen" (the freeze hook
   // succeeded and the volume was cloned, or read while the guest stayed frozen), "crash-consistent"
-  // (cloned at one instant with the other volumes, no freeze hook), "unknown" (read directly
-  // while nothing kept it still). Empty in older records.
+  // (cloned without a freeze hook: as after a power cut), "stopped" (the host said the
+  // VM was stopped), "unknown" (read directly while nothing kept it still). Empty in older
+  // records.
   std::string consistency;
 };
 

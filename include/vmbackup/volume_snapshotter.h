@@ -50,6 +50,15 @@ struct SnapshotOptions {
   bool thaw_after_backup = true;
   // Directory for reflink clones. Default empty = beside the volume.
   std::string clone_dir;
+  // What the host knows of the VM while a BackupJob snapshots its volumes (VolumeSnapshotter
+  // itself ignores these two). kRunning: a volume that cannot be cloned and that no freeze keeps
+  // still for the whole backup (no freeze hook, or thaw_after_backup false) makes the job fail
+  // with kFailedPrecondition before anything is read, unless allow_inconsistent; kStopped: every
+  // volume is recorded "stopped"; kUnknown (default): volumes read directly are recorded
+  // "unknown".
+  enum class VmState : int { kUnknown = 0, kRunning = 1, kStopped = 2 };
+  VmState vm_state = VmState::kUnknown;
+  bool allow_inconsistent = false;  // default false
 };
 
 // A read-only point-in-time view of a volume. Releasing it deletes a reflink clone, or runs the

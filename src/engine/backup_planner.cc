@@ -143,6 +143,17 @@ StatusOr<BackupPlan> PlanBackup(
     snaps.push_back(std::move(*snap));
   }
   const bool keep_frozen = any_direct && spec.snapshot.thaw_after_backup;
+  if (spec.snapshot.vm_state == SnapshotOptions::VmState::kRunning &&
+      !spec.snapshot.allow_inconsistent && !(keep_frozen && plan.freeze->frozen())) {
+    for (size_t vi = 0; vi < snaps.size(); ++vi) {
+      if (snaps[vi]->is_clone()) continue;
+      return FailedPreconditionError(
+          "volume '" + spec.volumes[vi].name + "' of a running VM cannot be cloned (" +
+          spec.volumes[vi].path +
+          ": no reflink on its filesystem) and no freeze keeps it still while it is read: "
+          "freeze the guest for the backup, stop the VM, or allow an inconsistent read");
+    }
+  }
   if (!keep_frozen) plan.freeze->Thaw();
 
   // Block plans.
@@ -153,7 +164,9 @@ StatusOr<BackupPlan> PlanBackup(
     w.snap = std::move(snaps[vi]);
     const bool clone = w.snap->is_clone();
     w.snapshot = clone ? "reflink" : "direct";
-    if (plan.freeze->frozen() && (clone || keep_frozen))
+    if (spec.snapshot.vm_state == SnapshotOptions::VmState::kStopped)
+      w.consistency = "stopped";
+    else if (plan.freeze->frozen() && (clone || keep_frozen))
       w.consistency = "fs-frozen";
     else
       w.consistency = clone ? "crash-consistent" : "unknown";

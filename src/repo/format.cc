@@ -788,8 +788,10 @@ StatusOr<BackupInfo> DecodeRecord(std::string_view bytes, const std::string& wha
       return g.Err("snapshot", "is not \"reflink\" or \"direct\"");
     VMB_RETURN_IF_ERROR(g.String("consistency", 32, &vi.consistency, true));
     if (!vi.consistency.empty() && vi.consistency != "fs-frozen" &&
-        vi.consistency != "crash-consistent" && vi.consistency != "unknown")
-      return g.Err("consistency", "is not \"fs-frozen\", \"crash-consistent\" or \"unknown\"");
+        vi.consistency != "crash-consistent" && vi.consistency != "stopped" &&
+        vi.consistency != "unknown")
+      return g.Err("consistency",
+                   "is not \"fs-frozen\", \"crash-consistent\", \"stopped\" or \"unknown\"");
     r.volumes.push_back(std::move(vi));
   }
   return r;

@@ -282,6 +282,34 @@ static void test_freeze_window_hooks(void) {
   err = NULL;
   CHECK(log.freezes == 2 && log.thaws == 1); /* a failed freeze is not thawed */
   CHECK(listed("c-freeze-refused") == 0);
+
+  /* A running VM whose volumes are read directly with nothing keeping them still: refused. */
+  CHECK_RC(vmb_backup_options_init(&b, VMB_BACKUP_OPTIONS_VERSION, &err), VMB_OK, err);
+  b.volumes = volumes;
+  b.volume_count = 2;
+  b.snapshot_mode = VMB_SNAPSHOT_DIRECT;
+  b.vm_state = VMB_VM_RUNNING;
+  b.name = "c-running";
+  CHECK_RC(vmb_backup_run(NULL, g_target, &b, &err), VMB_EPRECONDITION, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "running VM") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  b.allow_inconsistent = 1;
+  CHECK_RC(vmb_backup_run(&record, g_target, &b, &err), VMB_OK, err);
+  CHECK(record != NULL && strstr(record, "\"consistency\":\"unknown\"") != NULL);
+  vmb_free(record);
+  b.name = "c-stopped";
+  b.vm_state = VMB_VM_STOPPED;
+  b.allow_inconsistent = 0;
+  CHECK_RC(vmb_backup_run(&record, g_target, &b, &err), VMB_OK, err);
+  CHECK(record != NULL && strstr(record, "\"consistency\":\"stopped\"") != NULL);
+  vmb_free(record);
+  b.vm_state = 9;
+  b.name = "c-bad-state";
+  CHECK_RC(vmb_backup_run(NULL, g_target, &b, &err), VMB_EINVAL, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "vm_state") != NULL);
+  vmb_error_free(err);
+  err = NULL;
 }
 
 static void test_options_init_rejects_unknown_version(void) {

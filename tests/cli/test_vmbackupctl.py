@@ -385,3 +385,35 @@ def test_freeze_and_thaw_commands_run_once_per_backup(setup, tmp_path):
     half = run("backup", "--target", str(target), "--name", "b3", "--volume", f"disk0={vol}",
                "--freeze-cmd", freeze)
     assert half.returncode == 2 and "--thaw-cmd" in half.stderr
+
+
+def test_vm_state_running_and_stopped(setup, tmp_path):
+    target, vol = setup
+    probe = json.loads(run("--json", "backup", "--target", str(target), "--name", "probe",
+                           "--volume", f"disk0={vol}", check=0).stdout)
+    record = probe.get("backup", probe)
+    clones = record["volumes"][0]["snapshot"] == "reflink"
+    running = run("backup", "--target", str(target), "--name", "r1", "--volume", f"disk0={vol}",
+                  "--vm-state", "running")
+    if clones:
+        assert running.returncode == 0
+    else:
+        assert running.returncode == 11 and "running VM" in running.stderr, running.stderr
+        run("backup", "--target", str(target), "--name", "r2", "--volume", f"disk0={vol}",
+            "--vm-state", "running", "--allow-inconsistent", check=0)
+        shown = json.loads(run("--json", "show", "r2", "--target", str(target), check=0).stdout)
+        assert shown["backup"]["volumes"][0]["consistency"] == "unknown"
+    if not clones:  # a bare file read directly: recorded "unknown", and said so
+        assert "consistency is unknown" in run("backup", "--target", str(target), "--name",
+                                                "bare", "--volume", f"disk0={vol}",
+                                                check=0).stderr
+    quiet = run("backup", "--target", str(target), "--name", "s1", "--volume", f"disk0={vol}",
+                "--vm-state", "stopped", check=0)
+    assert "consistency is unknown" not in quiet.stderr
+    assert "stopped" in run("show", "s1", "--target", str(target), check=0).stdout
+    bad = run("backup", "--target", str(target), "--name", "x", "--volume", f"disk0={vol}",
+              "--vm-state", "paused")
+    assert bad.returncode == 2 and "--vm-state" in bad.stderr
+    lone = run("backup", "--target", str(target), "--name", "y", "--volume", f"disk0={vol}",
+               "--allow-inconsistent")
+    assert lone.returncode == 2 and "--allow-inconsistent" in lone.stderr

@@ -723,3 +723,28 @@ def test_freeze_and_thaw_hooks_open_one_window_for_all_volumes(target, volume):
     assert "py-refused" not in {b.name for b in target.list_backups()}
     with pytest.raises(vmbackup.InvalidArgumentError, match="freeze"):
         vmbackup.backup(target, "py-bad-hook", volumes={"a": str(volume)}, freeze=42)
+
+
+def test_vm_state_running_refuses_unfrozen_direct_reads_and_stopped_is_recorded(target, volume):
+    # Whether this filesystem can clone decides what a running VM's backup may do.
+    probe = vmbackup.backup(target, "py-probe", volumes={"a": str(volume)})
+    clones = probe.volumes[0].snapshot == "reflink"
+    if clones:
+        info = vmbackup.backup(target, "py-running", volumes={"a": str(volume)},
+                               vm_state="running")
+        assert info.volumes[0].consistency == "crash-consistent"
+    else:
+        assert probe.volumes[0].snapshot == "direct"
+        with pytest.raises(vmbackup.FailedPreconditionError, match="running VM"):
+            vmbackup.backup(target, "py-running", volumes={"a": str(volume)}, vm_state="running")
+        info = vmbackup.backup(target, "py-running", volumes={"a": str(volume)},
+                               vm_state="running", allow_inconsistent=True)
+        assert info.volumes[0].consistency == "unknown"
+        kept = vmbackup.backup(target, "py-running-frozen", volumes={"a": str(volume)},
+                               vm_state="running", freeze=lambda: None, thaw=lambda: None)
+        assert kept.volumes[0].consistency == "fs-frozen"
+    stopped = vmbackup.backup(target, "py-stopped", volumes={"a": str(volume)},
+                              vm_state="stopped")
+    assert stopped.volumes[0].consistency == "stopped"
+    with pytest.raises(vmbackup.InvalidArgumentError, match="vm_state"):
+        vmbackup.backup(target, "py-bad-state", volumes={"a": str(volume)}, vm_state="paused")

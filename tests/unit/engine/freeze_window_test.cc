@@ -147,6 +147,47 @@ TEST_F(FreezeWindowTest, AReflinkModeFailureThawsOnce) {
   }
 }
 
+TEST_F(FreezeWindowTest, ARunningVmIsNotReadDirectlyUnlessFrozenOrAllowed) {
+  // kDirect stands for a filesystem without reflink: nothing can be cloned.
+  spec_.snapshot.mode = SnapshotOptions::Mode::kDirect;
+  spec_.snapshot.vm_state = SnapshotOptions::VmState::kRunning;
+  spec_.snapshot.freeze = nullptr;
+  spec_.snapshot.thaw = nullptr;
+  EXPECT_THAT(Run("running-unfrozen"),
+              StatusIs(StatusCode::kFailedPrecondition,
+                       "volume 'disk0' of a running VM cannot be cloned"));
+  EXPECT_THAT(target_->GetBackup("running-unfrozen"),
+              StatusIs(StatusCode::kNotFound, "running-unfrozen"));
+
+  spec_.snapshot.allow_inconsistent = true;
+  auto allowed = Run("running-allowed");
+  ASSERT_OK(allowed);
+  for (const auto& v : allowed->volumes) EXPECT_EQ(v.consistency, "unknown");
+}
+
+TEST_F(FreezeWindowTest, ARunningVmKeptFrozenIsReadAndAThawEarlyOneIsRefusedButThawed) {
+  spec_.snapshot.mode = SnapshotOptions::Mode::kDirect;
+  spec_.snapshot.vm_state = SnapshotOptions::VmState::kRunning;
+  auto frozen = Run("running-frozen");
+  ASSERT_OK(frozen);
+  for (const auto& v : frozen->volumes) EXPECT_EQ(v.consistency, "fs-frozen");
+  events_.clear();
+  spec_.snapshot.thaw_after_backup = false;
+  EXPECT_THAT(Run("running-thawed"), StatusIs(StatusCode::kFailedPrecondition, "running VM"));
+  EXPECT_EQ(events_, (std::vector<std::string>{"freeze", "thaw"}));
+}
+
+TEST_F(FreezeWindowTest, AStoppedVmIsRecordedStopped) {
+  spec_.snapshot = SnapshotOptions{};
+  spec_.snapshot.vm_state = SnapshotOptions::VmState::kStopped;
+  auto info = Run("stopped");
+  ASSERT_OK(info);
+  for (const auto& v : info->volumes) EXPECT_EQ(v.consistency, "stopped");
+  auto stored = target_->GetBackup("stopped");
+  ASSERT_OK(stored);
+  EXPECT_EQ(stored->volumes[0].consistency, "stopped");
+}
+
 TEST(RecordConsistencyTest, HostileValuesAreRefusedAndOldRecordsDecode) {
   BackupInfo r;
   r.name = "b";
@@ -175,7 +216,8 @@ TEST(RecordConsistencyTest, HostileValuesAreRefusedAndOldRecordsDecode) {
   v.consistency = "perfect";
   EXPECT_THAT(DecodeRecord(EncodeRecord(r), "record"),
               StatusIs(StatusCode::kDataLoss, "consistency"));
-  v.consistency = "unknown";
+  v.consistency = "stopped";
+  ASSERT_OK(DecodeRecord(EncodeRecord(r), "record"));
   v.snapshot = "../x";
   EXPECT_THAT(DecodeRecord(EncodeRecord(r), "record"), StatusIs(StatusCode::kDataLoss, "snapshot"));
   v.snapshot = "direct";

@@ -492,6 +492,12 @@ typedef struct vmb_volume {
 /* A host hook (freeze or thaw of a guest): returns 0 on success. */
 typedef int (*vmb_hook_cb)(void* payload);
 
+typedef enum vmb_vm_state {
+  VMB_VM_UNKNOWN = 0, /* nobody said (a bare volume file) */
+  VMB_VM_RUNNING = 1,
+  VMB_VM_STOPPED = 2
+} vmb_vm_state;
+
 typedef enum vmb_snapshot_mode {
   VMB_SNAPSHOT_AUTO = 0,    /* reflink clone if the filesystem supports it, else direct read */
   VMB_SNAPSHOT_REFLINK = 1, /* reflink clone or fail with VMB_EPRECONDITION */
@@ -545,6 +551,13 @@ typedef struct vmb_backup_options {
   /* Since version 3. Non-zero: thaw right after the snapshots even when a volume is read directly
    * (its data is then of "unknown" consistency). Default 0. */
   int thaw_early;
+  /* Since version 3. What the host knows of the VM (a vmb_vm_state). VMB_VM_RUNNING: a volume that
+   * cannot be cloned (no reflink) and that no freeze keeps still for the whole backup fails the
+   * backup with VMB_EPRECONDITION before anything is read, unless allow_inconsistent is non-zero;
+   * VMB_VM_STOPPED: every volume is recorded "stopped". Default VMB_VM_UNKNOWN: volumes read
+   * directly are recorded "unknown". */
+  int vm_state;
+  int allow_inconsistent; /* Since version 3. Default 0. */
 } vmb_backup_options;
 
 /* Versions 1 (without hash_every_block and the hooks) and 2 (without the hooks) are still
@@ -553,7 +566,7 @@ typedef struct vmb_backup_options {
 #define VMB_BACKUP_OPTIONS_INIT                                                                  \
   {                                                                                              \
     VMB_BACKUP_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, 200, 0, 0, 0, NULL, \
-        NULL, NULL, 0                                                                            \
+        NULL, NULL, 0, 0, 0                                                                      \
   }
 
 /* Sets *opts to the defaults of `version` (VMB_BACKUP_OPTIONS_INIT).
