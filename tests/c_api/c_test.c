@@ -272,7 +272,8 @@ static void test_freeze_window_hooks(void) {
   CHECK_RC(vmb_backup_run(&record, g_target, &b, &err), VMB_OK, err);
   CHECK(log.freezes == 1 && log.thaws == 1); /* once for both volumes */
   CHECK(record != NULL && strstr(record, "\"freeze_seconds\":") != NULL);
-  CHECK(record != NULL && strstr(record, "\"snapshot\":\"direct\",\"consistency\":\"fs-frozen\"") != NULL);
+  CHECK(record != NULL &&
+        strstr(record, "\"snapshot\":\"direct\",\"consistency\":\"fs-frozen\"") != NULL);
   vmb_free(record);
   log.fail_freeze = 1;
   b.name = "c-freeze-refused";

@@ -153,9 +153,8 @@ TEST_F(FreezeWindowTest, ARunningVmIsNotReadDirectlyUnlessFrozenOrAllowed) {
   spec_.snapshot.vm_state = SnapshotOptions::VmState::kRunning;
   spec_.snapshot.freeze = nullptr;
   spec_.snapshot.thaw = nullptr;
-  EXPECT_THAT(Run("running-unfrozen"),
-              StatusIs(StatusCode::kFailedPrecondition,
-                       "volume 'disk0' of a running VM cannot be cloned"));
+  EXPECT_THAT(Run("running-unfrozen"), StatusIs(StatusCode::kFailedPrecondition,
+                                                "volume 'disk0' of a running VM cannot be cloned"));
   EXPECT_THAT(target_->GetBackup("running-unfrozen"),
               StatusIs(StatusCode::kNotFound, "running-unfrozen"));
 

@@ -74,6 +74,22 @@ class GcTest : public ::testing::Test {
     if (!st.ok()) return st.ToString();
     return FileSha256(dest);
   }
+  // Backs up the file dir_/<file> as volume "disk0" of backup `name` (no VM identity).
+  void BackupFile(const std::string& name, const std::string& file) {
+    BackupSpec spec;
+    spec.name = name;
+    spec.volumes.push_back({"disk0", dir_.Sub(file), false, {}});
+    auto job = BackupJob::Create(target_, spec);
+    ASSERT_OK(job);
+    ASSERT_OK((*job)->Run());
+  }
+  // Overwrites bytes [begin, end) of *s (a multiple of 8 apart) with `rng`'s output.
+  static void FillRandom(std::mt19937_64& rng, std::string* s, size_t begin, size_t end) {
+    for (size_t i = begin; i + 8 <= end; i += 8) {
+      const uint64_t x = rng();
+      std::memcpy(&(*s)[i], &x, 8);
+    }
+  }
   StatusOr<GcReport> Gc(int64_t grace = 1 * kHour, bool dry_run = false) {
     GcOptions o;
     o.grace_seconds = grace;
@@ -619,30 +635,14 @@ TEST_F(GcTest, PacksLessThanHalfLiveAreRepackedAndTheRestStaysRestorable) {
   // quarter live.
   std::mt19937_64 rng(42);
   std::string a(32 * 65536, '\0'), b;
-  for (size_t i = 0; i + 8 <= a.size(); i += 8) {
-    const uint64_t x = rng();
-    std::memcpy(&a[i], &x, 8);
-  }
+  FillRandom(rng, &a, 0, a.size());
   b = a;
-  for (size_t blk = 0; blk < 32; ++blk) {
-    if (blk % 4 == 0) continue;
-    for (size_t i = blk * 65536; i < (blk + 1) * 65536; i += 8) {
-      const uint64_t x = rng();
-      std::memcpy(&b[i], &x, 8);
-    }
-  }
+  for (size_t blk = 0; blk < 32; ++blk)
+    if (blk % 4 != 0) FillRandom(rng, &b, blk * 65536, (blk + 1) * 65536);
   testing::WriteAll(dir_.Sub("a.img"), a);
   testing::WriteAll(dir_.Sub("b.img"), b);
-  auto backup = [&](const std::string& name, const std::string& file) {
-    BackupSpec spec;
-    spec.name = name;
-    spec.volumes.push_back({"disk0", dir_.Sub(file), false, {}});
-    auto job = BackupJob::Create(target_, spec);
-    ASSERT_OK(job);
-    ASSERT_OK((*job)->Run());
-  };
-  backup("a", "a.img");
-  backup("b", "b.img");
+  ASSERT_NO_FATAL_FAILURE(BackupFile("a", "a.img"));
+  ASSERT_NO_FATAL_FAILURE(BackupFile("b", "b.img"));
   ASSERT_OK(target_->DeleteBackup("a"));
   const uint64_t before = BytesUnder("packs/");
 
@@ -682,26 +682,13 @@ TEST_F(GcTest, MaxUnusedChoosesHowManyMostlyLivePacksAreRepacked) {
   // dead quarter is 8 of 40 stored blocks (20 %).
   std::mt19937_64 rng(7);
   std::string a(32 * 65536, '\0');
-  for (size_t i = 0; i + 8 <= a.size(); i += 8) {
-    const uint64_t x = rng();
-    std::memcpy(&a[i], &x, 8);
-  }
+  FillRandom(rng, &a, 0, a.size());
   std::string b = a;
-  for (size_t blk = 0; blk < 32; blk += 4)
-    for (size_t i = blk * 65536; i < (blk + 1) * 65536; i += 8) {
-      const uint64_t x = rng();
-      std::memcpy(&b[i], &x, 8);
-    }
+  for (size_t blk = 0; blk < 32; blk += 4) FillRandom(rng, &b, blk * 65536, (blk + 1) * 65536);
   testing::WriteAll(dir_.Sub("a.img"), a);
   testing::WriteAll(dir_.Sub("b.img"), b);
-  for (const auto& [name, file] : {std::pair{"a", "a.img"}, std::pair{"b", "b.img"}}) {
-    BackupSpec spec;
-    spec.name = name;
-    spec.volumes.push_back({"disk0", dir_.Sub(file), false, {}});
-    auto job = BackupJob::Create(target_, spec);
-    ASSERT_OK(job);
-    ASSERT_OK((*job)->Run());
-  }
+  ASSERT_NO_FATAL_FAILURE(BackupFile("a", "a.img"));
+  ASSERT_NO_FATAL_FAILURE(BackupFile("b", "b.img"));
   ASSERT_OK(target_->DeleteBackup("a"));
   auto gc = [&](int max_unused, bool dry_run) {
     GcOptions o;
@@ -769,25 +756,13 @@ TEST_F(GcTest, RepackedPackWhoseDeadBlockIsUsedAgainIsKept) {
   // block that the new pack does not hold and restores the old pack's index.
   std::string a(8 * 65536, '\0'), b;
   std::mt19937_64 rng(7);
-  for (size_t i = 0; i + 8 <= a.size(); i += 8) {
-    const uint64_t x = rng();
-    std::memcpy(&a[i], &x, 8);
-  }
+  FillRandom(rng, &a, 0, a.size());
   b = a;
-  for (size_t i = 65536; i < b.size(); i += 8) {
-    const uint64_t x = rng();
-    std::memcpy(&b[i], &x, 8);
-  }
+  FillRandom(rng, &b, 65536, b.size());
   testing::WriteAll(dir_.Sub("a.img"), a);
   testing::WriteAll(dir_.Sub("b.img"), b);
-  for (const auto& [name, file] : {std::pair{"a", "a.img"}, std::pair{"b", "b.img"}}) {
-    BackupSpec spec;
-    spec.name = name;
-    spec.volumes.push_back({"disk0", dir_.Sub(file), false, {}});
-    auto job = BackupJob::Create(target_, spec);
-    ASSERT_OK(job);
-    ASSERT_OK((*job)->Run());
-  }
+  ASSERT_NO_FATAL_FAILURE(BackupFile("a", "a.img"));
+  ASSERT_NO_FATAL_FAILURE(BackupFile("b", "b.img"));
   const std::map<std::string, std::string> a_objects = ObjectsOf("a");
   ASSERT_OK(target_->DeleteBackup("a"));
   ASSERT_OK(Gc());
