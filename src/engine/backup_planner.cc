@@ -9,9 +9,9 @@
 
 namespace vmbackup::internal {
 
-StatusOr<std::shared_ptr<FreezeWindow>> FreezeWindow::Open(const std::function<Status()>& freeze,
+StatusOr<std::unique_ptr<FreezeWindow>> FreezeWindow::Open(const std::function<Status()>& freeze,
                                                            std::function<Status()> thaw) {
-  std::shared_ptr<FreezeWindow> w(new FreezeWindow());
+  std::unique_ptr<FreezeWindow> w(new FreezeWindow());
   if (freeze) {
     VMB_RETURN_IF_ERROR(freeze().WithContext("freeze hook"));
     w->frozen_ = true;

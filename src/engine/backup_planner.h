@@ -60,7 +60,7 @@ std::optional<BackupInfo> NewestOfVm(std::vector<BackupInfo> backups, const std:
 class FreezeWindow {
  public:
   // Runs `freeze` (when set); its error is returned and nothing is to be thawed.
-  static StatusOr<std::shared_ptr<FreezeWindow>> Open(const std::function<Status()>& freeze,
+  static StatusOr<std::unique_ptr<FreezeWindow>> Open(const std::function<Status()>& freeze,
                                                       std::function<Status()> thaw);
   FreezeWindow(const FreezeWindow&) = delete;
   FreezeWindow& operator=(const FreezeWindow&) = delete;
@@ -100,7 +100,7 @@ struct VolumePlan {
 struct BackupPlan {
   // The freeze window; still open while direct snapshots keep the guest frozen (thaw_after_backup).
   // Declared before `volumes`: thawed only after every snapshot is released.
-  std::shared_ptr<FreezeWindow> freeze;
+  std::unique_ptr<FreezeWindow> freeze;
   std::string parent_name;  // BackupSpec::parent ("" = none)
   // The repository's block index when planning: blocks it holds are referenced, not stored.
   std::shared_ptr<const RepoIndex> index;
