@@ -193,20 +193,25 @@ std::vector<std::pair<std::string, std::string>> ToPairs(py::handle volumes, con
 
 // ---- progress callbacks -------------------------------------------------------------------------
 
+// Drops Python references held by C++ objects that may be destroyed on any thread: takes the GIL
+// to release them, or leaks them once the interpreter is shutting down.
+template <typename... Objects>
+void DropReferences(Objects&... objects) {
+  if (PythonUnusable()) {
+    (objects.release(), ...);
+    return;
+  }
+  py::gil_scoped_acquire gil;
+  ((objects = py::object()), ...);
+}
+
 // A Python freeze or thaw hook (a callable without arguments), called on a library thread.
 class PyHook {
  public:
   PyHook(py::object fn, std::string what) : fn_(std::move(fn)), what_(std::move(what)) {}
   PyHook(const PyHook&) = delete;
   PyHook& operator=(const PyHook&) = delete;
-  ~PyHook() {
-    if (PythonUnusable()) {
-      fn_.release();
-      return;
-    }
-    py::gil_scoped_acquire gil;
-    fn_ = py::object();
-  }
+  ~PyHook() { DropReferences(fn_); }
   // OK when the callable returned anything but False; kFailedPrecondition naming what it raised.
   Status Call() noexcept {
     if (PythonUnusable())
@@ -248,17 +253,8 @@ class PyProgress {
   PyProgress(const PyProgress&) = delete;
   PyProgress& operator=(const PyProgress&) = delete;
 
-  // May run on any thread: takes the GIL to drop the Python references (leaks them after shutdown).
-  ~PyProgress() {
-    if (PythonUnusable()) {
-      fn_.release();
-      error_.release();
-      return;
-    }
-    py::gil_scoped_acquire gil;
-    fn_ = py::object();
-    error_ = py::object();
-  }
+  // May run on any thread (DropReferences).
+  ~PyProgress() { DropReferences(fn_, error_); }
 
   // Runs on a library thread. Returns false (cancel) when the callable returns False or raises.
   bool Call(const Progress& progress) noexcept {
@@ -301,15 +297,8 @@ class PyDone {
   PyDone(const PyDone&) = delete;
   PyDone& operator=(const PyDone&) = delete;
 
-  // May run on any thread: takes the GIL to drop the Python reference (leaks it after shutdown).
-  ~PyDone() {
-    if (PythonUnusable()) {
-      fn_.release();
-      return;
-    }
-    py::gil_scoped_acquire gil;
-    fn_ = py::object();
-  }
+  // May run on any thread (DropReferences).
+  ~PyDone() { DropReferences(fn_); }
 
   // Runs on a library thread or the registering one; takes the GIL.
   void Call(const Status& status) noexcept {
