@@ -202,7 +202,7 @@ StatusOr<std::vector<PackEntry>> ReadTrailerEntries(ObjectStore& store, const st
 
 // A pack with live and dead blocks (stored bytes of each).
 struct PartlyLive {
-  std::string id, index_key;
+  std::string id;
   uint64_t size = 0, live = 0, dead = 0;
 };
 
@@ -279,6 +279,9 @@ class Run {
   StatusOr<std::string> RepackLive(const std::string& id, uint64_t size,
                                    const std::vector<PackEntry>& entries);
   // Digests of pack `id`'s index (empty when it is missing or unreadable).
+  // The entries of pack `id`'s index, read and decoded (kNotFound when it is gone, kDataLoss when
+  // it does not decode).
+  StatusOr<std::vector<PackEntry>> ReadPackIndex(const std::string& id);
   std::set<Digest> DigestsOf(const std::string& id);
   std::string prev_newest_;  // the newest run with a state on the target, readable or not
 
@@ -581,11 +584,14 @@ StatusOr<std::string> Run::RepackLive(const std::string& id, uint64_t size,
   return sealed.id;
 }
 
+StatusOr<std::vector<PackEntry>> Run::ReadPackIndex(const std::string& id) {
+  VMB_ASSIGN_OR_RETURN(std::string bytes, store_.GetAtMost(PackIndexKey(id), kMaxWholeObjectRead));
+  return DecodePackIndex(bytes, id, "pack index " + PackIndexKey(id));
+}
+
 std::set<Digest> Run::DigestsOf(const std::string& id) {
   std::set<Digest> out;
-  auto bytes = store_.GetAtMost(PackIndexKey(id), kMaxWholeObjectRead);
-  if (!bytes.ok()) return out;
-  auto entries = DecodePackIndex(*bytes, id, "pack index " + PackIndexKey(id));
+  auto entries = ReadPackIndex(id);
   if (!entries.ok()) return out;
   for (const auto& e : *entries) out.insert(e.digest);
   return out;
@@ -668,7 +674,7 @@ Status Run::Finish() {
           if (dead_bytes > 0) {
             ++r_.partly_live_packs;
             r_.dead_bytes_in_partly_live_packs += dead_bytes;
-            if (opts_.repack) partly.push_back({id, o.key, ps->second, live_bytes, dead_bytes});
+            if (opts_.repack) partly.push_back({id, ps->second, live_bytes, dead_bytes});
           }
           return Status::Ok();
         }
@@ -709,9 +715,7 @@ Status Run::Finish() {
     if (opts_.dry_run) continue;
     // The index again (not kept from the listing above, so memory stays bounded by the number
     // of packs, not of blocks); gone or damaged meanwhile: left for the next run or for repair.
-    auto bytes = store_.GetAtMost(p->index_key, kMaxWholeObjectRead);
-    auto entries = bytes.ok() ? DecodePackIndex(*bytes, p->id, "pack index " + p->index_key)
-                              : StatusOr<std::vector<PackEntry>>(bytes.status());
+    auto entries = ReadPackIndex(p->id);
     auto replacement = entries.ok() ? RepackLive(p->id, p->size, *entries)
                                     : StatusOr<std::string>(entries.status());
     if (!replacement.ok()) {
@@ -722,7 +726,7 @@ Status Run::Finish() {
       r_.damaged.push_back(replacement.status().message());  // left for repair
       continue;
     }
-    condemn.push_back(p->index_key);
+    condemn.push_back(PackIndexKey(p->id));
     next.no_index[p->id] = Seen{now_, run_, true};
     next.replaced_by[p->id] = *replacement;
     ++r_.indexes_deleted;
