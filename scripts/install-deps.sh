@@ -6,6 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
   libboost-dev libssl-dev libcurl4-openssl-dev libnfs-dev liblz4-dev libabsl-dev nlohmann-json3-dev
+  libnbd-dev librbd-dev
   libgtest-dev libgmock-dev libbenchmark-dev pybind11-dev python3-dev python3-pytest
   e2fsprogs util-linux xfsprogs python3-botocore
   clang libclang-rt-14-dev llvm-14

@@ -20,7 +20,8 @@ stage() { # prints how long the stage that just ended took, then the next stage'
 }
 # The tests' host state (the fingerprint key, TargetOptions::state_dir) stays in the build tree.
 export VMBACKUP_STATE_DIR="${VMBACKUP_STATE_DIR:-$PWD/build/test-state}"
-bash scripts/install-deps.sh
+# QEMU for the qemu provider's integration tests (tests/integration/qemu_test.cc).
+bash scripts/install-deps.sh qemu-system-x86 qemu-utils
 stage "packages"
 
 echo "== test servers: Ceph radosgw (S3, plain HTTP and TLS) and nfs-ganesha + rpcbind (NFSv3/v4) on 127.0.0.1, started beside the build"

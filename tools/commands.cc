@@ -260,12 +260,49 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
   }
   std::optional<std::string> vm_dir = args.Get("vm-dir");
   std::vector<std::string> volume_args = args.GetAll("volume");
+  // --drive NODE[=NAME] with --qmp, --rbd [NAME=]POOL/IMAGE: volume locations in flag form.
+  const std::vector<std::string> drives = args.GetAll("drive"), rbds = args.GetAll("rbd");
+  if (args.Has("qmp") != !drives.empty())
+    return ctx.UsageError("backup: --qmp SOCKET and --drive NODE go together", "backup");
+  for (const char* f : {"nbd-socket", "scratch-dir"})
+    if (args.Has(f) && drives.empty())
+      return ctx.UsageError(std::string("backup: --") + f + " goes with --qmp and --drive",
+                            "backup");
+  for (const char* f : {"ceph-conf", "ceph-id"})
+    if (args.Has(f) && rbds.empty())
+      return ctx.UsageError(std::string("backup: --") + f + " goes with --rbd", "backup");
+  for (const std::string& d : drives) {
+    const size_t eq = d.find('=');
+    const std::string node = d.substr(0, eq),
+                      vol = eq == std::string::npos ? node : d.substr(eq + 1);
+    std::string loc = "qemu:" + AbsolutePath(*args.Get("qmp")) + "?node=" + node;
+    if (auto s = args.Get("nbd-socket")) loc += "&nbd=" + AbsolutePath(*s);
+    if (auto s = args.Get("scratch-dir")) loc += "&scratch=" + AbsolutePath(*s);
+    volume_args.push_back(vol + "=" + loc);
+  }
+  for (const std::string& r : rbds) {
+    const size_t eq = r.find('=');
+    const std::string spec = eq == std::string::npos ? r : r.substr(eq + 1);
+    const std::string vol =
+        eq == std::string::npos ? spec.substr(spec.find('/') + 1) : r.substr(0, eq);
+    std::string loc = "rbd:" + spec;
+    char sep = '?';
+    if (auto c = args.Get("ceph-conf")) {
+      loc += std::string(1, sep) + "conf=" + AbsolutePath(*c);
+      sep = '&';
+    }
+    if (auto id = args.Get("ceph-id")) loc += std::string(1, sep) + "id=" + *id;
+    volume_args.push_back(vol + "=" + loc);
+  }
   if (vm_dir && !volume_args.empty()) {
-    return ctx.UsageError("backup: give either --vm-dir or --volume, not both", "backup");
+    return ctx.UsageError("backup: give either --vm-dir or --volume/--drive/--rbd, not both",
+                          "backup");
   }
   if (!vm_dir && volume_args.empty()) {
-    return ctx.UsageError("backup: --vm-dir DIR or at least one --volume NAME=PATH is required",
-                          "backup");
+    return ctx.UsageError(
+        "backup: --vm-dir DIR or at least one --volume NAME=LOCATION (or --qmp with --drive, or "
+        "--rbd) is required",
+        "backup");
   }
   if (vm_dir && (args.Has("vm-name") || args.Has("vm-namespace"))) {
     return ctx.UsageError(
@@ -280,13 +317,19 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
   } else {
     nlohmann::json volumes = nlohmann::json::array();
     for (const std::string& a : volume_args) {
-      vmbackup::VolumeSource v;
-      if (!ParseNameEqPath(a, &v.name, &v.path)) {
-        return ctx.UsageError("backup: --volume expects NAME=PATH, got '" + a + "'", "backup");
+      std::string vol, location;
+      if (!ParseNameEqPath(a, &vol, &location)) {
+        return ctx.UsageError("backup: --volume expects NAME=LOCATION, got '" + a + "'", "backup");
       }
-      v.path = AbsolutePath(v.path);
-      volumes.push_back({{"name", v.name}, {"path", v.path}});
-      spec.volumes.push_back(std::move(v));
+      StatusOr<vmbackup::VolumeSource> v = vmbackup::ParseVolumeLocation(vol, location);
+      if (!v.ok()) return ctx.UsageError("backup: " + v.status().message(), "backup");
+      if (v->provider == vmbackup::VolumeProvider::kFile) {
+        v->path = AbsolutePath(v->path);
+        volumes.push_back({{"name", v->name}, {"path", v->path}});
+      } else {
+        volumes.push_back({{"name", v->name}, {"location", vmbackup::VolumeLocation(*v)}});
+      }
+      spec.volumes.push_back(*std::move(v));
     }
     nlohmann::json meta = {{"volumes", std::move(volumes)}};
     // The VM identity: backups of the same named VM use each other as fingerprint references;
@@ -420,16 +463,25 @@ int CmdShow(Context& ctx, const ParsedArgs& args) {
       << "Compression:  " << Ratio(CompressionRatio(i)) << "\n"
       << "Volumes:\n";
   std::vector<std::vector<std::string>> rows = {{"  NAME", "SIZE", "BLOCK", "DATA", "ZERO", "HOLE",
-                                                 "NEW", "REUSED", "STORED", "SNAPSHOT",
+                                                 "NEW", "REUSED", "STORED", "PROVIDER", "SNAPSHOT",
                                                  "CONSISTENCY"}};
+  std::string checkpoints;
   for (const auto& v : i.volumes) {
     rows.push_back({"  " + v.name, FormatBytes(v.size), FormatBytes(v.block_size),
                     std::to_string(v.data_blocks), std::to_string(v.zero_blocks),
                     std::to_string(v.hole_blocks), FormatBytes(v.bytes_new),
-                    FormatBytes(v.bytes_reused), FormatBytes(v.bytes_stored), OrDash(v.snapshot),
-                    OrDash(v.consistency)});
+                    FormatBytes(v.bytes_reused), FormatBytes(v.bytes_stored), OrDash(v.provider),
+                    OrDash(v.snapshot), OrDash(v.consistency)});
+    if (!v.checkpoint.empty() || v.changed_bytes >= 0) {
+      checkpoints += "  " + v.name + ": checkpoint " + OrDash(v.checkpoint);
+      if (v.changed_bytes >= 0)
+        checkpoints += ", " + FormatBytes(static_cast<uint64_t>(v.changed_bytes)) +
+                       " changed since the parent's checkpoint";
+      checkpoints += "\n";
+    }
   }
   out << FormatTable(rows);
+  if (!checkpoints.empty()) out << "Checkpoints:\n" << checkpoints;
   out << "VM metadata:  " << i.vm_metadata_json << "\n";
   std::cout << out.str() << std::flush;
   return kExitOk;

@@ -63,13 +63,23 @@ const std::vector<CommandDef>& Commands() {
        {kTargetFlag},
        CmdTargetTest},
       {"backup",
-       "backup [--target CONFIG] (--vm-dir DIR | --volume NAME=PATH... [--vm-name VM]\n"
-       "                   [--vm-namespace NS]) [--name N] [--parent P] [--dirty-map FILE]\n"
+       "backup [--target CONFIG] (--vm-dir DIR | --volume NAME=LOCATION... [--qmp SOCKET\n"
+       "                   --drive NODE[=NAME]... [--nbd-socket S] [--scratch-dir D]]\n"
+       "                   [--rbd [NAME=]POOL/IMAGE... [--ceph-conf F] [--ceph-id ID]]\n"
+       "                   [--vm-name VM] [--vm-namespace NS]) [--name N] [--parent P]\n"
+       "                   [--dirty-map FILE]\n"
        "                   [--no-fingerprints] [--freeze-cmd CMD --thaw-cmd CMD [--thaw-early]]\n"
        "                   [--vm-state running|stopped [--allow-inconsistent]]",
        "back up a VM's volumes and metadata",
-       "--vm-dir reads DIR/vm.json ({\"name\":..., \"volumes\":[{\"name\":..., \"path\":...}]}).\n"
-       "--volume backs up the given files or block devices instead.\n"
+       "--vm-dir reads DIR/vm.json ({\"name\":..., \"volumes\":[{\"name\":..., \"path\":...}]};\n"
+       "  a volume may give \"location\" instead of \"path\").\n"
+       "--volume backs up the given volumes instead. A LOCATION is a file or block device path,\n"
+       "  qemu:QMP_SOCKET?node=NODE[&nbd=SOCKET][&scratch=DIR] (a disk of a running QEMU: one\n"
+       "  QMP transaction for all its disks, changed blocks from persistent dirty bitmaps), or\n"
+       "  rbd:POOL/IMAGE[?conf=FILE][&id=CLIENT] (a Ceph RBD image: snapshots, rbd diff).\n"
+       "  --qmp/--drive and --rbd say the same in flag form (docs/providers/).\n"
+       "  With --vm-name, a qemu or rbd volume whose previous backup left a checkpoint is read\n"
+       "  only where it changed since (that backup becomes the parent).\n"
        "--dirty-map FILE lists changed ranges per volume relative to --parent:\n"
        "  {\"datadisk\": [[offset, length], ...]}; volumes not listed are read in full.\n"
        "Without a dirty map, blocks whose keyed fingerprint matches the previous backup of the\n"
@@ -82,7 +92,17 @@ const std::vector<CommandDef>& Commands() {
        "and each volume's consistency.\n",
        {kTargetFlag,
         {"vm-dir", true, false, "DIR", "VM directory holding vm.json"},
-        {"volume", true, true, "NAME=PATH", "volume to back up (instead of --vm-dir)"},
+        {"volume", true, true, "NAME=LOCATION", "volume to back up (instead of --vm-dir)"},
+        {"qmp", true, false, "SOCKET",
+         "QMP socket of the running QEMU whose --drive disks to back up"},
+        {"drive", true, true, "NODE[=NAME]",
+         "a QEMU block node (or device) to back up, as volume NAME"},
+        {"nbd-socket", true, false, "SOCKET", "QEMU's NBD server, when the host already runs one"},
+        {"scratch-dir", true, false, "DIR", "where QEMU keeps the temporary fleecing images"},
+        {"rbd", true, true, "[NAME=]POOL/IMAGE",
+         "a Ceph RBD image to back up (volume NAME, default IMAGE)"},
+        {"ceph-conf", true, false, "FILE", "ceph.conf for --rbd (default $CEPH_CONF or /etc/ceph)"},
+        {"ceph-id", true, false, "ID", "cephx user for --rbd, without \"client.\" (default admin)"},
         {"vm-name", true, false, "VM", "name of the VM the --volume backups belong to"},
         {"vm-namespace", true, false, "NS", "namespace of that VM"},
         {"name", true, false, "NAME", "backup name (default <vm>-<UTC time>-<random>)"},

@@ -225,11 +225,10 @@ StatusOr<BackupSpec> ToBackupSpec(const vmb_backup_options* opts) {
     if (!from_dir.ok()) return std::move(from_dir).status();
     spec = std::move(from_dir).value();
   } else {
-    for (auto& [name, path] : volumes) {
-      VolumeSource v;
-      v.name = std::move(name);
-      v.path = std::move(path);
-      spec.volumes.push_back(std::move(v));
+    for (auto& [name, location] : volumes) {
+      auto v = ParseVolumeLocation(name, location);
+      if (!v.ok()) return v.status();
+      spec.volumes.push_back(std::move(*v));
     }
     if (opts->vm_metadata_json != nullptr) spec.vm_metadata_json = opts->vm_metadata_json;
   }

@@ -534,12 +534,8 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(
     StatusOr<BackupSpec> from_dir = WithoutGil([&] { return BackupSpecFromVmDirectory(dir); });
     spec = Check(std::move(from_dir));
   } else {
-    for (auto& [volume_name, path] : ToPairs(volumes, "volumes")) {
-      VolumeSource v;
-      v.name = std::move(volume_name);
-      v.path = std::move(path);
-      spec.volumes.push_back(std::move(v));
-    }
+    for (auto& [volume_name, location] : ToPairs(volumes, "volumes"))
+      spec.volumes.push_back(Check(ParseVolumeLocation(volume_name, location)));
     if (!vm_metadata.is_none()) spec.vm_metadata_json = ToJsonText(vm_metadata);
   }
   if (name) spec.name = *name;
@@ -754,10 +750,24 @@ void Bind(py::module_& m) {
       .def_readonly("index_sha256", &VolumeBackupInfo::index_sha256)
       .def_readonly("fingerprints_key", &VolumeBackupInfo::fingerprints_key)
       .def_readonly("fingerprints_sha256", &VolumeBackupInfo::fingerprints_sha256)
+      .def_readonly("provider", &VolumeBackupInfo::provider,
+                    "'file', 'qemu' or 'rbd' (where the volume lived); '' in older records")
       .def_readonly("snapshot", &VolumeBackupInfo::snapshot,
-                    "'reflink' or 'direct' (how the volume was read); '' in older records")
+                    "'reflink', 'direct', 'fleece' (QEMU) or 'rbd' (how the volume was read); '' "
+                    "in older records")
       .def_readonly("consistency", &VolumeBackupInfo::consistency,
-                    "'fs-frozen', 'crash-consistent' or 'unknown'; '' in older records")
+                    "'fs-frozen', 'crash-consistent', 'stopped' or 'unknown'; '' in older records")
+      .def_readonly("checkpoint", &VolumeBackupInfo::checkpoint,
+                    "The provider's checkpoint of this backup's instant (QEMU dirty bitmap or RBD "
+                    "snapshot name), the base of the next incremental; '' when none")
+      .def_property_readonly(
+          "changed_bytes",
+          [](const VolumeBackupInfo& v) -> py::object {
+            if (v.changed_bytes < 0) return py::none();
+            return py::int_(v.changed_bytes);
+          },
+          "Bytes the provider reported changed since the parent's checkpoint, or None when no "
+          "provider changes were used")
       .def("__repr__", [](const VolumeBackupInfo& v) {
         return "<vmbackup.VolumeBackupInfo " + Quote(v.name) + " " + std::to_string(v.size) +
                " bytes>";

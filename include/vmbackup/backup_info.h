@@ -28,8 +28,12 @@ struct VolumeBackupInfo {
   // hashing unchanged blocks); empty when the backup has none.
   std::string fingerprints_key;
   std::string fingerprints_sha256;
-  // How the volume was read: "reflink" (a clone taken inside the freeze window) or "direct" (the
-  // volume itself). Empty in records written before vmbackup recorded it.
+  // Where the volume lived: "file", "qemu" or "rbd" (VolumeProvider). Empty in records written
+  // before vmbackup recorded it (they are "file").
+  std::string provider;
+  // How the volume was read: "reflink" (a clone taken inside the freeze window), "direct" (the
+  // volume itself), "fleece" (QEMU's point-in-time export of a running disk) or "rbd" (an RBD
+  // snapshot). Empty in records written before vmbackup recorded it.
   std::string snapshot;
   // What the data can be trusted to be (docs/FORMAT.md "Records"): "fs-frozen" (the freeze hook
   // succeeded and the volume was cloned, or read while the guest stayed frozen), "crash-consistent"
@@ -37,6 +41,13 @@ struct VolumeBackupInfo {
   // VM was stopped), "unknown" (read directly while nothing kept it still). Empty in older
   // records.
   std::string consistency;
+  // The provider's checkpoint of this backup's instant ("vmbackup-" + 16 hex: a QEMU dirty bitmap
+  // or an RBD snapshot name): the base of the next incremental's changed ranges. Empty: none.
+  std::string checkpoint;
+  // Bytes the provider reported changed since the parent's checkpoint (what the backup read of
+  // this volume, at block granularity); -1 when no provider changes were used (a full read, or the
+  // host's dirty map).
+  int64_t changed_bytes = -1;
 };
 
 // A backup as recorded on the target. A record exists on the target only when every byte it needs

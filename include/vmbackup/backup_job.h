@@ -39,15 +39,64 @@ enum class JobState : int { kPending = 0, kInProgress = 1, kReady = 2, kError = 
 // "Pending", "InProgress", "Ready", "Error".
 VMBACKUP_EXPORT const char* JobStateName(JobState state);
 
+// Where a volume lives, and so which snapshot provider takes its point-in-time view (guides:
+// docs/providers/file.md, qemu.md, rbd.md).
+enum class VolumeProvider : int {
+  kFile = 0,  // a regular file or block device: reflink clone where possible, else a direct read
+  kQemu = 1,  // a disk of a running QEMU: QMP transaction, fleecing, NBD export, dirty bitmaps
+  kRbd = 2,   // a Ceph RBD image: an RBD snapshot, changed extents from rbd_diff_iterate2
+};
+// "file", "qemu", "rbd".
+VMBACKUP_EXPORT const char* VolumeProviderName(VolumeProvider provider);
+
+// A disk of a running QEMU process (VolumeProvider::kQemu).
+struct QemuDisk {
+  std::string qmp_socket;  // path of QEMU's QMP unix socket (-qmp unix:PATH,server=on,wait=off)
+  std::string node;        // block node name of the disk's format node (or a -drive device id)
+  // QEMU's NBD server, when the host already started one (nbd-server-start) on a unix socket:
+  // the provider adds its export there. Default empty = the provider starts the server on a socket
+  // in scratch_dir and stops it afterwards.
+  std::string nbd_socket;
+  // Directory, on the QEMU host, for the temporary fleecing image that holds the data the guest
+  // overwrites while the backup reads. Default empty = the directory of the disk's image file.
+  std::string scratch_dir;
+};
+
+// A Ceph RBD image (VolumeProvider::kRbd).
+struct RbdImage {
+  std::string pool;
+  std::string image;
+  std::string conf;       // ceph.conf; default empty = $CEPH_CONF, else /etc/ceph/ceph.conf
+  std::string client_id;  // cephx user without "client."; default empty = "admin"
+};
+
 // One volume to back up.
 struct VolumeSource {
   std::string name;  // unique inside the backup; [A-Za-z0-9._-], 1..128 chars
-  std::string path;  // regular file or block device
+  std::string path;  // kFile: regular file or block device
   // Host-supplied changed-block information relative to BackupSpec::parent: when has_dirty_map is
   // true, only these ranges are read; everything else is taken from the parent backup unchanged.
+  // Without it, a qemu or rbd volume whose parent recorded a checkpoint that still exists on the
+  // host gets its changed ranges from the provider (VolumeBackupInfo::changed_bytes).
   bool has_dirty_map = false;  // default false
   std::vector<Extent> dirty_ranges;
+  // Where the volume lives (ParseVolumeLocation makes all of this from one string).
+  VolumeProvider provider = VolumeProvider::kFile;  // default kFile: `path`
+  QemuDisk qemu{};                                  // kQemu
+  RbdImage rbd{};                                   // kRbd
 };
+
+// Parses a volume location, the one string form of a VolumeSource's where (used by the C ABI,
+// Python, vm.json and vmbackupctl):
+//   PATH or file:PATH                                  kFile
+//   qemu:QMP_SOCKET?node=NODE[&nbd=SOCKET][&scratch=DIR]  kQemu
+//   rbd:POOL/IMAGE[?conf=FILE][&id=CLIENT]             kRbd
+// Returns the VolumeSource named `name`, or kInvalidArgument saying what is wrong (unknown
+// parameter, missing node, empty pool or image). Thread-safe.
+VMBACKUP_EXPORT StatusOr<VolumeSource> ParseVolumeLocation(const std::string& name,
+                                                           const std::string& location);
+// The location string of `v` (the inverse of ParseVolumeLocation). Never fails. Thread-safe.
+VMBACKUP_EXPORT std::string VolumeLocation(const VolumeSource& v);
 
 struct BackupSpec {
   // Backup name, unique on the target; [A-Za-z0-9._-], 1..200 chars.

@@ -74,7 +74,21 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
                                         "' must be 1-128 of [A-Za-z0-9._-]");
           if (!names.insert(v.name).second)
             return InvalidArgumentError(field + ".name '" + v.name + "' is used twice");
-          if (v.path.empty()) return InvalidArgumentError(field + ".path is empty");
+          switch (v.provider) {
+            case VolumeProvider::kFile:
+              if (v.path.empty()) return InvalidArgumentError(field + ".path is empty");
+              break;
+            case VolumeProvider::kQemu:
+              if (v.qemu.qmp_socket.empty() || v.qemu.node.empty())
+                return InvalidArgumentError(field + ".qemu needs qmp_socket and node");
+              break;
+            case VolumeProvider::kRbd:
+              if (v.rbd.pool.empty() || v.rbd.image.empty())
+                return InvalidArgumentError(field + ".rbd needs pool and image");
+              break;
+            default:
+              return InvalidArgumentError(field + ".provider is unknown");
+          }
           if (v.has_dirty_map && spec.parent.empty())
             return InvalidArgumentError(field +
                                         ".dirty_ranges needs spec.parent (the dirty map's base)");
@@ -217,7 +231,7 @@ Status BackupJob::Impl::Execute() {
                                return *k;
                              return std::nullopt;
                            },
-                           &run.counters()));
+                           &run.counters(), DefaultProviders(rt)));
   const FingerprintKeys* fkeys = plan.fkeys ? &*plan.fkeys : nullptr;
 
   // Transfer.
@@ -234,8 +248,11 @@ Status BackupJob::Impl::Execute() {
     out.name = v.name;
     out.size = v.size;
     out.block_size = v.block_size;
+    out.provider = v.provider;
     out.snapshot = v.snapshot;
     out.consistency = v.consistency;
+    out.checkpoint = v.checkpoint;
+    out.changed_bytes = v.changed_bytes;
     VMB_RETURN_IF_ERROR(processor.Process(v, &out.outcome));
     if (run.cancelled()) break;
     if (uploader.failed()) break;
@@ -252,12 +269,14 @@ Status BackupJob::Impl::Execute() {
   header.vm_name = vm_name;
   header.vm_namespace = vm_namespace;
   header.created_at = created_at;
-  header.parent = spec.parent;
+  header.parent = plan.parent_name;
   header.vm_metadata_json = spec.vm_metadata_json;
   header.started = t0;
   header.freeze = plan.freeze.get();
   VMB_ASSIGN_OR_RETURN(BackupInfo rec,
                        PublishBackup(repo.store(), run, fkeys, header, std::move(volumes)));
+  // The new checkpoints are what the next incremental needs; the parent's are released.
+  for (auto& p : plan.providers) p->Commit();
   std::lock_guard<std::mutex> l(result_mu);
   result = std::move(rec);
   return Status::Ok();

@@ -77,35 +77,74 @@ std::optional<BackupInfo> NewestOfVm(std::vector<BackupInfo> backups, const std:
   return newest;
 }
 
+namespace {
+
+// The consistency a volume's data has (VolumeBackupInfo::consistency).
+std::string ConsistencyOf(const SnapshotOptions& o, bool frozen, bool keep_frozen,
+                          bool point_in_time) {
+  if (o.vm_state == SnapshotOptions::VmState::kStopped) return "stopped";
+  if (frozen && (point_in_time || keep_frozen)) return "fs-frozen";
+  return point_in_time ? "crash-consistent" : "unknown";
+}
+
+const VolumeBackupInfo* FindVolume(const BackupInfo& b, const std::string& name) {
+  for (const auto& v : b.volumes)
+    if (v.name == name) return &v;
+  return nullptr;
+}
+
+}  // namespace
+
+ProviderFactory DefaultProviders(Runtime& rt) {
+  return [&rt](const VolumeSource& v,
+               const SnapshotOptions& file_options) -> std::unique_ptr<SnapshotProvider> {
+    switch (v.provider) {
+      case VolumeProvider::kQemu:
+        return MakeQemuProvider(rt);
+      case VolumeProvider::kRbd:
+        return MakeRbdProvider();
+      case VolumeProvider::kFile:
+        break;
+    }
+    return MakeFileProvider(file_options);
+  };
+}
+
 StatusOr<BackupPlan> PlanBackup(
     Repository& repo, const BackupSpec& spec, const std::string& vm_name,
     const std::string& vm_namespace,
-    const std::function<std::optional<FingerprintKeys>()>& fingerprint_keys, ProgressCounters* pc) {
+    const std::function<std::optional<FingerprintKeys>()>& fingerprint_keys, ProgressCounters* pc,
+    const ProviderFactory& make_provider) {
   const uint32_t bs = repo.descriptor().block_size;
   BackupPlan plan;
-  plan.parent_name = spec.parent;
 
-  // Parent (for dirty maps) and its volume indexes.
+  // The parent: the one the host named (the base of its dirty maps and of provider checkpoints),
+  // else, for a named VM with volumes whose provider keeps checkpoints, its newest backup.
   std::optional<BackupInfo> parent;
-  std::map<std::string, std::shared_ptr<const VolumeIndex>> parent_indexes;
+  bool auto_parent = false;
   if (!spec.parent.empty()) {
     auto p = repo.GetBackup(spec.parent);
     if (!p.ok()) return p.status().WithContext("parent backup");
     parent = std::move(*p);
-    for (const auto& v : spec.volumes) {
-      if (!v.has_dirty_map) continue;
-      auto it = std::find_if(parent->volumes.begin(), parent->volumes.end(),
-                             [&](const VolumeBackupInfo& pv) { return pv.name == v.name; });
-      if (it == parent->volumes.end())
-        return InvalidArgumentError("volume '" + v.name + "' has a dirty map but parent backup '" +
-                                    spec.parent + "' has no such volume");
-      if (it->block_size != bs)
-        return FailedPreconditionError(
-            "parent backup '" + spec.parent +
-            "' used another block size; take a backup without dirty map");
-      VMB_ASSIGN_OR_RETURN(VolumeIndex pi, repo.LoadVolumeIndex(spec.parent, *it));
-      parent_indexes[v.name] = std::make_shared<const VolumeIndex>(std::move(pi));
+  } else if (!vm_name.empty() &&
+             std::any_of(spec.volumes.begin(), spec.volumes.end(), [](const VolumeSource& v) {
+               return v.provider != VolumeProvider::kFile;
+             })) {
+    auto list = repo.ListBackups();
+    if (list.ok()) {
+      parent = NewestOfVm(list->backups, vm_name, vm_namespace);
+      auto_parent = parent.has_value();
     }
+  }
+  for (const auto& v : spec.volumes) {
+    if (!v.has_dirty_map) continue;
+    const VolumeBackupInfo* pv = parent ? FindVolume(*parent, v.name) : nullptr;
+    if (pv == nullptr)
+      return InvalidArgumentError("volume '" + v.name + "' has a dirty map but parent backup '" +
+                                  spec.parent + "' has no such volume");
+    if (pv->block_size != bs)
+      return FailedPreconditionError("parent backup '" + spec.parent +
+                                     "' used another block size; take a backup without dirty map");
   }
   VMB_ASSIGN_OR_RETURN(plan.index, repo.LoadIndex());
 
@@ -125,28 +164,54 @@ StatusOr<BackupPlan> PlanBackup(
     }
   }
 
-  // Snapshots in one freeze window: freeze once, snapshot every volume, thaw once (also when a
-  // snapshot fails: the window's destructor thaws). Direct reads with thaw_after_backup keep the
-  // guest frozen until the plan, and with it every snapshot, is released.
-  VMB_ASSIGN_OR_RETURN(plan.freeze, FreezeWindow::Open(spec.snapshot.freeze, spec.snapshot.thaw));
+  // Providers: one per group of volumes that can be taken at one instant (ProviderKey), each
+  // told the checkpoint the parent recorded for its volumes.
   SnapshotOptions each = spec.snapshot;
   each.freeze = nullptr;
   each.thaw = nullptr;
-  std::vector<std::unique_ptr<VolumeSnapshot>> snaps;
-  bool any_direct = false;
-  for (const auto& v : spec.volumes) {
-    auto snapper = VolumeSnapshotter::Open(v.path, each);
-    if (!snapper.ok()) return snapper.status();
-    auto snap = (*snapper)->Snapshot();
-    if (!snap.ok()) return snap.status().WithContext("volume '" + v.name + "'");
-    any_direct = any_direct || !(*snap)->is_clone();
-    snaps.push_back(std::move(*snap));
+  std::vector<std::string> keys;
+  std::vector<std::vector<ProviderVolume>> groups;
+  std::vector<std::pair<size_t, size_t>> where(spec.volumes.size());  // (group, index in group)
+  for (size_t vi = 0; vi < spec.volumes.size(); ++vi) {
+    const VolumeSource& v = spec.volumes[vi];
+    const std::string key = ProviderKey(v);
+    size_t g = std::find(keys.begin(), keys.end(), key) - keys.begin();
+    if (g == keys.size()) {
+      keys.push_back(key);
+      groups.emplace_back();
+      plan.providers.push_back(make_provider(v, each));
+    }
+    ProviderVolume pv;
+    pv.source = &v;
+    if (parent && !v.has_dirty_map) {
+      const VolumeBackupInfo* p = FindVolume(*parent, v.name);
+      if (p != nullptr && p->block_size == bs && p->provider == VolumeProviderName(v.provider))
+        pv.base_checkpoint = p->checkpoint;
+    }
+    where[vi] = {g, groups[g].size()};
+    groups[g].push_back(std::move(pv));
   }
+  for (size_t g = 0; g < groups.size(); ++g)
+    VMB_RETURN_IF_ERROR(plan.providers[g]->Prepare(groups[g], spec.name));
+
+  // Snapshots in one freeze window: freeze once, every provider takes its volumes, thaw once
+  // (also when one fails: the window's destructor thaws). Direct reads with thaw_after_backup
+  // keep the guest frozen until the plan, and with it every view, is released.
+  VMB_ASSIGN_OR_RETURN(plan.freeze, FreezeWindow::Open(spec.snapshot.freeze, spec.snapshot.thaw));
+  for (auto& p : plan.providers) VMB_RETURN_IF_ERROR(p->Take());
+  std::vector<std::vector<TakenVolume>> taken;
+  for (auto& p : plan.providers) {
+    VMB_ASSIGN_OR_RETURN(std::vector<TakenVolume> t, p->Open());
+    taken.push_back(std::move(t));
+  }
+  bool any_direct = false;
+  for (const auto& t : taken)
+    for (const auto& tv : t) any_direct = any_direct || !tv.point_in_time;
   const bool keep_frozen = any_direct && spec.snapshot.thaw_after_backup;
   if (spec.snapshot.vm_state == SnapshotOptions::VmState::kRunning &&
       !spec.snapshot.allow_inconsistent && !(keep_frozen && plan.freeze->frozen())) {
-    for (size_t vi = 0; vi < snaps.size(); ++vi) {
-      if (snaps[vi]->is_clone()) continue;
+    for (size_t vi = 0; vi < spec.volumes.size(); ++vi) {
+      if (taken[where[vi].first][where[vi].second].point_in_time) continue;
       return FailedPreconditionError(
           "volume '" + spec.volumes[vi].name + "' of a running VM cannot be cloned (" +
           spec.volumes[vi].path +
@@ -157,36 +222,47 @@ StatusOr<BackupPlan> PlanBackup(
   if (!keep_frozen) plan.freeze->Thaw();
 
   // Block plans.
+  bool uses_parent = false;
   for (size_t vi = 0; vi < spec.volumes.size(); ++vi) {
     const VolumeSource& v = spec.volumes[vi];
+    TakenVolume& t = taken[where[vi].first][where[vi].second];
     VolumePlan w;
     w.name = v.name;
-    w.snap = std::move(snaps[vi]);
-    const bool clone = w.snap->is_clone();
-    w.snapshot = clone ? "reflink" : "direct";
-    if (spec.snapshot.vm_state == SnapshotOptions::VmState::kStopped)
-      w.consistency = "stopped";
-    else if (plan.freeze->frozen() && (clone || keep_frozen))
-      w.consistency = "fs-frozen";
-    else
-      w.consistency = clone ? "crash-consistent" : "unknown";
-    const uint64_t size = w.snap->size();
+    w.view = std::move(t.view);
+    w.provider = VolumeProviderName(v.provider);
+    w.snapshot = t.snapshot;
+    w.checkpoint = t.checkpoint;
+    w.consistency =
+        ConsistencyOf(spec.snapshot, plan.freeze->frozen(), keep_frozen, t.point_in_time);
+    const uint64_t size = w.view->size();
     w.size = size;
     w.block_size = bs;
-    auto extents = w.snap->DataExtents(0, size);
+    auto extents = w.view->DataExtents(0, size);
     if (!extents.ok()) return extents.status().WithContext("volume '" + v.name + "'");
-    if (v.has_dirty_map) w.parent = parent_indexes[v.name];
-    w.blocks =
-        PlanBlocks(size, bs, *extents, v.has_dirty_map ? &v.dirty_ranges : nullptr, w.parent.get());
+    // The changed ranges: the host's dirty map, else the provider's since the parent's checkpoint.
+    const std::vector<Extent>* dirty = nullptr;
+    if (v.has_dirty_map) {
+      dirty = &v.dirty_ranges;
+    } else if (t.has_changes) {
+      dirty = &t.changed;
+      w.changed_bytes = 0;
+      for (const auto& e : t.changed) w.changed_bytes += e.length;
+    }
+    if (dirty != nullptr) {
+      VMB_ASSIGN_OR_RETURN(VolumeIndex pi,
+                           repo.LoadVolumeIndex(parent->name, *FindVolume(*parent, v.name)));
+      w.parent = std::make_shared<const VolumeIndex>(std::move(pi));
+      uses_parent = true;
+    }
+    w.blocks = PlanBlocks(size, bs, *extents, dirty, w.parent.get());
     if (ref) {
-      auto it = std::find_if(ref->volumes.begin(), ref->volumes.end(),
-                             [&](const VolumeBackupInfo& rv) { return rv.name == v.name; });
-      if (it != ref->volumes.end() && it->block_size == bs && !it->fingerprints_key.empty()) {
-        auto fps = repo.LoadFingerprints(ref->name, *it, *plan.fkeys);
+      const VolumeBackupInfo* rv = FindVolume(*ref, v.name);
+      if (rv != nullptr && rv->block_size == bs && !rv->fingerprints_key.empty()) {
+        auto fps = repo.LoadFingerprints(ref->name, *rv, *plan.fkeys);
         if (fps.ok()) {
-          if (w.parent != nullptr && ref->name == spec.parent) {
+          if (w.parent != nullptr && parent && ref->name == parent->name) {
             w.ref = w.parent;
-          } else if (auto ri = repo.LoadVolumeIndex(ref->name, *it); ri.ok()) {
+          } else if (auto ri = repo.LoadVolumeIndex(ref->name, *rv); ri.ok()) {
             w.ref = std::make_shared<const VolumeIndex>(std::move(*ri));
           }
           if (w.ref != nullptr) w.ref_fps = std::move(*fps);
@@ -197,6 +273,10 @@ StatusOr<BackupPlan> PlanBackup(
     pc->blocks_total += w.blocks.size();
     plan.volumes.push_back(std::move(w));
   }
+  // The record names the parent it copies blocks from: the host's, or the automatic one when a
+  // provider's changes were used.
+  plan.parent_name =
+      spec.parent.empty() ? (auto_parent && uses_parent ? parent->name : "") : spec.parent;
   return plan;
 }
 

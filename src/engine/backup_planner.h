@@ -22,6 +22,7 @@
 #include "repo/repository.h"
 #include "vmbackup/backup_job.h"
 #include "vmbackup/volume_snapshotter.h"
+#include "volume/provider.h"
 
 namespace vmbackup::internal {
 
@@ -80,12 +81,16 @@ class FreezeWindow {
   std::function<Status()> thaw_;
 };
 
-// The plan of one volume. Movable, not copyable (it owns the snapshot).
+// The plan of one volume. Movable, not copyable (it owns the view).
 struct VolumePlan {
   std::string name;
-  std::unique_ptr<VolumeSnapshot> snap;
-  std::string snapshot;     // VolumeBackupInfo::snapshot: "reflink" or "direct"
+  std::unique_ptr<VolumeView> view;
+  std::string provider;     // VolumeBackupInfo::provider
+  std::string snapshot;     // VolumeBackupInfo::snapshot
   std::string consistency;  // VolumeBackupInfo::consistency
+  std::string checkpoint;   // VolumeBackupInfo::checkpoint
+  // Bytes of the provider's changed ranges since the parent's checkpoint; -1 when none were used.
+  int64_t changed_bytes = -1;
   uint64_t size = 0;
   uint32_t block_size = 0;
   std::vector<BlockPlan> blocks;  // one per block
@@ -101,7 +106,12 @@ struct BackupPlan {
   // The freeze window; still open while direct snapshots keep the guest frozen (thaw_after_backup).
   // Declared before `volumes`: thawed only after every snapshot is released.
   std::unique_ptr<FreezeWindow> freeze;
-  std::string parent_name;  // BackupSpec::parent ("" = none)
+  // The providers that took the views: released after the views (declared before `volumes`),
+  // before the window's thaw. BackupJob commits them once the record is published.
+  std::vector<std::unique_ptr<SnapshotProvider>> providers;
+  // The parent the record names: BackupSpec::parent, else the automatic parent whose checkpoints
+  // gave changed ranges ("" = none).
+  std::string parent_name;
   // The repository's block index when planning: blocks it holds are referenced, not stored.
   std::shared_ptr<const RepoIndex> index;
   // This host's fingerprint keys; nullopt: every block is hashed and no fingerprint is recorded.
@@ -109,22 +119,33 @@ struct BackupPlan {
   std::vector<VolumePlan> volumes;  // in spec order
 };
 
+// Makes the provider for volume `v` (and the others of its ProviderKey group); `file_options` are
+// the spec's snapshot options without hooks (the planner owns the freeze window).
+using ProviderFactory = std::function<std::unique_ptr<SnapshotProvider>(
+    const VolumeSource& v, const SnapshotOptions& file_options)>;
+// The library's providers (file, qemu, rbd).
+ProviderFactory DefaultProviders(Runtime& rt);
+
 // Plans the backup of `spec` (of the VM with this identity, "" = unnamed), in this order: loads
-// the parent record and the parent's indexes of the dirty-map volumes, the repository's block
-// index, then calls `fingerprint_keys` once (this host's keys, or nullopt), picks the fingerprint
-// reference (the parent when it is of the same VM, else the newest backup of the same VM; only
-// when spec.use_fingerprints and the VM is named), then per volume: snapshot, data extents, block
-// plan, the reference's index and fingerprints, and adds the volume's size and blocks to
-// pc->bytes_total and pc->blocks_total.
+// the parent record (spec.parent; else, for a named VM with qemu or rbd volumes, its newest
+// backup), the repository's block index, calls `fingerprint_keys` once (this host's keys, or
+// nullopt), picks the fingerprint reference (the parent when it is of the same VM, else the
+// newest backup of the same VM; only when spec.use_fingerprints and the VM is named), prepares
+// one provider per ProviderKey group with the checkpoints the parent recorded, opens the freeze
+// window, takes every provider's views, thaws (unless direct reads stay frozen), then per volume:
+// data extents, changed ranges (the host's dirty map, else the provider's), the parent's index
+// when changes are known, the block plan, the reference's index and fingerprints, and adds the
+// volume's size and blocks to pc->bytes_total and pc->blocks_total.
 //
 // Errors: the parent's, with context "parent backup"; kInvalidArgument when a dirty-map volume is
-// missing in the parent; kFailedPrecondition when the parent used another block size; errors of
-// loading indexes; snapshot and extent errors with context "volume '<name>'". Failing to find or
-// load the reference only costs speed (no reference), never an error.
+// missing in the parent; kFailedPrecondition when the parent used another block size, or a running
+// VM's volume can be neither cloned nor kept frozen; the providers' errors (context "volume
+// '<name>'"); errors of loading indexes. Failing to find or load the reference only costs speed.
 StatusOr<BackupPlan> PlanBackup(
     Repository& repo, const BackupSpec& spec, const std::string& vm_name,
     const std::string& vm_namespace,
-    const std::function<std::optional<FingerprintKeys>()>& fingerprint_keys, ProgressCounters* pc);
+    const std::function<std::optional<FingerprintKeys>()>& fingerprint_keys, ProgressCounters* pc,
+    const ProviderFactory& make_provider);
 
 }  // namespace vmbackup::internal
 

@@ -48,8 +48,11 @@ StatusOr<BackupInfo> PublishBackup(ObjectStore& store, JobRunner& run, const Fin
     info.name = v.name;
     info.size = v.size;
     info.block_size = v.block_size;
+    info.provider = v.provider;
     info.snapshot = v.snapshot;
     info.consistency = v.consistency;
+    info.checkpoint = v.checkpoint;
+    info.changed_bytes = v.changed_bytes;
     info.data_blocks = o.data_blocks;
     info.zero_blocks = o.zero_blocks;
     info.hole_blocks = o.hole_blocks;

@@ -40,8 +40,11 @@ struct VolumeToPublish {
   std::string name;
   uint64_t size = 0;
   uint32_t block_size = 0;
+  std::string provider;     // VolumeBackupInfo::provider
   std::string snapshot;     // VolumeBackupInfo::snapshot
   std::string consistency;  // VolumeBackupInfo::consistency
+  std::string checkpoint;   // VolumeBackupInfo::checkpoint
+  int64_t changed_bytes = -1;
   VolumeOutcome outcome;
 };
 

@@ -123,7 +123,7 @@ Status BlockProcessor::Process(const VolumePlan& w, VolumeOutcome* out) {
                 break;
               }
               case BlockPlan::kRead: {
-                auto r = w.snap->ReadAt(off, buf.get(), len);
+                auto r = w.view->ReadAt(off, buf.get(), len);
                 if (!r.ok()) {
                   error.Set(r.status().WithContext("volume '" + w.name + "'"));
                   break;

@@ -47,6 +47,13 @@ std::string BackupNameFromRecordKey(const std::string& key) {
 // ---- names and limits ----
 bool IsValidBackupName(std::string_view name) { return IsValidName(name, kMaxBackupName); }
 bool IsValidVolumeName(std::string_view name) { return IsValidName(name, kMaxVolumeName); }
+
+bool IsCheckpointName(std::string_view s) {
+  if (s.size() != 9 + 16 || s.substr(0, 9) != "vmbackup-") return false;
+  for (size_t i = 9; i < s.size(); ++i)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
+  return true;
+}
 bool IsValidVmName(std::string_view name) { return name.empty() || IsValidName(name, kMaxVmName); }
 bool IsValidBlockSize(uint64_t bs) {
   return bs >= kMinBlockSize && bs <= kMaxBlockSize && (bs & (bs - 1)) == 0;
@@ -693,8 +700,11 @@ std::string EncodeRecord(const BackupInfo& r) {
       vols.back()["fingerprints_key"] = v.fingerprints_key;
       vols.back()["fingerprints_sha256"] = v.fingerprints_sha256;
     }
+    if (!v.provider.empty()) vols.back()["provider"] = v.provider;
     if (!v.snapshot.empty()) vols.back()["snapshot"] = v.snapshot;
     if (!v.consistency.empty()) vols.back()["consistency"] = v.consistency;
+    if (!v.checkpoint.empty()) vols.back()["checkpoint"] = v.checkpoint;
+    if (v.changed_bytes >= 0) vols.back()["changed_bytes"] = v.changed_bytes;
   }
   b["volumes"] = vols;
   return Envelope("vmbackup-record", b);
@@ -783,9 +793,22 @@ StatusOr<BackupInfo> DecodeRecord(std::string_view bytes, const std::string& wha
         return g.Err("fingerprints_key", "is not this backup's fingerprints key");
       VMB_RETURN_IF_ERROR(g.Hex("fingerprints_sha256", 64, &vi.fingerprints_sha256));
     }
+    VMB_RETURN_IF_ERROR(g.String("provider", 16, &vi.provider, true));
+    if (!vi.provider.empty() && vi.provider != "file" && vi.provider != "qemu" &&
+        vi.provider != "rbd")
+      return g.Err("provider", "is not \"file\", \"qemu\" or \"rbd\"");
     VMB_RETURN_IF_ERROR(g.String("snapshot", 16, &vi.snapshot, true));
-    if (!vi.snapshot.empty() && vi.snapshot != "reflink" && vi.snapshot != "direct")
-      return g.Err("snapshot", "is not \"reflink\" or \"direct\"");
+    if (!vi.snapshot.empty() && vi.snapshot != "reflink" && vi.snapshot != "direct" &&
+        vi.snapshot != "fleece" && vi.snapshot != "rbd")
+      return g.Err("snapshot", "is not \"reflink\", \"direct\", \"fleece\" or \"rbd\"");
+    VMB_RETURN_IF_ERROR(g.String("checkpoint", 64, &vi.checkpoint, true));
+    if (!vi.checkpoint.empty() && !IsCheckpointName(vi.checkpoint))
+      return g.Err("checkpoint", "is not \"vmbackup-\" and 16 hex digits");
+    if (v.contains("changed_bytes")) {
+      uint64_t changed = 0;
+      VMB_RETURN_IF_ERROR(g.U64("changed_bytes", vi.size, &changed));
+      vi.changed_bytes = static_cast<int64_t>(changed);
+    }
     VMB_RETURN_IF_ERROR(g.String("consistency", 32, &vi.consistency, true));
     if (!vi.consistency.empty() && vi.consistency != "fs-frozen" &&
         vi.consistency != "crash-consistent" && vi.consistency != "stopped" &&

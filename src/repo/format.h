@@ -51,6 +51,8 @@ inline constexpr uint64_t kMaxVmMetadataBytes = 8ull << 20;
 // for VM names: an unnamed VM).
 bool IsValidBackupName(std::string_view name);
 bool IsValidVolumeName(std::string_view name);
+// A snapshot provider's checkpoint name in a record: "vmbackup-" and 16 lowercase hex digits.
+bool IsCheckpointName(std::string_view s);
 bool IsValidVmName(std::string_view name);
 // Number of blocks of a volume of `size` bytes (no overflow for any input).
 inline uint64_t BlockCount(uint64_t size, uint32_t block_size) {

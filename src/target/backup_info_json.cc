@@ -27,8 +27,11 @@ ordered_json VolumeJson(const VolumeBackupInfo& v) {
     j["fingerprints_key"] = v.fingerprints_key;
     j["fingerprints_sha256"] = v.fingerprints_sha256;
   }
+  if (!v.provider.empty()) j["provider"] = v.provider;
   if (!v.snapshot.empty()) j["snapshot"] = v.snapshot;
   if (!v.consistency.empty()) j["consistency"] = v.consistency;
+  if (!v.checkpoint.empty()) j["checkpoint"] = v.checkpoint;
+  if (v.changed_bytes >= 0) j["changed_bytes"] = v.changed_bytes;
   return j;
 }
 

@@ -29,12 +29,24 @@ StatusOr<BackupSpec> BackupSpecFromVmDirectory(const std::string& dir) {
     const std::string field = path + ": volumes[" + std::to_string(i++) + "]";
     if (!v.is_object() || !v.contains("name") || !v["name"].is_string())
       return InvalidArgumentError(field + ".name must be a string");
-    if (!v.contains("path") || !v["path"].is_string() || v["path"].get<std::string>().empty())
-      return InvalidArgumentError(field + ".path must be a non-empty string");
+    // "path": a file (relative to the directory); "location": any ParseVolumeLocation form
+    // (qemu:SOCKET?node=NODE, rbd:POOL/IMAGE, or a path).
+    const bool has_path = v.contains("path"), has_location = v.contains("location");
+    if (has_path == has_location)
+      return InvalidArgumentError(field + ": give exactly one of 'path' and 'location'");
+    const char* key = has_path ? "path" : "location";
+    if (!v[key].is_string() || v[key].get<std::string>().empty())
+      return InvalidArgumentError(field + "." + key + " must be a non-empty string");
     VolumeSource s;
-    s.name = v["name"].get<std::string>();
-    s.path = v["path"].get<std::string>();
-    if (s.path[0] != '/') s.path = dir + "/" + s.path;
+    if (has_path) {
+      s.name = v["name"].get<std::string>();
+      s.path = v["path"].get<std::string>();
+    } else {
+      auto parsed = ParseVolumeLocation(v["name"].get<std::string>(), v["location"]);
+      if (!parsed.ok()) return parsed.status().WithContext(field);
+      s = std::move(*parsed);
+    }
+    if (s.provider == VolumeProvider::kFile && s.path[0] != '/') s.path = dir + "/" + s.path;
     spec.volumes.push_back(std::move(s));
   }
   return spec;

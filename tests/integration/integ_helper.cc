@@ -1,7 +1,7 @@
 // vmbackup_integ_helper: a child process for the integration suite. It runs one backup or restore
 // through the public API so that a test can SIGKILL it mid-way, or run it as another user.
 //
-//   vmbackup_integ_helper backup  --target DIR --name NAME --volume VOL=PATH [--volume ...]
+//   vmbackup_integ_helper backup  --target DIR --name NAME --volume VOL=LOCATION [--volume ...]
 //                                 [--block-size N] [--pack-size N] [--workers N] [--rate-mib N]
 //   vmbackup_integ_helper restore --target DIR --name NAME --dest VOL=PATH [--dest ...]
 //                                 [--workers N] [--rate-mib N] [--overwrite 1]
@@ -12,6 +12,8 @@
 // (a seccomp filter fails clone() of a thread with EPERM and clone3() with ENOSYS, checked by
 // trying to start one) before it opens the target: the job must run on the Runtime's threads
 // alone, and whatever the library would start, even for a moment, fails instead.
+//
+// LOCATION is a path or any ParseVolumeLocation form (qemu:SOCKET?node=NODE, rbd:POOL/IMAGE).
 //
 // Output, one line each, flushed at once:
 //   progress <bytes_scanned> <bytes_written>     from the progress callback
@@ -181,7 +183,11 @@ int main(int argc, char** argv) {
     BackupSpec spec;
     spec.name = name;
     spec.vm_metadata_json = R"({"name":"vm1","namespace":"default"})";
-    for (auto& [vol, path] : volumes) spec.volumes.push_back(VolumeSource{vol, path, false, {}});
+    for (auto& [vol, location] : volumes) {
+      auto v = ParseVolumeLocation(vol, location);
+      if (!v.ok()) return Finish(v.status());
+      spec.volumes.push_back(std::move(*v));
+    }
     spec.progress = MakeProgress(rate_mib);
     spec.progress_interval_ms = 5;
     auto job = BackupJob::Create(*target, spec);

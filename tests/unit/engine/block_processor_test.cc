@@ -73,7 +73,7 @@ class BlockProcessorTest : public ::testing::Test {
     EXPECT_OK(snap);
     VolumePlan v;
     v.name = "disk";
-    v.snap = std::move(*snap);
+    v.view = MakeFileView(std::move(*snap));
     v.size = data.size();
     v.block_size = kBs;
     v.blocks = std::move(plan);
