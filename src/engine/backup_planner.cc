@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <map>
+#include <mutex>
 
 #include "core/errors.h"
 #include "core/util.h"
@@ -95,7 +96,22 @@ const VolumeBackupInfo* FindVolume(const BackupInfo& b, const std::string& name)
 
 }  // namespace
 
+namespace {
+std::mutex test_factory_mu;
+ProviderFactory* test_factory = nullptr;
+}  // namespace
+
+void SetProviderFactoryForTest(ProviderFactory f) {
+  std::lock_guard<std::mutex> l(test_factory_mu);
+  delete test_factory;
+  test_factory = f ? new ProviderFactory(std::move(f)) : nullptr;
+}
+
 ProviderFactory DefaultProviders(Runtime& rt) {
+  {
+    std::lock_guard<std::mutex> l(test_factory_mu);
+    if (test_factory != nullptr) return *test_factory;
+  }
   return [&rt](const VolumeSource& v,
                const SnapshotOptions& file_options) -> std::unique_ptr<SnapshotProvider> {
     switch (v.provider) {
@@ -180,6 +196,9 @@ StatusOr<BackupPlan> PlanBackup(
       keys.push_back(key);
       groups.emplace_back();
       plan.providers.push_back(make_provider(v, each));
+      if (plan.providers.back() == nullptr)
+        return UnimplementedError("volume '" + v.name + "': this build has no " +
+                                  VolumeProviderName(v.provider) + " provider");
     }
     ProviderVolume pv;
     pv.source = &v;
@@ -198,7 +217,14 @@ StatusOr<BackupPlan> PlanBackup(
   // (also when one fails: the window's destructor thaws). Direct reads with thaw_after_backup
   // keep the guest frozen until the plan, and with it every view, is released.
   VMB_ASSIGN_OR_RETURN(plan.freeze, FreezeWindow::Open(spec.snapshot.freeze, spec.snapshot.thaw));
-  for (auto& p : plan.providers) VMB_RETURN_IF_ERROR(p->Take());
+  for (auto& p : plan.providers) {
+    // A failure thaws at once, before the providers release what they took.
+    Status st = p->Take();
+    if (!st.ok()) {
+      plan.freeze->Thaw();
+      return st;
+    }
+  }
   std::vector<std::vector<TakenVolume>> taken;
   for (auto& p : plan.providers) {
     VMB_ASSIGN_OR_RETURN(std::vector<TakenVolume> t, p->Open());

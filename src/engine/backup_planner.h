@@ -123,8 +123,10 @@ struct BackupPlan {
 // the spec's snapshot options without hooks (the planner owns the freeze window).
 using ProviderFactory = std::function<std::unique_ptr<SnapshotProvider>(
     const VolumeSource& v, const SnapshotOptions& file_options)>;
-// The library's providers (file, qemu, rbd).
+// The library's providers (file, qemu, rbd), or the factory a test set.
 ProviderFactory DefaultProviders(Runtime& rt);
+// Test hook: while set (non-null), DefaultProviders returns `f`.
+void SetProviderFactoryForTest(ProviderFactory f);
 
 // Plans the backup of `spec` (of the VM with this identity, "" = unnamed), in this order: loads
 // the parent record (spec.parent; else, for a named VM with qemu or rbd volumes, its newest

@@ -1286,6 +1286,73 @@ static void test_forget_and_gc(void) {
   vmb_target_free(t);
 }
 
+/* A disk of a running QEMU through a volume location (docs/providers/qemu.md): needs
+ * qemu-system-x86 and qemu-utils (scripts/test.sh installs them); fails, never skips, without. */
+static void test_qemu_volume_location(void) {
+  vmb_error* err = NULL;
+  char cmd[32768], qmp[4300], location[4400], pidfile[4300], dest[4300];
+  path_in_tmp(qmp, sizeof(qmp), "qmp.sock");
+  path_in_tmp(pidfile, sizeof(pidfile), "qemu.pid");
+  snprintf(cmd, sizeof(cmd),
+           "qemu-img create -q -f qcow2 %s/qdisk.qcow2 8M && qemu-system-x86_64 -machine none "
+           "-nodefaults -display none -daemonize -pidfile %s -qmp unix:%s,server=on,wait=off "
+           "-blockdev driver=file,filename=%s/qdisk.qcow2,node-name=f0 "
+           "-blockdev driver=qcow2,file=f0,node-name=disk0",
+           g_tmp, pidfile, qmp, g_tmp);
+  if (system(cmd) != 0) {
+    fprintf(stderr, "cannot start QEMU (scripts/test.sh installs qemu-system-x86, qemu-utils)\n");
+    ++g_failed;
+    return;
+  }
+  snprintf(location, sizeof(location), "qemu:%s?node=disk0", qmp);
+  vmb_volume volumes[1] = {{"disk0", location}};
+  vmb_backup_options b;
+  CHECK_RC(vmb_backup_options_init(&b, VMB_BACKUP_OPTIONS_VERSION, &err), VMB_OK, err);
+  b.volumes = volumes;
+  b.volume_count = 1;
+  b.vm_metadata_json = "{\"name\":\"cvm\"}";
+  b.name = "c-q1";
+  char* record = NULL;
+  CHECK_RC(vmb_backup_run(&record, g_target, &b, &err), VMB_OK, err);
+  CHECK(record != NULL && strstr(record, "\"provider\":\"qemu\"") != NULL &&
+        strstr(record, "\"snapshot\":\"fleece\"") != NULL &&
+        strstr(record, "\"checkpoint\":\"vmbackup-") != NULL);
+  vmb_free(record);
+  record = NULL;
+  b.name = "c-q2"; /* the same VM again: an incremental from c-q1's dirty bitmap */
+  CHECK_RC(vmb_backup_run(&record, g_target, &b, &err), VMB_OK, err);
+  CHECK(record != NULL && strstr(record, "\"parent\":\"c-q1\"") != NULL &&
+        strstr(record, "\"changed_bytes\":0") != NULL);
+  vmb_free(record);
+  path_in_tmp(dest, sizeof(dest), "qdisk-restored.img");
+  vmb_volume dests[1] = {{"disk0", dest}};
+  vmb_restore_options r;
+  CHECK_RC(vmb_restore_options_init(&r, VMB_RESTORE_OPTIONS_VERSION, &err), VMB_OK, err);
+  r.backup = "c-q2";
+  r.volumes = dests;
+  r.volume_count = 1;
+  CHECK_RC(vmb_restore_run(g_target, &r, &err), VMB_OK, err);
+  struct stat st;
+  CHECK(stat(dest, &st) == 0 && st.st_size == 8 << 20);
+
+  snprintf(location, sizeof(location), "qemu:%s", qmp); /* no node */
+  b.name = "c-q3";
+  CHECK_RC(vmb_backup_run(NULL, g_target, &b, &err), VMB_EINVAL, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "no node") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  FILE* f = fopen(pidfile, "r");
+  int pid = 0;
+  if (f != NULL) {
+    if (fscanf(f, "%d", &pid) != 1) pid = 0;
+    fclose(f);
+  }
+  if (pid > 0) {
+    snprintf(cmd, sizeof(cmd), "kill -9 %d", pid);
+    CHECK(system(cmd) == 0);
+  }
+}
+
 int main(void) {
   const char* base = getenv("TMPDIR");
   if (base == NULL || base[0] == '\0') base = "/tmp";
@@ -1317,6 +1384,7 @@ int main(void) {
     RUN(test_backup_restore_bytes_identical);
     RUN(test_backup_options_version_1_and_hash_every_block);
     RUN(test_freeze_window_hooks);
+    RUN(test_qemu_volume_location);
     RUN(test_restore_to_dest_dir_async);
     RUN(test_backup_async_keeps_final_status);
     RUN(test_progress_callback_nonzero_cancels);

@@ -748,3 +748,39 @@ def test_vm_state_running_refuses_unfrozen_direct_reads_and_stopped_is_recorded(
     assert stopped.volumes[0].consistency == "stopped"
     with pytest.raises(vmbackup.InvalidArgumentError, match="vm_state"):
         vmbackup.backup(target, "py-bad-state", volumes={"a": str(volume)}, vm_state="paused")
+
+
+def test_qemu_disk_full_then_incremental_from_the_dirty_bitmap(target, tmp_path):
+    """A disk of a running QEMU (docs/providers/qemu.md): the location string selects the provider;
+    the second backup of the same VM reads only what the bitmap says changed."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
+    from qemu_vm import QemuVm
+
+    mib = 1024 * 1024
+    vm = QemuVm(tmp_path, disks=1, size=16 * mib)
+    try:
+        vm.fill(0, 4 * mib, 0x11)
+        full = vmbackup.backup(target, "py-q1", volumes={"disk0": vm.location()},
+                               vm_metadata={"name": "pyvm"})
+        v = full.volumes[0]
+        assert (v.provider, v.snapshot, v.consistency) == ("qemu", "fleece", "crash-consistent")
+        assert v.checkpoint.startswith("vmbackup-") and v.changed_bytes is None
+        assert vm.bitmaps() == [v.checkpoint]
+
+        vm.fill(2 * mib, 64 * 1024, 0x22)
+        inc = vmbackup.backup(target, "py-q2", volumes={"disk0": vm.location()},
+                              vm_metadata={"name": "pyvm"})
+        assert inc.parent == "py-q1"
+        assert inc.volumes[0].changed_bytes == 64 * 1024
+        assert vm.bitmaps() == [inc.volumes[0].checkpoint]
+        out = tmp_path / "restored.img"
+        vmbackup.restore(target, "py-q2", volumes={"disk0": str(out)})
+        assert out.read_bytes() == bytes(vm.models[0])
+
+        with pytest.raises(vmbackup.InvalidArgumentError, match="no node"):
+            vmbackup.backup(target, "py-q3", volumes={"disk0": f"qemu:{vm.qmp}"})
+        with pytest.raises(vmbackup.NotFoundError, match="nosuch"):
+            vmbackup.backup(target, "py-q3", volumes={"disk0": f"qemu:{vm.qmp}?node=nosuch"})
+    finally:
+        vm.close()
