@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -360,6 +361,17 @@ int CmdBackup(Context& ctx, const ParsedArgs& args) {
       else
         return ctx.UsageError("backup: --vm-state expects running or stopped, got '" + *state + "'",
                               "backup");
+    }
+    if (auto t = args.Get("freeze-timeout")) {
+      char* end = nullptr;
+      const double secs = std::strtod(t->c_str(), &end);
+      if (t->empty() || *end != '\0' || !(secs >= 0 && secs <= 86400))
+        return ctx.UsageError(
+            "backup: --freeze-timeout expects seconds from 0 (none) to 86400, got '" + *t + "'",
+            "backup");
+      if (!freeze)
+        return ctx.UsageError("backup: --freeze-timeout goes with --freeze-cmd", "backup");
+      spec.snapshot.freeze_timeout_ms = static_cast<int>(std::ceil(secs * 1000));
     }
     if (args.Has("allow-inconsistent")) {
       if (spec.snapshot.vm_state != vmbackup::SnapshotOptions::VmState::kRunning)

@@ -68,7 +68,8 @@ const std::vector<CommandDef>& Commands() {
        "                   [--rbd [NAME=]POOL/IMAGE... [--ceph-conf F] [--ceph-id ID]]\n"
        "                   [--vm-name VM] [--vm-namespace NS]) [--name N] [--parent P]\n"
        "                   [--dirty-map FILE]\n"
-       "                   [--no-fingerprints] [--freeze-cmd CMD --thaw-cmd CMD [--thaw-early]]\n"
+       "                   [--no-fingerprints] [--freeze-cmd CMD --thaw-cmd CMD [--thaw-early]\n"
+       "                   [--freeze-timeout SECONDS]]\n"
        "                   [--vm-state running|stopped [--allow-inconsistent]]",
        "back up a VM's volumes and metadata",
        "--vm-dir reads DIR/vm.json ({\"name\":..., \"volumes\":[{\"name\":..., \"path\":...}]};\n"
@@ -89,7 +90,8 @@ const std::vector<CommandDef>& Commands() {
        "volumes: thaw runs once after the snapshots (volumes read directly, not cloned, stay\n"
        "frozen until the backup ends unless --thaw-early). A freeze command that exits non-zero\n"
        "fails the backup (exit 11) before anything is read; `show` reports the window's length\n"
-       "and each volume's consistency.\n",
+       "and each volume's consistency. Snapshots that take longer than --freeze-timeout after the\n"
+       "freeze thaw the guest and fail the backup (exit code of a deadline) with nothing read.\n",
        {kTargetFlag,
         {"vm-dir", true, false, "DIR", "VM directory holding vm.json"},
         {"volume", true, true, "NAME=LOCATION", "volume to back up (instead of --vm-dir)"},
@@ -113,6 +115,8 @@ const std::vector<CommandDef>& Commands() {
         {"thaw-cmd", true, false, "CMD",
          "shell command that thaws it (required with --freeze-cmd)"},
         {"thaw-early", false, false, "", "thaw right after the snapshots, also for direct reads"},
+        {"freeze-timeout", true, false, "SECONDS",
+         "fail (after thawing) when the snapshots take longer (default 60, 0 = none)"},
         {"vm-state", true, false, "STATE",
          "running (refuse volumes that cannot be cloned or kept frozen) or stopped"},
         {"allow-inconsistent", false, false, "",

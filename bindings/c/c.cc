@@ -271,6 +271,12 @@ StatusOr<BackupSpec> ToBackupSpec(const vmb_backup_options* opts) {
     spec.snapshot.vm_state = static_cast<SnapshotOptions::VmState>(opts->vm_state);
     spec.snapshot.allow_inconsistent = opts->allow_inconsistent != 0;
   }
+  // A version 3 caller's struct ends before freeze_timeout_ms.
+  if (opts->version >= 4) {
+    if (opts->freeze_timeout_ms < 0)
+      return InvalidArgumentError("vmb_backup_options.freeze_timeout_ms: must not be negative");
+    spec.snapshot.freeze_timeout_ms = opts->freeze_timeout_ms;
+  }
   spec.progress = WrapProgress(opts->progress, opts->progress_payload);
   return spec;
 }
@@ -797,8 +803,9 @@ int vmb_backup_options_init(vmb_backup_options* opts, unsigned int version, vmb_
     if (version < VMB_BACKUP_OPTIONS_VERSION) {
       // The caller's struct is an older layout: write only its fields.
       std::memcpy(static_cast<void*>(opts), &defaults,
-                  version == 1 ? offsetof(vmb_backup_options, hash_every_block)
-                               : offsetof(vmb_backup_options, freeze));
+                  version == 1   ? offsetof(vmb_backup_options, hash_every_block)
+                  : version == 2 ? offsetof(vmb_backup_options, freeze)
+                                 : offsetof(vmb_backup_options, freeze_timeout_ms));
       opts->version = version;
     } else {
       *opts = defaults;

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -519,7 +520,7 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(
     const py::object& vm_dir, const py::object& volumes, const py::object& vm_metadata,
     const std::optional<std::string>& parent, const py::object& progress, int progress_interval_ms,
     bool use_fingerprints, const py::object& freeze, const py::object& thaw, bool thaw_early,
-    const std::optional<std::string>& vm_state, bool allow_inconsistent) {
+    const std::optional<std::string>& vm_state, bool allow_inconsistent, double freeze_timeout) {
   if (!target) Raise(InvalidArgumentError("target: must not be None"));
   if (progress_interval_ms < 0) {
     Raise(InvalidArgumentError("progress_interval_ms: must not be negative"));
@@ -555,6 +556,9 @@ std::unique_ptr<PyBackupJob> MakeBackupJob(
           *vm_state + "'"));
   }
   spec.snapshot.allow_inconsistent = allow_inconsistent;
+  if (!(freeze_timeout >= 0 && freeze_timeout <= 86400))
+    Raise(InvalidArgumentError("freeze_timeout: must be 0 (none) to 86400 seconds"));
+  spec.snapshot.freeze_timeout_ms = static_cast<int>(std::ceil(freeze_timeout * 1000));
   spec.progress_interval_ms = progress_interval_ms;
   std::shared_ptr<PyProgress> state = MakeProgress(progress);
   spec.progress = MakeCallback(state);
@@ -1108,16 +1112,17 @@ void Bind(py::module_& m) {
                        const py::object& vm_metadata, std::optional<std::string> parent,
                        const py::object& progress, int progress_interval_ms, bool use_fingerprints,
                        const py::object& freeze, const py::object& thaw, bool thaw_early,
-                       std::optional<std::string> vm_state, bool allow_inconsistent) {
+                       std::optional<std::string> vm_state, bool allow_inconsistent,
+                       double freeze_timeout) {
              return MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent,
                                   progress, progress_interval_ms, use_fingerprints, freeze, thaw,
-                                  thaw_early, vm_state, allow_inconsistent);
+                                  thaw_early, vm_state, allow_inconsistent, freeze_timeout);
            }),
            "target"_a, "name"_a = py::none(), py::kw_only(), "vm_dir"_a = py::none(),
            "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
            "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true,
            "freeze"_a = py::none(), "thaw"_a = py::none(), "thaw_early"_a = false,
-           "vm_state"_a = py::none(), "allow_inconsistent"_a = false)
+           "vm_state"_a = py::none(), "allow_inconsistent"_a = false, "freeze_timeout"_a = 60.0)
       .def("start", &PyBackupJob::Start, "Starts the job and returns at once.")
       .def("wait", &PyBackupJob::Wait, "timeout"_a = py::none(), kWaitDoc)
       .def("add_done_callback", &PyBackupJob::AddDoneCallback, "fn"_a, kDoneDoc)
@@ -1191,11 +1196,11 @@ void Bind(py::module_& m) {
          const py::object& vm_dir, const py::object& volumes, const py::object& vm_metadata,
          std::optional<std::string> parent, const py::object& progress, int progress_interval_ms,
          bool use_fingerprints, const py::object& freeze, const py::object& thaw, bool thaw_early,
-         std::optional<std::string> vm_state, bool allow_inconsistent) {
+         std::optional<std::string> vm_state, bool allow_inconsistent, double freeze_timeout) {
         std::unique_ptr<PyBackupJob> job =
             MakeBackupJob(std::move(target), name, vm_dir, volumes, vm_metadata, parent, progress,
                           progress_interval_ms, use_fingerprints, freeze, thaw, thaw_early,
-                          vm_state, allow_inconsistent);
+                          vm_state, allow_inconsistent, freeze_timeout);
         job->Wait(std::nullopt);
         BackupInfo info = Check(job->job().result());
         return info;
@@ -1204,10 +1209,12 @@ void Bind(py::module_& m) {
       "volumes"_a = py::none(), "vm_metadata"_a = py::none(), "parent"_a = py::none(),
       "progress"_a = py::none(), "progress_interval_ms"_a = 200, "use_fingerprints"_a = true,
       "freeze"_a = py::none(), "thaw"_a = py::none(), "thaw_early"_a = false,
-      "vm_state"_a = py::none(), "allow_inconsistent"_a = false,
+      "vm_state"_a = py::none(), "allow_inconsistent"_a = false, "freeze_timeout"_a = 60.0,
       "Backs up and waits; returns the new backup's BackupInfo. Give either vm_dir (a directory "
       "with vm.json) or volumes ({name: path} or [(name, path), ...]) plus optional vm_metadata "
-      "(dict or JSON str). progress(Progress) runs on a library thread; returning False or raising "
+      "(dict or JSON str); a volume's location is a path, 'qemu:QMP_SOCKET?node=NODE' or "
+      "'rbd:POOL/IMAGE' (docs/providers/). progress(Progress) runs on a library thread; returning "
+      "False or raising "
       "cancels the backup. use_fingerprints=False hashes every block instead of taking unchanged "
       "blocks' digests from the previous backup by fingerprint. freeze() and thaw() (callables, "
       "on a library thread) open and close one freeze window for all volumes: thaw runs once "
@@ -1215,7 +1222,9 @@ void Bind(py::module_& m) {
       "thaw_early); freeze raising or returning False fails the backup with "
       "FailedPreconditionError before anything is read. vm_state='running' refuses "
       "(FailedPreconditionError) a volume that cannot be cloned and that no freeze keeps still, "
-      "unless allow_inconsistent; 'stopped' records every volume as stopped.");
+      "unless allow_inconsistent; 'stopped' records every volume as stopped. freeze_timeout "
+      "(seconds, default 60, 0 = none): snapshots that take longer after the freeze thaw the guest "
+      "and fail with DeadlineExceededError.");
 
   m.def(
       "restore",

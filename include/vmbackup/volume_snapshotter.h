@@ -59,6 +59,13 @@ struct SnapshotOptions {
   enum class VmState : int { kUnknown = 0, kRunning = 1, kStopped = 2 };
   VmState vm_state = VmState::kUnknown;
   bool allow_inconsistent = false;  // default false
+  // The freeze deadline of a BackupJob: the most milliseconds from the freeze hook's return to
+  // the last volume's point-in-time snapshot. A backup whose snapshots take longer thaws the guest
+  // and fails with kDeadlineExceeded (nothing is read, nothing published): a guest is never held
+  // frozen for an unbounded time because storage is slow. Direct reads kept frozen for the whole
+  // backup (thaw_after_backup) are not bound by it once their snapshots are taken. Default 60000;
+  // 0 = no deadline.
+  int freeze_timeout_ms = 60000;
 };
 
 // A read-only point-in-time view of a volume. Releasing it deletes a reflink clone, or runs the

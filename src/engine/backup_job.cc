@@ -93,6 +93,8 @@ StatusOr<std::unique_ptr<BackupJob>> BackupJob::Create(std::shared_ptr<BackupTar
             return InvalidArgumentError(field +
                                         ".dirty_ranges needs spec.parent (the dirty map's base)");
         }
+        if (spec.snapshot.freeze_timeout_ms < 0)
+          return InvalidArgumentError("spec.snapshot.freeze_timeout_ms must not be negative");
         if (spec.vm_metadata_json.empty()) spec.vm_metadata_json = "{}";
         // Writers apply the limits readers check (docs/FORMAT.md "Limits").
         if (spec.vm_metadata_json.size() > kMaxVmMetadataBytes)

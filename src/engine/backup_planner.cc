@@ -220,6 +220,13 @@ StatusOr<BackupPlan> PlanBackup(
   for (auto& p : plan.providers) {
     // A failure thaws at once, before the providers release what they took.
     Status st = p->Take();
+    if (st.ok() && plan.freeze->frozen() && spec.snapshot.freeze_timeout_ms > 0 &&
+        plan.freeze->Seconds() * 1000 > spec.snapshot.freeze_timeout_ms)
+      st = DeadlineExceededError(
+          "the snapshots took " + std::to_string(plan.freeze->Seconds()) +
+          " s, longer than the freeze deadline of " +
+          std::to_string(spec.snapshot.freeze_timeout_ms) +
+          " ms; the guest was thawed and nothing was read (raise freeze_timeout_ms)");
     if (!st.ok()) {
       plan.freeze->Thaw();
       return st;

@@ -259,8 +259,21 @@ static void test_freeze_window_hooks(void) {
   memset(&b, 0x5a, sizeof(b));
   CHECK_RC(vmb_backup_options_init(&b, 2, &err), VMB_OK, err);
   CHECK(b.version == 2 && b.hash_every_block == 0 && b.thaw_early == 0x5a5a5a5a);
+  memset(&b, 0x5a, sizeof(b));
+  CHECK_RC(vmb_backup_options_init(&b, 3, &err), VMB_OK, err);
+  CHECK(b.version == 3 && b.thaw_early == 0 && b.freeze_timeout_ms == 0x5a5a5a5a);
   CHECK_RC(vmb_backup_options_init(&b, VMB_BACKUP_OPTIONS_VERSION, &err), VMB_OK, err);
   CHECK(b.freeze == NULL && b.thaw == NULL && b.hook_payload == NULL && b.thaw_early == 0);
+  CHECK(b.version == 4 && b.freeze_timeout_ms == 60000);
+  b.name = "c-bad-deadline";
+  b.volumes = volumes;
+  b.volume_count = 2;
+  b.freeze_timeout_ms = -1;
+  CHECK_RC(vmb_backup_run(NULL, g_target, &b, &err), VMB_EINVAL, err);
+  CHECK(err != NULL && strstr(vmb_error_message(err), "freeze_timeout_ms") != NULL);
+  vmb_error_free(err);
+  err = NULL;
+  b.freeze_timeout_ms = 0; /* no deadline */
   b.name = "c-frozen";
   b.volumes = volumes;
   b.volume_count = 2;

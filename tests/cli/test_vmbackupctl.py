@@ -385,6 +385,15 @@ def test_freeze_and_thaw_commands_run_once_per_backup(setup, tmp_path):
     half = run("backup", "--target", str(target), "--name", "b3", "--volume", f"disk0={vol}",
                "--freeze-cmd", freeze)
     assert half.returncode == 2 and "--thaw-cmd" in half.stderr
+    for bad_secs in ("-1", "x", "90000"):
+        p = run("backup", "--target", str(target), "--name", "b4", "--volume", f"disk0={vol}",
+                "--freeze-cmd", freeze, "--thaw-cmd", thaw, "--freeze-timeout", bad_secs)
+        assert p.returncode == 2 and "--freeze-timeout" in p.stderr, p.stderr
+    lonely = run("backup", "--target", str(target), "--name", "b4", "--volume", f"disk0={vol}",
+                 "--freeze-timeout", "5")
+    assert lonely.returncode == 2 and "--freeze-cmd" in lonely.stderr
+    run("backup", "--target", str(target), "--name", "b4", "--volume", f"disk0={vol}",
+        "--freeze-cmd", freeze, "--thaw-cmd", thaw, "--freeze-timeout", "0", check=0)
 
 
 def test_vm_state_running_and_stopped(setup, tmp_path):

@@ -723,6 +723,11 @@ def test_freeze_and_thaw_hooks_open_one_window_for_all_volumes(target, volume):
     assert "py-refused" not in {b.name for b in target.list_backups()}
     with pytest.raises(vmbackup.InvalidArgumentError, match="freeze"):
         vmbackup.backup(target, "py-bad-hook", volumes={"a": str(volume)}, freeze=42)
+    with pytest.raises(vmbackup.InvalidArgumentError, match="freeze_timeout"):
+        vmbackup.backup(target, "py-bad-deadline", volumes={"a": str(volume)}, freeze_timeout=-1)
+    unbounded = vmbackup.backup(target, "py-no-deadline", volumes={"a": str(volume)},
+                                freeze=lambda: None, thaw=lambda: None, freeze_timeout=0)
+    assert unbounded.freeze_seconds is not None
 
 
 def test_vm_state_running_refuses_unfrozen_direct_reads_and_stopped_is_recorded(target, volume):

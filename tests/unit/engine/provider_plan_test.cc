@@ -4,9 +4,11 @@
 // after the record is published, and a provider that fails inside the freeze window thaws once.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/backup_planner.h"
@@ -30,6 +32,7 @@ struct Log {
   bool report_changes = true;
   std::vector<Extent> changed;
   Status take_result = Status::Ok();
+  int take_ms = 0;  // how long Take takes
   int taken = 0;
   void Add(const std::string& e) {
     std::lock_guard<std::mutex> l(mu);
@@ -69,6 +72,7 @@ class FakeProvider final : public SnapshotProvider {
   }
   Status Take() override {
     log_->Add("take");
+    if (log_->take_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(log_->take_ms));
     if (!log_->take_result.ok()) return log_->take_result;
     snapshot_ = log_->data;
     ++log_->taken;
@@ -120,7 +124,8 @@ class ProviderPlanTest : public ::testing::Test {
 
   // A backup of VM `vm` ("" = unnamed) with one qemu volume "disk0".
   StatusOr<BackupInfo> Run(const std::string& name, const std::string& vm = "vm1",
-                           bool cancel = false, uint64_t* bytes_read = nullptr) {
+                           bool cancel = false, uint64_t* bytes_read = nullptr,
+                           int freeze_timeout_ms = 60000) {
     BackupSpec spec;
     spec.name = name;
     spec.vm_metadata_json = vm.empty() ? "{}" : "{\"name\":\"" + vm + "\"}";
@@ -135,6 +140,7 @@ class ProviderPlanTest : public ::testing::Test {
       log_.Add("thaw");
       return Status::Ok();
     };
+    spec.snapshot.freeze_timeout_ms = freeze_timeout_ms;
     if (cancel)
       spec.progress = [](const Progress& p) { return p.phase != Progress::Phase::kFinalizing; };
     auto job = BackupJob::Create(target_, spec);
@@ -216,6 +222,23 @@ TEST_F(ProviderPlanTest, ATakeThatFailsThawsOnceAndCommitsNothing) {
   EXPECT_EQ(log_.events,
             (std::vector<std::string>{"prepare", "freeze", "take", "thaw", "release"}));
   EXPECT_THAT(target_->GetBackup("failed"), StatusIs(StatusCode::kNotFound, "failed"));
+}
+
+TEST_F(ProviderPlanTest, SnapshotsSlowerThanTheFreezeDeadlineThawAndFailWithNothingRead) {
+  log_.take_ms = 150;
+  uint64_t read = 1;
+  auto b = Run("slow", "vm1", false, &read, /*freeze_timeout_ms=*/50);
+  EXPECT_THAT(b, StatusIs(StatusCode::kDeadlineExceeded, "freeze deadline of 50 ms"));
+  EXPECT_EQ(log_.events,
+            (std::vector<std::string>{"prepare", "freeze", "take", "thaw", "release"}));
+  EXPECT_EQ(read, 0u);
+  EXPECT_THAT(target_->GetBackup("slow"), StatusIs(StatusCode::kNotFound, "slow"));
+  // No deadline (0), or one the snapshots meet: the same backup succeeds.
+  log_.events.clear();
+  ASSERT_OK(Run("unbounded", "vm1", false, nullptr, 0));
+  ASSERT_OK(Run("in-time", "vm1", false, nullptr, 5000));
+  auto negative = Run("negative", "vm1", false, nullptr, -1);
+  EXPECT_THAT(negative, StatusIs(StatusCode::kInvalidArgument, "freeze_timeout_ms"));
 }
 
 TEST_F(ProviderPlanTest, ACancelledBackupCommitsNothing) {

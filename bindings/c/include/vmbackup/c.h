@@ -558,15 +558,19 @@ typedef struct vmb_backup_options {
    * directly are recorded "unknown". */
   int vm_state;
   int allow_inconsistent; /* Since version 3. Default 0. */
+  /* Since version 4. The freeze deadline: the most milliseconds from freeze's return to the last
+   * volume's point-in-time snapshot; longer fails the backup with VMB_EDEADLINE after thawing (nothing
+   * read or published). Default 60000; 0 = none. */
+  int freeze_timeout_ms;
 } vmb_backup_options;
 
-/* Versions 1 (without hash_every_block and the hooks) and 2 (without the hooks) are still
- * accepted. */
-#define VMB_BACKUP_OPTIONS_VERSION 3
+/* Versions 1 (without hash_every_block and the hooks), 2 (without the hooks) and 3 (without
+ * freeze_timeout_ms) are still accepted. */
+#define VMB_BACKUP_OPTIONS_VERSION 4
 #define VMB_BACKUP_OPTIONS_INIT                                                                  \
   {                                                                                              \
     VMB_BACKUP_OPTIONS_VERSION, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, 200, 0, 0, 0, NULL, \
-        NULL, NULL, 0, 0, 0                                                                      \
+        NULL, NULL, 0, 0, 0, 60000                                                               \
   }
 
 /* Sets *opts to the defaults of `version` (VMB_BACKUP_OPTIONS_INIT).
