@@ -67,8 +67,10 @@ trap cleanup EXIT
 
 size=$((size_mib * 1024 * 1024))
 echo "== disk: $size_mib MiB of random data"
-openssl enc -aes-128-ctr -pass pass:vmbackup-bench -nosalt -pbkdf2 </dev/zero 2>/dev/null |
+# (openssl ends on SIGPIPE when head has enough: its status is not the pipeline's.)
+{ openssl enc -aes-128-ctr -pass pass:vmbackup-bench -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } |
   head -c "$size" >"$work/disk.raw"
+[ "$(stat -c %s "$work/disk.raw")" = "$size" ] || { echo "could not write the disk" >&2; exit 1; }
 # 1 % of the disk in 64 KiB writes at distinct offsets (deterministic).
 nchunks=$((size / 65536))
 nchanged=$((nchunks / 100))

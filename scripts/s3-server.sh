@@ -274,6 +274,8 @@ CONF
     echo "export AWS_EC2_METADATA_DISABLED=true"
     echo "export S3_SERVER_PIDFILE=$D/run/client.rgw.a.pid"
     echo "export S3_STATE_DIR=$STATE"
+    # The same cluster serves Ceph RBD (librbd; the rbd provider's tests create their pool).
+    echo "export CEPH_CONF=$CONF"
     if [ "$tls" = 1 ]; then
       echo "export S3_CA_CERT=$STATE/tls/cert.pem"
       echo "export AWS_CA_BUNDLE=$STATE/tls/cert.pem"

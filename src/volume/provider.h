@@ -7,7 +7,8 @@
 //   Prepare   before the freeze window: connect, remove what a killed run left, check each volume
 //             and whether its base checkpoint still exists;
 //   Take      inside the freeze window: the point-in-time views of every volume, at one instant
-//             where the provider can (one QMP transaction; one RBD group snapshot);
+//             where the provider can (one QMP transaction); RBD images are snapshotted one after
+//             another (a group snapshot cannot be the base of rbd_diff_iterate2 in Ceph 16);
 //   Open      after the window: a readable view per volume, and its changed ranges since the base;
 //   Commit    after the backup's record is published: the new checkpoints are the ones the next
 //             incremental needs; the base checkpoints are released.

@@ -479,3 +479,42 @@ def test_qemu_drives_by_flag_and_by_vm_json(tmp_path):
     assert bad.returncode == 2 and "no node" in bad.stderr, bad.stderr
     bad = run("backup", "--target", str(target), "--volume", "disk0=rbd:pool")
     assert bad.returncode == 2 and "rbd:POOL/IMAGE" in bad.stderr, bad.stderr
+
+
+def test_rbd_images_by_flag_full_then_incremental(setup, tmp_path):
+    """--rbd backs up a Ceph RBD image from an RBD snapshot; the incremental of the same VM reads
+    what rbd diff reports changed since the previous snapshot (docs/providers/rbd.md)."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
+    from rbd_image import RbdImage
+
+    target, vol = setup
+    img = RbdImage(vol)
+    try:
+        run("backup", "--target", str(target), "--name", "r1", "--vm-name", "rvm",
+            "--rbd", f"disk0={img.spec}", "--ceph-conf", img.conf, check=0)
+        rec = json.loads(run("--json", "show", "r1", "--target", str(target), check=0).stdout)
+        v = rec["backup"]["volumes"][0]
+        assert (v["provider"], v["snapshot"]) == ("rbd", "rbd"), v
+        assert img.snapshots() == [v["checkpoint"]]
+        at1 = img.export(v["checkpoint"], tmp_path / "at1.img")
+        img.write_random()
+        run("backup", "--target", str(target), "--name", "r2", "--vm-name", "rvm",
+            "--rbd", f"disk0={img.spec}", "--ceph-conf", img.conf, check=0)
+        rec = json.loads(run("--json", "show", "r2", "--target", str(target), check=0).stdout)
+        v2 = rec["backup"]["volumes"][0]
+        assert rec["backup"]["parent"] == "r1"
+        assert 0 < v2["changed_bytes"] <= 4 * 64 * 1024, v2
+        assert img.snapshots() == [v2["checkpoint"]]  # the parent's snapshot went
+        at2 = img.export(v2["checkpoint"], tmp_path / "at2.img")
+        for name, want in (("r1", at1), ("r2", at2)):
+            out = tmp_path / f"{name}.img"
+            run("restore", name, "--target", str(target), "--volume", f"disk0={out}", check=0)
+            assert out.read_bytes() == want, name
+        missing = run("backup", "--target", str(target), "--name", "r3",
+                      "--volume", f"disk0=rbd:{img.spec}-missing?conf={img.conf}")
+        assert missing.returncode == 4 and "does not exist" in missing.stderr, missing.stderr
+    finally:
+        img.remove()
+    lonely = run("backup", "--target", str(target), "--volume", f"disk0={vol}", "--ceph-id", "x")
+    assert lonely.returncode == 2 and "--rbd" in lonely.stderr

@@ -789,3 +789,29 @@ def test_qemu_disk_full_then_incremental_from_the_dirty_bitmap(target, tmp_path)
             vmbackup.backup(target, "py-q3", volumes={"disk0": f"qemu:{vm.qmp}?node=nosuch"})
     finally:
         vm.close()
+
+
+def test_rbd_image_full_then_incremental_from_rbd_diff(target, volume, tmp_path):
+    """A Ceph RBD image (docs/providers/rbd.md) through its location string."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "support"))
+    from rbd_image import RbdImage
+
+    img = RbdImage(volume)
+    try:
+        full = vmbackup.backup(target, "py-r1", volumes={"disk0": img.location()},
+                               vm_metadata={"name": "pyrvm"})
+        v = full.volumes[0]
+        assert (v.provider, v.snapshot, v.changed_bytes) == ("rbd", "rbd", None)
+        img.write_random(64 * 1024)
+        inc = vmbackup.backup(target, "py-r2", volumes={"disk0": img.location()},
+                              vm_metadata={"name": "pyrvm"})
+        assert inc.parent == "py-r1" and 0 < inc.volumes[0].changed_bytes <= 64 * 1024
+        want = img.export(inc.volumes[0].checkpoint, tmp_path / "want.img")
+        out = tmp_path / "restored.img"
+        vmbackup.restore(target, "py-r2", volumes={"disk0": str(out)})
+        assert out.read_bytes() == want
+        with pytest.raises(vmbackup.NotFoundError, match="does not exist"):
+            vmbackup.backup(target, "py-r3",
+                            volumes={"disk0": f"rbd:{img.spec}-missing?conf={img.conf}"})
+    finally:
+        img.remove()
