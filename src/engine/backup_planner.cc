@@ -288,6 +288,18 @@ StatusOr<BackupPlan> PlanBackup(
       uses_parent = true;
     }
     w.blocks = PlanBlocks(size, bs, *extents, dirty, w.parent.get());
+    {
+      std::vector<Extent> reads;  // the kRead blocks, as ranges
+      for (uint64_t b = 0; b < w.blocks.size(); ++b) {
+        if (w.blocks[b] != BlockPlan::kRead) continue;
+        const uint64_t off = b * bs, len = std::min<uint64_t>(bs, size - off);
+        if (!reads.empty() && reads.back().offset + reads.back().length == off)
+          reads.back().length += len;
+        else
+          reads.push_back({off, len});
+      }
+      w.view->WillRead(std::move(reads));
+    }
     if (ref) {
       const VolumeBackupInfo* rv = FindVolume(*ref, v.name);
       if (rv != nullptr && rv->block_size == bs && !rv->fingerprints_key.empty()) {

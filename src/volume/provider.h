@@ -48,6 +48,10 @@ class VolumeView {
   // Reads up to `length` bytes at `offset`; returns the number read (short only at the end).
   // kOutOfRange past the end; kDataLoss if the source shrank; kUnavailable / kInternal on I/O.
   virtual StatusOr<size_t> ReadAt(uint64_t offset, void* buf, size_t length) const = 0;
+  // The ranges the backup will read, in the order it reads them (ascending; called once, before
+  // the first ReadAt). A view over a network may fetch ahead along them; reads outside them still
+  // work. Default: ignored.
+  virtual void WillRead(std::vector<Extent> /*ranges*/) {}
 };
 
 // One volume for a provider: the source, and the checkpoint its parent backup recorded ("" none).
