@@ -20,7 +20,8 @@
 # throughput (and as a share of the file's: goal >= 70 %), incremental time (and as a share of the
 # same provider's full backup: goal <= 10 %). Medians over --runs (default 3). Results in
 # benchmarks/results/providers-<date>.json. Needs root (drop_caches), qemu-system-x86, qemu-utils;
-# rbd needs the cluster (started here if CEPH_CONF is unset, stopped at the end).
+# rbd needs the cluster (started here with a memstore of 3 x the disk + 2 GiB if CEPH_CONF is
+# unset, stopped at the end; a running cluster's memstore must hold as much).
 set -euo pipefail
 export VMBACKUP_ENCRYPTION=none
 cd "$(dirname "$0")/.."
@@ -138,9 +139,13 @@ EOF
 }
 
 if has rbd; then
+  bash scripts/install-deps.sh python3-rbd python3-rados >/dev/null
   if [ -z "${CEPH_CONF:-}" ]; then
     echo "== rbd: starting the Ceph cluster (scripts/s3-server.sh)"
-    bash scripts/s3-server.sh start >"$work/s3.env" 2>"$work/s3-start.log"
+    # The memstore OSD holds the image and what its snapshots keep: a 64 KiB write to an object a
+    # snapshot shares clones the whole 4 MiB object, so 1 % of scattered writes clone most of the
+    # disk's objects. Three times the disk and 2 GiB (a full OSD blocks every write).
+    VMBACKUP_S3_MEMSTORE_BYTES=$((3 * size + (2 << 30))) bash scripts/s3-server.sh start >"$work/s3.env" 2>"$work/s3-start.log"
     started_ceph=1
     # shellcheck disable=SC1091
     . "$work/s3.env"
@@ -154,7 +159,7 @@ if has rbd; then
 fi
 rbd_changes() {
   local run=$1
-  python3 - "$work/changes.txt" "$run" <<'EOF'
+  /usr/bin/python3 - "$work/changes.txt" "$run" <<'EOF'
 import os, sys, rados, rbd
 c = rados.Rados(conffile=os.environ["CEPH_CONF"]); c.connect(); io = c.open_ioctx("vmbackup-bench")
 img = rbd.Image(io, "disk0")

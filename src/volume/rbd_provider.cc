@@ -297,6 +297,14 @@ class RbdProvider final : public SnapshotProvider {
     if (rados_conf_get(cluster_, "client_mount_timeout", buf, sizeof buf - 1) == 0 &&
         std::strtod(buf, nullptr) == 300)
       rados_conf_set(cluster_, "client_mount_timeout", "60");
+    // Without op timeouts (librados' default: 0, wait for ever) a full or stuck cluster hangs the
+    // backup, inside the freeze window for the snapshots: each OSD and monitor operation fails
+    // after 30 s instead (a value the conf sets is kept).
+    for (const char* opt : {"rados_osd_op_timeout", "rados_mon_op_timeout"}) {
+      std::memset(buf, 0, sizeof buf);
+      if (rados_conf_get(cluster_, opt, buf, sizeof buf - 1) == 0 && std::strtod(buf, nullptr) == 0)
+        rados_conf_set(cluster_, opt, "30");
+    }
     r = rados_connect(cluster_);
     if (r < 0) {
       rados_shutdown(cluster_);
